@@ -1,1 +1,36 @@
-"""edgerun.quant."""
+"""edgerun.quant — block-quantized weight formats (MatMulNBits layout) and GGUF converters.
+
+Public API::
+
+    from edgerun.quant import quantize, dequantize, QuantizedTensor, FORMATS, get_format, from_gguf
+    q = quantize(w, "int4", block_size=32)      # w: (N, K) float32 -> QuantizedTensor
+    w2 = dequantize(q)                          # (N, K) float32
+"""
+
+from .formats import (
+    FORMATS,
+    QuantFormat,
+    QuantizedTensor,
+    dequantize,
+    get_format,
+    pack_codes,
+    pack_zero_points,
+    quantize,
+    unpack_codes,
+    unpack_zero_points,
+)
+from .gguf_convert import from_gguf
+
+__all__ = [
+    "FORMATS",
+    "QuantFormat",
+    "QuantizedTensor",
+    "dequantize",
+    "from_gguf",
+    "get_format",
+    "pack_codes",
+    "pack_zero_points",
+    "quantize",
+    "unpack_codes",
+    "unpack_zero_points",
+]
