@@ -1,0 +1,329 @@
+"""Sink + sliding-window KV cache (StreamingLLM) with optional KIVI int8/int4/int2 storage.
+
+Every buffer is allocated once, in the constructor, from the layer specs; nothing grows per token.
+
+Per layer::
+
+    sinks  [0 .. S)            first S tokens, kept forever          (n_kv, S, hd)  float
+    window ring of W slots     token at absolute p >= S -> slot (p - S) % W
+           (kv_bits 16/32)     float16/float32                       (n_kv, W, hd)
+           (kv_bits 8/4/2)     full-precision residual of one group  (n_kv, G, hd)  float16
+                               + ring of ceil(W/G) quantized groups  KIVI: keys per channel, values per token
+
+Positions (the StreamingLLM rule, without ever re-encoding a stored key):
+keys are stored RoPE-rotated at their ABSOLUTE position. A query at absolute p attends to
+the sinks and to the keys at p-W < a <= p. For window keys the relative distance p - a is the
+true one, so the query is rotated at p. StreamingLLM gives cached tokens their *in-cache*
+positions: sinks 0..S-1, window S..S+W-1, the query S+W-1 once eviction has begun; since
+R(x)q . R(y)k depends only on y - x, that equals rotating the query at
+``p_cache = min(p, S + W - 1)`` for the sink scores only. Eviction is a ring-slot overwrite:
+no shift, no re-rotation, no pause.
+
+Entry point: :meth:`SinkWindowKVCache.attend` ``(layer, q, k, v, rope, pos)`` — the model passes
+un-rotated q/k of the new block and a ``rope(x, pos)`` callable; the cache rotates, attends over
+sinks + window + the block itself (causal), then stores the block. Models never see the layout.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from edgerun.quant import kv as kvq
+
+Rope = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (n, T, hd), (T,) -> (n, T, hd)
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One attention layer's cache shape: heads, head size, window W (incl. the current token), sinks S."""
+
+    n_heads: int
+    n_kv: int
+    head_dim: int
+    window: int
+    sinks: int = 4
+
+
+def rope_neox(head_dim: int, base: float = 10000.0) -> Rope:
+    """Reference RoPE, NeoX/HF "rotate half" layout: pairs (i, i + hd/2). Positions may be any ints."""
+    inv = base ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)  # (hd/2,)
+
+    def rope(x: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        ang = np.asarray(pos, dtype=np.float64)[:, None] * inv[None, :]  # (T, hd/2)
+        cos, sin = np.cos(ang).astype(np.float32), np.sin(ang).astype(np.float32)
+        h = head_dim // 2
+        x1, x2 = x[..., :h], x[..., h:]
+        return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(np.float32)
+
+    return rope
+
+
+class _LayerKV:
+    """Storage of one layer (see module docstring for the layout)."""
+
+    def __init__(self, spec: LayerSpec, bits: int, group: int):
+        n_kv, hd, s, w = spec.n_kv, spec.head_dim, spec.sinks, spec.window
+        self.spec, self.bits, self.S, self.W = spec, bits, s, w
+        fdt = np.float32 if bits == 32 else np.float16
+        self.sink_k = np.zeros((n_kv, s, hd), fdt)  # (n_kv, S, hd)
+        self.sink_v = np.zeros((n_kv, s, hd), fdt)
+        self.sink_pos = np.full(s, -1, np.int64)
+        self.quant = bits < 16
+        if not self.quant:
+            self.win_k = np.zeros((n_kv, w, hd), fdt)  # (n_kv, W, hd)
+            self.win_v = np.zeros((n_kv, w, hd), fdt)
+            self.win_pos = np.full(w, -1, np.int64)
+            return
+        g = group
+        self.G = g
+        self.vgroup = min(kvq.DEFAULT_GROUP, hd)
+        self.nb = -(
+            -w // g
+        )  # quantized groups kept: with r < G residual tokens, ceil(W/G) groups hold the rest
+        self.res_k = np.zeros((n_kv, g, hd), np.float16)  # (n_kv, G, hd) newest, not yet quantized
+        self.res_v = np.zeros((n_kv, g, hd), np.float16)
+        self.res_pos = np.full(g, -1, np.int64)
+        pb = hd * bits // 8
+        self.qk = np.zeros((self.nb, n_kv, g, pb), np.uint8)  # (nb, n_kv, G, hd*bits/8)
+        self.qk_scale = np.zeros((self.nb, n_kv, 1, hd), np.float16)
+        self.qk_min = np.zeros((self.nb, n_kv, 1, hd), np.float16)
+        self.qv = np.zeros((self.nb, n_kv, g, pb), np.uint8)
+        self.qv_scale = np.zeros((self.nb, n_kv, g, hd // self.vgroup), np.float16)
+        self.qv_min = np.zeros((self.nb, n_kv, g, hd // self.vgroup), np.float16)
+        self.qpos = np.full((self.nb, g), -1, np.int64)  # (nb, G)
+
+    @property
+    def capacity(self) -> int:
+        """Window slots held (>= W; the quantized layout holds whole groups plus the residual)."""
+        return self.W if not self.quant else self.nb * self.G + self.G
+
+    def nbytes(self) -> int:
+        """Bytes of all buffers of this layer."""
+        return sum(a.nbytes for a in vars(self).values() if isinstance(a, np.ndarray))
+
+    def reset(self) -> None:
+        """Forget every token (buffers kept)."""
+        for a in vars(self).values():
+            if isinstance(a, np.ndarray) and a.dtype == np.int64:
+                a.fill(-1)
+
+    def write(self, k: np.ndarray, v: np.ndarray, pos: np.ndarray) -> None:
+        """Store rotated keys k (n_kv, T, hd) and values v at absolute positions pos (T,), ascending."""
+        s = self.S
+        sink = pos < s
+        if sink.any():
+            idx = pos[sink]
+            self.sink_k[:, idx] = k[:, sink]
+            self.sink_v[:, idx] = v[:, sink]
+            self.sink_pos[idx] = idx
+        rest = np.nonzero(~sink)[0]
+        if rest.size == 0:
+            return
+        if not self.quant:
+            rest = rest[-self.W :]  # older ones would be overwritten in the same call
+            slot = (pos[rest] - s) % self.W
+            self.win_k[:, slot] = k[:, rest]
+            self.win_v[:, slot] = v[:, rest]
+            self.win_pos[slot] = pos[rest]
+            return
+        g = self.G
+        rest = rest[-(self.nb * g + g) :]
+        i = 0
+        while i < rest.size:  # fill the residual group by group; quantize each group as it completes
+            p0 = int(pos[rest[i]])
+            r0 = (p0 - s) % g
+            n = min(g - r0, rest.size - i)
+            sel = rest[i : i + n]
+            self.res_k[:, r0 : r0 + n] = k[:, sel]
+            self.res_v[:, r0 : r0 + n] = v[:, sel]
+            self.res_pos[r0 : r0 + n] = pos[sel]
+            if r0 + n == g:
+                self._flush((p0 - s) // g)
+            i += n
+
+    def _flush(self, group_index: int) -> None:
+        b = group_index % self.nb
+        codes, sc, mn = kvq.quantize_keys(self.res_k, self.bits)
+        self.qk[b], self.qk_scale[b], self.qk_min[b] = codes, sc, mn
+        codes, sc, mn = kvq.quantize_values(self.res_v, self.bits, self.vgroup)
+        self.qv[b], self.qv_scale[b], self.qv_min[b] = codes, sc, mn
+        self.qpos[b] = self.res_pos
+        self.res_pos.fill(-1)
+
+    def window_parts(self, kscratch: np.ndarray, vscratch: np.ndarray):
+        """Yield (K, V, pos) pieces of the window: (n_kv, n, hd) arrays and (n,) positions (-1 = empty)."""
+        if not self.quant:
+            yield self.win_k, self.win_v, self.win_pos
+            return
+        yield self.res_k, self.res_v, self.res_pos
+        hd = self.spec.head_dim
+        g = self.G
+        for b in range(self.nb):
+            if self.qpos[b, 0] < 0:
+                continue
+            ks = kscratch[:, b * g : (b + 1) * g]
+            vs = vscratch[:, b * g : (b + 1) * g]
+            kvq.dequantize_keys(self.qk[b], self.qk_scale[b], self.qk_min[b], self.bits, hd, out=ks)
+            kvq.dequantize_values(self.qv[b], self.qv_scale[b], self.qv_min[b], self.bits, hd, out=vs)
+            yield ks, vs, self.qpos[b]
+
+
+class SinkWindowKVCache:
+    """Preallocated attention-sink + sliding-window KV cache for a stack of layers.
+
+    specs: one :class:`LayerSpec` per layer (Gemma-3 local layers: their own window, sinks=0).
+    bits: 32 (float32, exact), 16 (float16), 8/4/2 (KIVI). group: KIVI key group (tokens).
+    chunk: the largest query block attended at once; longer blocks are split (scratch is sized by it).
+    """
+
+    def __init__(
+        self, specs: Sequence[LayerSpec], bits: int = 16, group: int = kvq.DEFAULT_GROUP, chunk: int = 64
+    ):
+        self.bits = kvq.check_bits(bits)
+        self.group = group
+        self.chunk = chunk
+        self.specs = list(specs)
+        for sp in self.specs:
+            if sp.window < 1 or sp.sinks < 0 or sp.n_heads % sp.n_kv:
+                raise ValueError(f"bad layer spec {sp}")
+        self.layers = [_LayerKV(sp, self.bits, group) for sp in self.specs]
+        n_kv = max(sp.n_kv for sp in self.specs)
+        hd = max(sp.head_dim for sp in self.specs)
+        cap = max(lay.capacity for lay in self.layers)
+        rows = max(sp.n_heads // sp.n_kv for sp in self.specs) * chunk
+        keys = max(sp.sinks for sp in self.specs) + cap + chunk
+        # scratch shared by all layers: dequantized window, scores
+        qcap = cap if self.bits < 16 else 1
+        self._kdeq = np.zeros((n_kv, qcap, hd), np.float32)  # (n_kv, cap, hd)
+        self._vdeq = np.zeros((n_kv, qcap, hd), np.float32)
+        self._scores = np.zeros((n_kv, rows, keys), np.float32)  # (n_kv, n_rep*chunk, keys)
+        self._out = np.zeros((n_kv, rows, hd), np.float32)
+        self.seen = [0] * len(self.layers)  # tokens written per layer (next absolute position)
+
+    @staticmethod
+    def nbytes_for(
+        specs: Sequence[LayerSpec], bits: int = 16, group: int = kvq.DEFAULT_GROUP, chunk: int = 64
+    ) -> int:
+        """Bytes a cache with these specs allocates (without building it)."""
+        total = 0
+        for sp in specs:
+            fb = 4 if bits == 32 else 2
+            total += 2 * sp.n_kv * sp.sinks * sp.head_dim * fb + 8 * sp.sinks
+            if bits >= 16:
+                total += 2 * sp.n_kv * sp.window * sp.head_dim * fb + 8 * sp.window
+            else:
+                nb = -(-sp.window // group)
+                total += 2 * sp.n_kv * group * sp.head_dim * 2 + 8 * group
+                total += nb * kvq.key_group_nbytes(sp.n_kv, group, sp.head_dim, bits)
+                total += nb * kvq.value_nbytes(
+                    sp.n_kv, group, sp.head_dim, bits, min(kvq.DEFAULT_GROUP, sp.head_dim)
+                )
+                total += 8 * nb * group
+        n_kv = max(sp.n_kv for sp in specs)
+        hd = max(sp.head_dim for sp in specs)
+        caps = [sp.window if bits >= 16 else (-(-sp.window // group) + 1) * group for sp in specs]
+        cap = max(caps)
+        rows = max(sp.n_heads // sp.n_kv for sp in specs) * chunk
+        keys = max(sp.sinks for sp in specs) + cap + chunk
+        total += 2 * n_kv * (cap if bits < 16 else 1) * hd * 4 + n_kv * rows * keys * 4 + n_kv * rows * hd * 4
+        return total
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the cache: every layer's buffers plus the shared scratch."""
+        own = sum(lay.nbytes() for lay in self.layers)
+        return own + self._kdeq.nbytes + self._vdeq.nbytes + self._scores.nbytes + self._out.nbytes
+
+    def reset(self) -> None:
+        """Start a new conversation (keeps all buffers)."""
+        for lay in self.layers:
+            lay.reset()
+        self.seen = [0] * len(self.layers)
+
+    def attend(
+        self,
+        layer: int,
+        q: np.ndarray,
+        k: np.ndarray,
+        v: np.ndarray,
+        rope: Rope | None,
+        pos: np.ndarray | int,
+        scale: float | None = None,
+        softcap: float | None = None,
+    ) -> np.ndarray:
+        """Causal attention of a new block over sinks + window + itself, then store the block.
+
+        q: (n_heads, T, hd) un-rotated; k, v: (n_kv, T, hd), k un-rotated; pos: (T,) absolute
+        consecutive positions (or the first one as int). rope(x, pos) rotates; None = no RoPE.
+        Returns (n_heads, T, hd) float32.
+        """
+        t = q.shape[1]
+        pos = np.arange(pos, pos + t, dtype=np.int64) if np.isscalar(pos) else np.asarray(pos, np.int64)
+        out = np.empty(q.shape, np.float32)
+        s = self.specs[layer].sinks
+        cuts = {0, t, *range(0, t, self.chunk)}
+        if pos[0] < s < pos[-1] + 1:  # a block holding sink positions never reaches past them
+            cuts.add(int(s - pos[0]))
+        cuts = sorted(cuts)
+        for c0, c1 in zip(cuts[:-1], cuts[1:], strict=False):
+            out[:, c0:c1] = self._attend_chunk(
+                layer, q[:, c0:c1], k[:, c0:c1], v[:, c0:c1], rope, pos[c0:c1], scale, softcap
+            )
+        return out
+
+    def _attend_chunk(self, li, q, k, v, rope, pos, scale, softcap):
+        lay = self.layers[li]
+        sp = lay.spec
+        n_kv, hd, s, w = sp.n_kv, sp.head_dim, sp.sinks, sp.window
+        rep = sp.n_heads // n_kv
+        t = q.shape[1]
+        scale = 1.0 / math.sqrt(hd) if scale is None else scale
+        ident = rope is None
+        q = q.astype(np.float32, copy=False)
+        qr = q if ident else rope(q, pos)  # (n_heads, T, hd)
+        kr = (k if ident else rope(k, pos)).astype(np.float32, copy=False)  # (n_kv, T, hd)
+        v = v.astype(np.float32, copy=False)
+        qg = qr.reshape(n_kv, rep * t, hd)  # head h -> kv head h // rep
+        pq = np.tile(pos, rep)  # (rep*T,) query position of each row
+
+        parts = []  # (K, V, key positions, is_sink)
+        if s:
+            parts.append((lay.sink_k, lay.sink_v, lay.sink_pos, True))
+        parts.extend((kk, vv, pp, False) for kk, vv, pp in lay.window_parts(self._kdeq, self._vdeq))
+        parts.append((kr, v, pos, False))
+
+        n_keys = sum(p[2].shape[0] for p in parts)
+        sc = self._scores[:n_kv, : rep * t, :n_keys]  # (n_kv, rep*T, keys)
+        o = 0
+        for kk, _vv, pp, is_sink in parts:
+            n = pp.shape[0]
+            qq = qg
+            if is_sink and not ident and pos[-1] > s + w - 1:
+                p_cache = np.minimum(pos, s + w - 1)  # StreamingLLM in-cache position of the query
+                qq = rope(q, p_cache).reshape(n_kv, rep * t, hd)
+            np.matmul(qq, kk.transpose(0, 2, 1), out=sc[:, :, o : o + n], casting="unsafe")
+            ok = (pp[None, :] >= 0) & (pp[None, :] <= pq[:, None])  # (rep*T, n)
+            if not is_sink:  # sinks: always; others: inside the window (block keys < S are sinks too)
+                ok &= (pp[None, :] > pq[:, None] - w) | (pp[None, :] < s)
+            sc[:, :, o : o + n] *= scale
+            if softcap:
+                np.tanh(sc[:, :, o : o + n] / softcap, out=sc[:, :, o : o + n])
+                sc[:, :, o : o + n] *= softcap
+            sc[:, :, o : o + n][:, ~ok] = -np.inf
+            o += n
+        sc -= sc.max(axis=-1, keepdims=True)
+        np.exp(sc, out=sc)
+        sc /= sc.sum(axis=-1, keepdims=True)
+        out = self._out[:n_kv, : rep * t, :hd]
+        out.fill(0.0)
+        o = 0
+        for _kk, vv, pp, _s in parts:
+            n = pp.shape[0]
+            out += sc[:, :, o : o + n] @ vv.astype(np.float32, copy=False)
+            o += n
+        lay.write(kr, v, pos)
+        self.seen[li] = int(pos[-1]) + 1
+        return out.reshape(sp.n_heads, t, hd).copy()

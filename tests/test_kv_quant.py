@@ -1,0 +1,63 @@
+"""quant/kv.py: KIVI key/value quantizers — packing, error bounds, byte sizes."""
+
+import numpy as np
+import pytest
+from edgerun.export.errors import EdgerunError
+from edgerun.quant import kv
+
+
+@pytest.mark.parametrize("bits", [8, 4, 2])
+def test_pack_roundtrip(bits):
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 1 << bits, size=(3, 5, 64), dtype=np.uint8)
+    p = kv.pack(codes, bits)
+    assert p.shape == (3, 5, 64 * bits // 8) and p.dtype == np.uint8
+    assert np.array_equal(kv.unpack(p, bits, 64), codes)
+
+
+@pytest.mark.parametrize("bits", [8, 4, 2])
+def test_keys_per_channel_error_bound(bits):
+    rng = np.random.default_rng(1)
+    k = rng.standard_normal((2, 32, 64)).astype(np.float32)
+    k[:, :, 5] *= 20.0  # an outlier channel: per-channel scales keep the others precise
+    packed, scale, mn = kv.quantize_keys(k, bits)
+    assert scale.shape == (2, 1, 64) and mn.dtype == np.float16
+    nbytes = packed.nbytes + scale.nbytes + mn.nbytes
+    assert nbytes == kv.key_group_nbytes(2, 32, 64, bits)
+    d = kv.dequantize_keys(packed, scale, mn, bits, 64)
+    bound = scale.astype(np.float32) / 2 + 2e-3 * (np.abs(k).max(axis=1, keepdims=True) + 1)
+    assert np.all(np.abs(d - k) <= bound)
+    others = np.delete(np.abs(d - k), 5, axis=2)
+    assert others.max() < np.abs(d - k)[:, :, 5].max()  # the outlier channel does not spoil the rest
+
+
+@pytest.mark.parametrize("bits", [8, 4, 2])
+def test_values_per_token_error_bound(bits):
+    rng = np.random.default_rng(2)
+    v = rng.standard_normal((2, 7, 64)).astype(np.float32)
+    packed, scale, mn = kv.quantize_values(v, bits, group=32)
+    assert scale.shape == (2, 7, 2)
+    assert packed.nbytes + scale.nbytes + mn.nbytes == kv.value_nbytes(2, 7, 64, bits, 32)
+    d = kv.dequantize_values(packed, scale, mn, bits, 64)
+    s = np.repeat(scale.astype(np.float32), 32, axis=-1)
+    assert np.all(np.abs(d - v) <= s / 2 + 2e-3 * (np.abs(v).max() + 1))
+    rel = np.linalg.norm(d - v) / np.linalg.norm(v)
+    assert rel < {8: 0.01, 4: 0.12, 2: 0.5}[bits]
+
+
+def test_constant_input_is_exact():
+    k = np.full((1, 32, 32), 0.5, np.float32)
+    packed, scale, mn = kv.quantize_keys(k, 2)
+    assert np.array_equal(kv.dequantize_keys(packed, scale, mn, 2, 32), k)
+
+
+def test_bytes_per_token_ordering():
+    sizes = [kv.kv_bytes_per_token(3, 64, b) for b in (32, 16, 8, 4, 2)]
+    assert sizes == sorted(sizes, reverse=True)
+    assert sizes[1] == 2 * 3 * 64 * 2
+    assert sizes[3] < sizes[1] / 3  # int4 is well under a third of f16, scales included
+
+
+def test_bad_bits():
+    with pytest.raises(EdgerunError, match="kv_bits=3"):
+        kv.check_bits(3)
