@@ -1,0 +1,279 @@
+"""The edgerun artifact: a `NAME.edge/` folder (format version 1).
+
+```
+NAME.edge/
+  manifest.json   format version, arch + config, quant recipe, tensor table, layer groups,
+                  tokenizer info + chat template, provenance, targets, file checksums
+  weights.bin     every tensor part once, 64-byte aligned; each decoder layer's tensors
+                  contiguous and page-aligned (one layer = one byte range, for streaming)
+  tokenizer.json  Hugging Face `tokenizers` file
+```
+
+Tensor table entries (`manifest["tensors"][name]`)::
+
+    {"format": "f16" | "f32" | <quant format>, "shape": [out, in], "layer": 3 | null,
+     "quant": {...format parameters, e.g. bits/block_size...} | absent,
+     "parts": {"data": {"dtype": "float16", "shape": [...], "offset": 4096, "nbytes": 663552,
+                        "crc32": 123456789},
+               "scales": {...}, "zero_points": {...}}}
+
+A plain tensor has one part (`data`); a quantized tensor has the parts its format
+defines (MatMulNBits layout: `data`, `scales`, optional `zero_points`), each of which
+an ONNX graph can reference as external data in `weights.bin`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import CorruptFileError, EdgerunError
+
+FORMAT_NAME = "edgerun.artifact"
+FORMAT_VERSION = 1
+ALIGN = 64
+PAGE = 4096
+MANIFEST = "manifest.json"
+WEIGHTS = "weights.bin"
+TOKENIZER = "tokenizer.json"
+
+_LAYER_RE = re.compile(r"^blk\.(\d+)\.")
+
+
+def layer_of(name: str) -> int | None:
+    """Decoder layer index of a tensor name (`blk.7.attn_q.weight` -> 7), None for global tensors."""
+    m = _LAYER_RE.match(name)
+    return int(m.group(1)) if m else None
+
+
+def _align(n: int, a: int) -> int:
+    return (n + a - 1) // a * a
+
+
+@dataclass
+class TensorParts:
+    """A tensor to write: its format name, logical shape, parts (name -> array), format params."""
+
+    name: str
+    format: str
+    shape: tuple[int, ...]
+    parts: dict[str, np.ndarray]
+    quant: dict | None = None
+
+
+class ArtifactWriter:
+    """Writes an artifact into a temporary folder next to the target, then moves it into place.
+
+    Tensors must be added grouped by layer (global tensors before or after the layers);
+    each new layer starts on a page boundary so a layer is one contiguous byte range.
+    Nothing at the target path changes until `finish()` succeeds.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike):
+        self.out_dir = Path(out_dir)
+        self.out_dir.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp_dir = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.", dir=self.out_dir.parent))
+        self._f = open(self.tmp_dir / WEIGHTS, "wb")
+        self._pos = 0
+        self.tensors: dict[str, dict] = {}
+        self.layers: dict[int, dict] = {}
+        self._current_layer: int | None = None
+
+    def _pad_to(self, boundary: int) -> None:
+        target = _align(self._pos, boundary)
+        if target > self._pos:
+            self._f.write(b"\0" * (target - self._pos))
+            self._pos = target
+
+    def add(self, t: TensorParts) -> None:
+        """Append one tensor (all its parts) to weights.bin and record it in the table."""
+        if t.name in self.tensors:
+            raise ValueError(f"tensor {t.name} written twice")
+        layer = layer_of(t.name)
+        if layer != self._current_layer:
+            if layer is not None and layer in self.layers:
+                raise ValueError(f"tensors of layer {layer} are not contiguous ({t.name})")
+            self._pad_to(PAGE)
+            self._current_layer = layer
+            if layer is not None:
+                self.layers[layer] = {"index": layer, "offset": self._pos, "nbytes": 0}
+        parts = {}
+        for part_name, arr in t.parts.items():
+            arr = np.ascontiguousarray(arr)
+            self._pad_to(ALIGN)
+            raw = arr.tobytes()
+            parts[part_name] = {
+                "dtype": arr.dtype.name,
+                "shape": list(arr.shape),
+                "offset": self._pos,
+                "nbytes": len(raw),
+                "crc32": zlib.crc32(raw),
+            }
+            self._f.write(raw)
+            self._pos += len(raw)
+        if layer is not None:
+            g = self.layers[layer]
+            g["nbytes"] = self._pos - g["offset"]
+        entry = {"format": t.format, "shape": list(t.shape), "layer": layer, "parts": parts}
+        if t.quant:
+            entry["quant"] = t.quant
+        self.tensors[t.name] = entry
+
+    def finish(self, manifest: dict, tokenizer_json: str, extra_files: dict[str, bytes] | None = None) -> Path:
+        """Write manifest + tokenizer, then atomically replace `out_dir` with the new artifact."""
+        self._pad_to(ALIGN)
+        self._f.close()
+        (self.tmp_dir / TOKENIZER).write_text(tokenizer_json, encoding="utf-8")
+        for name, data in (extra_files or {}).items():
+            (self.tmp_dir / name).write_bytes(data)
+        full = {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            **manifest,
+            "tensors": self.tensors,
+            "layers": [self.layers[i] for i in sorted(self.layers)],
+            "files": {
+                WEIGHTS: {"nbytes": self._pos},
+                TOKENIZER: {"crc32": zlib.crc32(tokenizer_json.encode("utf-8"))},
+            },
+        }
+        (self.tmp_dir / MANIFEST).write_text(json.dumps(full, indent=1), encoding="utf-8")
+        if self.out_dir.exists():
+            old = self.out_dir.with_name(self.out_dir.name + ".old")
+            shutil.rmtree(old, ignore_errors=True)
+            self.out_dir.rename(old)
+            self.tmp_dir.rename(self.out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            self.tmp_dir.rename(self.out_dir)
+        return self.out_dir
+
+    def abort(self) -> None:
+        """Remove the temporary folder; the target path is untouched."""
+        try:
+            self._f.close()
+        finally:
+            shutil.rmtree(self.tmp_dir, ignore_errors=True)
+
+
+def write_artifact(
+    out_dir: str | os.PathLike, manifest: dict, tensors: Iterable[TensorParts], tokenizer_json: str
+) -> Path:
+    """Write a whole artifact from a tensor stream; on any error nothing is left behind."""
+    w = ArtifactWriter(out_dir)
+    try:
+        for t in tensors:
+            w.add(t)
+        return w.finish(manifest, tokenizer_json)
+    except BaseException:
+        w.abort()
+        raise
+
+
+class Artifact:
+    """A read-only view of an artifact folder: manifest, memory-mapped weights, checksums.
+
+    Checksums are verified lazily, once per tensor, on first access (`tensor()` / `part()`),
+    or all at once with `verify()`.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise EdgerunError(f"{self.path}: no such artifact; create one with `edgerun export SOURCE -o {path}`")
+        if not self.path.is_dir():
+            raise EdgerunError(f"{self.path}: not an artifact folder (expected NAME.edge/ with manifest.json)")
+        mpath = self.path / MANIFEST
+        if not mpath.exists():
+            raise CorruptFileError(f"{mpath}: missing; the artifact is incomplete, export it again")
+        try:
+            self.manifest = json.loads(mpath.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CorruptFileError(f"{mpath}: not valid JSON ({e}); export the model again") from None
+        if self.manifest.get("format") != FORMAT_NAME:
+            raise CorruptFileError(f"{mpath}: not an edgerun manifest")
+        version = self.manifest.get("version")
+        if version != FORMAT_VERSION:
+            raise EdgerunError(
+                f"{mpath}: artifact format version {version}, this edgerun reads version {FORMAT_VERSION}; "
+                "re-export the model with this edgerun"
+            )
+        wpath = self.path / WEIGHTS
+        if not wpath.exists():
+            raise CorruptFileError(f"{wpath}: missing; the artifact is incomplete, export it again")
+        expected = self.manifest["files"][WEIGHTS]["nbytes"]
+        size = wpath.stat().st_size
+        if size != expected:
+            raise CorruptFileError(
+                f"{wpath}: {size} bytes, the manifest says {expected}; the file is truncated or replaced, "
+                "export again"
+            )
+        self.weights_path = wpath
+        self._mmap = np.memmap(wpath, dtype=np.uint8, mode="r") if size else np.zeros(0, np.uint8)
+        self._verified: set[str] = set()
+
+    @property
+    def arch(self) -> str:
+        return self.manifest["arch"]
+
+    @property
+    def config(self) -> dict:
+        return self.manifest["config"]
+
+    @property
+    def tensors(self) -> dict[str, dict]:
+        return self.manifest["tensors"]
+
+    def tokenizer_json(self) -> str:
+        """The tokenizer.json text, checksum-verified."""
+        p = self.path / TOKENIZER
+        if not p.exists():
+            raise CorruptFileError(f"{p}: missing; the artifact is incomplete, export it again")
+        raw = p.read_bytes()
+        if zlib.crc32(raw) != self.manifest["files"][TOKENIZER]["crc32"]:
+            raise CorruptFileError(f"{p}: checksum mismatch; the file is corrupt, export again")
+        return raw.decode("utf-8")
+
+    def part(self, name: str, part: str = "data", verify: bool = True) -> np.ndarray:
+        """A read-only array view of one part of a tensor, straight from the memory map."""
+        try:
+            info = self.tensors[name]["parts"][part]
+        except KeyError:
+            raise CorruptFileError(f"{self.path / MANIFEST}: tensor {name!r} part {part!r} is missing") from None
+        raw = self._mmap[info["offset"] : info["offset"] + info["nbytes"]]
+        key = f"{name}:{part}"
+        if verify and key not in self._verified:
+            if zlib.crc32(raw) != info["crc32"]:
+                raise CorruptFileError(
+                    f"{self.weights_path}: checksum mismatch in tensor {name} ({part}) at byte "
+                    f"{info['offset']}; the file is corrupt, export again"
+                )
+            self._verified.add(key)
+        return raw.view(np.dtype(info["dtype"])).reshape(info["shape"])
+
+    def tensor(self, name: str, dtype=np.float32) -> np.ndarray:
+        """A plain (f16/f32) tensor as a new array of `dtype`; quantized tensors are dequantized."""
+        entry = self.tensors.get(name)
+        if entry is None:
+            raise CorruptFileError(f"{self.path / MANIFEST}: tensor {name!r} is missing")
+        if entry["format"] in ("f16", "f32", "bf16"):
+            return np.asarray(self.part(name), dtype=dtype)
+        from ..quant import dequantize_parts
+
+        parts = {p: self.part(name, p) for p in entry["parts"]}
+        return dequantize_parts(entry, parts).astype(dtype, copy=False)
+
+    def verify(self) -> None:
+        """Check every tensor part's checksum (raises CorruptFileError naming the tensor)."""
+        for name, entry in self.tensors.items():
+            for part in entry["parts"]:
+                self.part(name, part)

@@ -1,0 +1,135 @@
+"""`export(source, out)`: read a real model, apply a weight recipe, write an artifact.
+
+Sources: a `.gguf` file, or a Hugging Face checkpoint folder (`config.json` +
+`*.safetensors` + `tokenizer.json`). The recipe says which format each tensor gets;
+it is written into the manifest and the loader rebuilds the model from it.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from .artifact import TensorParts, layer_of, write_artifact
+from .errors import EdgerunError
+from .source import SourceModel, SourceTensor
+from .tokenizer_builder import build_tokenizer
+
+PLAIN_FORMATS = {"f16": np.float16, "f32": np.float32}
+
+# Chat templates for models whose file carries none (llama.cpp has the same built in).
+DEFAULT_CHAT_TEMPLATES = {
+    "gemma3": (
+        "{{ bos_token }}{% for message in messages %}"
+        "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+        "{% if role == 'system' %}{% set role = 'user' %}{% endif %}"
+        "{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}"
+        "{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+    ),
+}
+
+# Extra end-of-generation tokens by architecture (the chat turn terminators).
+EXTRA_STOP_TOKENS = {"gemma3": ["<end_of_turn>"], "llama": ["<|im_end|>"], "qwen2": ["<|im_end|>", "<|endoftext|>"]}
+
+
+def read_source(source: str | os.PathLike) -> SourceModel:
+    """Open a source model by what it is: a GGUF file or a Hugging Face checkpoint folder."""
+    p = Path(source)
+    if not p.exists():
+        raise EdgerunError(f"{p}: not found; give a .gguf file or a Hugging Face checkpoint folder")
+    if p.is_dir():
+        from .hf_reader import read_hf
+
+        return read_hf(p)
+    from .gguf_reader import read_gguf
+
+    return read_gguf(p)
+
+
+def default_recipe(weights: str = "f16") -> dict:
+    """The recipe for plain float weights: matrices in `weights`, vectors (norms, biases) in f32."""
+    if weights not in PLAIN_FORMATS:
+        raise EdgerunError(f"weights format '{weights}' is not available; choose one of: {', '.join(PLAIN_FORMATS)}")
+    return {"weights": weights, "vectors": "f32"}
+
+
+def _plain(t: SourceTensor, recipe: dict) -> TensorParts:
+    fmt = recipe["vectors"] if t.data.ndim == 1 else recipe["weights"]
+    arr = np.asarray(t.data, dtype=PLAIN_FORMATS[fmt])
+    return TensorParts(t.name, fmt, tuple(arr.shape), {"data": arr})
+
+
+def _sort_key(name: str) -> tuple[int, str]:
+    layer = layer_of(name)
+    return (-1 if layer is None else layer, name)
+
+
+def _ordered(src: SourceModel) -> Iterator[SourceTensor]:
+    """Yield tensors grouped by layer (global ones first), buffering only what arrives out of order."""
+    pending: dict[str, SourceTensor] = {}
+    order = sorted(src.tensor_names, key=_sort_key)
+    it = src.tensors()
+    for want in order:
+        while want not in pending:
+            t = next(it)
+            pending[t.name] = t
+        yield pending.pop(want)
+
+
+def export(
+    source: str | os.PathLike,
+    out: str | os.PathLike,
+    weights: str = "f16",
+    progress: Callable[[int, int, str], None] | None = None,
+) -> Path:
+    """Export `source` (GGUF file or HF folder) to the artifact folder `out`; returns its path.
+
+    `progress(done, total, tensor_name)` is called after each tensor.
+    """
+    src = read_source(source)
+    recipe = default_recipe(weights)
+    tok = build_tokenizer(src.tokenizer)
+    spec = src.tokenizer
+    stop_ids = [i for i in [spec.eos_token_id, *spec.extra_eos_ids] if i is not None]
+    for text in EXTRA_STOP_TOKENS.get(src.arch, []):
+        tid = tok.token_to_id(text)
+        if tid is not None and tid not in stop_ids:
+            stop_ids.append(tid)
+    total = len(src.tensor_names)
+
+    def stream() -> Iterator[TensorParts]:
+        for i, t in enumerate(_ordered(src)):
+            yield _plain(t, recipe)
+            if progress:
+                progress(i + 1, total, t.name)
+
+    def token_text(i):
+        return None if i is None else spec.tokens[i] if spec.tokens else tok.id_to_token(i)
+
+    manifest = {
+        "arch": src.arch,
+        "config": src.config,
+        "recipe": recipe,
+        "tokenizer": {
+            "file": "tokenizer.json",
+            "bos_token_id": spec.bos_token_id,
+            "bos_token": token_text(spec.bos_token_id),
+            "eos_token_id": spec.eos_token_id,
+            "eos_token": token_text(spec.eos_token_id),
+            "stop_token_ids": stop_ids,
+            "add_bos": spec.add_bos,
+            "chat_template": spec.chat_template or DEFAULT_CHAT_TEMPLATES.get(src.arch),
+        },
+        "provenance": {
+            **src.provenance,
+            "exporter": f"edgerun {__version__}",
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        },
+        "targets": ["native"],
+    }
+    return write_artifact(out, manifest, stream(), tok.to_str())
