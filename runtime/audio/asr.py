@@ -1,0 +1,329 @@
+"""Speech recognition with Whisper (edgerun artifact, numpy runtime): whole files and streaming.
+
+    asr = ASR()                                    # packaged Whisper base, exported to INT8 on first use
+    print(asr.transcribe(samples, sample_rate).text)
+
+    s = asr.create_stream()
+    for chunk in mic_chunks:                       # any rate, mono or stereo
+        for r in s.accept_waveform(sr, chunk):     # partials while speech goes on, a final at each endpoint
+            print("FINAL" if r.is_final else "partial", r.text)
+    s.input_finished(); s.reset()
+
+Streaming: Silero VAD cuts the audio into utterances. While an utterance goes on, every `partial_step`
+seconds it is decoded again on a short encoder window (the audio plus 1 s, not the full 30 s) with the
+already-committed tokens forced as a prefix; the tokens two successive hypotheses agree on are committed
+(LocalAgreement-2, Machacek et al. 2023, whisper_streaming), up to a word boundary, so partial text only
+grows and never flickers. At the endpoint the utterance is decoded once more (30-s window by default) with
+the committed prefix, giving the final text.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from edgerun.export.errors import EdgerunError
+from edgerun.runtime.audio.features import N_SAMPLES, SAMPLE_RATE, log_mel
+from edgerun.runtime.audio.resample import StreamResampler, resample
+from edgerun.runtime.audio.vad import VAD, SileroModel, SpeechSegment, detect_speech
+from edgerun.runtime.audio.wavio import check_rate, to_mono
+from edgerun.runtime.models.whisper import Whisper, load_whisper
+
+
+def cache_dir() -> str:
+    """Where exported default artifacts live (EDGERUN_CACHE or ~/.cache/edgerun)."""
+    return os.environ.get("EDGERUN_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "edgerun")
+
+
+def default_asr_model(weights: str = "int8") -> str:
+    """The packaged Whisper base as an artifact; exported (a few seconds) on first use."""
+    from edgerun.export.whisper_export import export_whisper
+
+    path = os.path.join(cache_dir(), f"whisper-base-{weights}.edge")
+    if not os.path.isfile(os.path.join(path, "manifest.json")):
+        os.makedirs(cache_dir(), exist_ok=True)
+        export_whisper(None, path, weights=weights)
+    return path
+
+
+@dataclass
+class Decoded:
+    """One Whisper decode: new tokens (after the forced prefix) and their scores."""
+
+    tokens: list[int]
+    avg_logprob: float
+    no_speech_prob: float
+    seconds: float
+
+
+@dataclass
+class ASRResult:
+    """A partial or final recognition result for one utterance."""
+
+    text: str  # what to show: stable + unstable for partials, the final text for finals
+    is_final: bool
+    stable: str = ""  # committed text (only grows during an utterance)
+    unstable: str = ""  # latest tentative tail
+    start: float = 0.0  # utterance start/end (s from stream start)
+    end: float = 0.0
+    segment: int = 0
+    no_speech: bool = False
+    compute_seconds: float = 0.0  # time spent producing this result
+    timings: dict = field(default_factory=dict)
+
+
+@dataclass
+class Transcript:
+    """The result of transcribing a whole signal."""
+
+    text: str
+    segments: list[ASRResult]
+    duration: float
+    compute_seconds: float
+
+    @property
+    def no_speech(self) -> bool:
+        return not self.text.strip()
+
+    @property
+    def rtf(self) -> float:
+        return self.compute_seconds / self.duration if self.duration else 0.0
+
+
+class ASR:
+    """Whisper speech recognizer (greedy decoding, English by default)."""
+
+    def __init__(self, model: str | None = None, language: str = "en", final_full_window: bool = True):
+        path = model or default_asr_model()
+        self.model_path = path
+        self.model, self.manifest, tok_json = load_whisper(path)
+        from tokenizers import Tokenizer
+
+        self.tokenizer = Tokenizer.from_str(tok_json)
+        cfg = self.manifest["config"]
+        tid = self.tokenizer.token_to_id
+        self.eot = tid("<|endoftext|>")
+        self.sot = tid("<|startoftranscript|>")
+        lang = tid(f"<|{language}|>")
+        if lang is None:
+            raise EdgerunError(f"Whisper does not know language '{language}'; use a code like en, de, fr")
+        self.prompt = [self.sot, lang, tid("<|transcribe|>"), tid("<|notimestamps|>")]
+        self.no_speech_id = tid("<|nospeech|>") or tid("<|nocaptions|>")
+        n_vocab = self.model.args.n_vocab
+        sup = np.zeros(n_vocab, bool)
+        sup[[i for i in cfg.get("suppress_ids", []) if 0 <= i < n_vocab]] = True
+        sup[self.eot + 1 :] = True  # every special/timestamp token after <|endoftext|>
+        self.suppress = sup
+        self.suppress_begin = sup.copy()
+        self.suppress_begin[[i for i in cfg.get("suppress_ids_begin", []) if 0 <= i < n_vocab]] = True
+        self.final_full_window = final_full_window
+        self._vad_model: SileroModel | None = None
+        self.max_new_tokens = self.model.args.n_text_ctx // 2
+
+    # ------------------------------------------------------------------ core
+    def encode(self, audio16k: np.ndarray, full_window: bool = True) -> np.ndarray:
+        """Encoder output for up to 30 s of 16 kHz audio: the full 30-s window, or the audio + 1 s."""
+        a = np.asarray(audio16k, np.float32)[:N_SAMPLES]
+        if full_window:
+            pad_to = N_SAMPLES
+        else:
+            pad_to = min(N_SAMPLES, (int(np.ceil(len(a) / SAMPLE_RATE)) + 1) * SAMPLE_RATE)
+        return self.model.encode(log_mel(a, self.model.args.n_mels, pad_to=pad_to))
+
+    def decode(self, audio16k: np.ndarray, prefix: list[int] | None = None, full_window: bool = True,
+               max_new_tokens: int | None = None) -> Decoded:
+        """Greedy decoding of one window, continuing after the forced `prefix` tokens."""
+        t0 = time.perf_counter()
+        m: Whisper = self.model
+        enc = self.encode(audio16k, full_window)
+        state = m.new_state(enc)
+        prefix = list(prefix or [])
+        logits = m.decode(self.prompt + prefix, state)  # (len, n_vocab)
+        p0 = _log_softmax(logits[0])
+        no_speech = float(np.exp(p0[self.no_speech_id])) if self.no_speech_id is not None else 0.0
+        last = logits[-1]
+        limit = min(max_new_tokens or self.max_new_tokens, m.args.n_text_ctx - state.length - 1)
+        out: list[int] = []
+        logprob = 0.0
+        for i in range(limit):
+            lp = _log_softmax(last)
+            lp[self.suppress_begin if (i == 0 and not prefix) else self.suppress] = -np.inf
+            tok = int(np.argmax(lp))
+            if tok == self.eot:
+                break
+            logprob += float(lp[tok])
+            out.append(tok)
+            if _repeating(out):
+                break
+            last = m.decode([tok], state)[-1]
+        return Decoded(out, logprob / max(1, len(out)), no_speech, time.perf_counter() - t0)
+
+    def text(self, tokens: list[int]) -> str:
+        """Token ids -> text (special tokens dropped)."""
+        return self.tokenizer.decode([t for t in tokens if t < self.eot]).strip() if tokens else ""
+
+    def vad_model(self) -> SileroModel:
+        """A Silero model shared by this recognizer's streams (loaded on first use)."""
+        if self._vad_model is None:
+            self._vad_model = SileroModel()
+        return self._vad_model
+
+    # ------------------------------------------------------------------ whole signals
+    def transcribe(self, samples, sample_rate: int = SAMPLE_RATE, use_vad: bool = True) -> Transcript:
+        """Transcribe a whole signal (any rate, mono or stereo). Silence or empty input -> empty text."""
+        t0 = time.perf_counter()
+        sr = check_rate(sample_rate)
+        x = to_mono(samples)
+        if sr != SAMPLE_RATE:
+            x = resample(x, sr, SAMPLE_RATE)
+        dur = len(x) / SAMPLE_RATE
+        if len(x) == 0 or not np.any(x):
+            return Transcript("", [], dur, time.perf_counter() - t0)
+        if use_vad:
+            windows = _merge_segments(detect_speech(x, SAMPLE_RATE), x)
+        else:
+            windows = [SpeechSegment(s / SAMPLE_RATE, min(len(x), s + N_SAMPLES) / SAMPLE_RATE, x[s : s + N_SAMPLES])
+                       for s in range(0, len(x), N_SAMPLES)]
+        results = []
+        for i, w in enumerate(windows):
+            d = self.decode(w.samples, full_window=True)
+            silent = d.no_speech_prob > 0.6 and d.avg_logprob < -1.0
+            text = "" if silent else self.text(d.tokens)
+            results.append(ASRResult(text, True, text, "", w.start, w.end, i, silent or not text, d.seconds))
+        text = " ".join(r.text for r in results if r.text)
+        return Transcript(text, results, dur, time.perf_counter() - t0)
+
+    def create_stream(self, **kw) -> ASRStream:
+        """A new streaming recognizer (own VAD state; model weights shared)."""
+        return ASRStream(self, **kw)
+
+
+class ASRStream:
+    """Streaming recognition: `accept_waveform(sr, samples)` -> partial and final `ASRResult`s."""
+
+    def __init__(self, asr: ASR, partial_step: float = 1.0, min_partial_audio: float = 1.0,
+                 vad: VAD | None = None, **vad_kw):
+        self.asr = asr
+        self.vad = vad or VAD(model=asr.vad_model(), **vad_kw)
+        self.partial_step = partial_step
+        self.min_partial_audio = min_partial_audio
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget all audio and state (the next sample is t = 0 again)."""
+        self.vad.reset()
+        self.segment = 0
+        self._new_utterance()
+
+    def _new_utterance(self) -> None:
+        self.committed: list[int] = []
+        self.prev_tail: list[int] = []
+        self.last_partial_len = 0
+        self.last_partial_text = ""
+
+    @property
+    def in_speech(self) -> bool:
+        """True while an utterance is going on (VAD)."""
+        return self.vad.in_speech
+
+    def accept_waveform(self, sample_rate: int, samples) -> list[ASRResult]:
+        """Feed audio; returns the results it produced (partials and/or finals), in order."""
+        out: list[ASRResult] = []
+        for seg in self.vad.accept_waveform(sample_rate, samples):
+            out.append(self._final(seg))
+        if self.vad.in_speech:
+            audio = self.vad.current_audio()
+            n = len(audio)
+            if (n >= self.min_partial_audio * SAMPLE_RATE
+                    and n - self.last_partial_len >= self.partial_step * SAMPLE_RATE):
+                r = self._partial(audio)
+                if r is not None:
+                    out.append(r)
+        return out
+
+    def input_finished(self) -> list[ASRResult]:
+        """End of input: close the utterance in progress and return its final result."""
+        return [self._final(seg) for seg in self.vad.flush()]
+
+    # ------------------------------------------------------------------ policy
+    def _partial(self, audio: np.ndarray) -> ASRResult | None:
+        asr = self.asr
+        self.last_partial_len = len(audio)
+        d = asr.decode(audio, prefix=self.committed, full_window=False, max_new_tokens=64)
+        hyp = d.tokens
+        # LocalAgreement-2: commit the common prefix of this and the previous tail, up to a word boundary
+        agree = 0
+        for a, b in zip(hyp, self.prev_tail, strict=False):
+            if a != b:
+                break
+            agree += 1
+        agree = min(agree, len(hyp) - 1)  # never the last token (the audio may cut it mid-word)
+        while agree > 0 and not self._starts_word(hyp[agree]):
+            agree -= 1
+        self.committed += hyp[:agree]
+        self.prev_tail = hyp[agree:]
+        stable = asr.text(self.committed)
+        unstable = asr.text(hyp[agree:]) if hyp[agree:] else ""
+        text = (stable + " " + unstable).strip() if unstable else stable
+        start = self.vad.speech_start or 0.0
+        return ASRResult(text, False, stable, unstable, start, self.vad.time, self.segment, False, d.seconds)
+
+    def _starts_word(self, tok: int) -> bool:
+        piece = self.asr.tokenizer.id_to_token(tok) or ""
+        return piece.startswith("Ġ") or piece.startswith(" ") or not piece[:1].isalnum()
+
+    def _final(self, seg: SpeechSegment) -> ASRResult:
+        asr = self.asr
+        d = asr.decode(seg.samples, prefix=self.committed, full_window=asr.final_full_window)
+        tokens = self.committed + d.tokens
+        silent = not self.committed and d.no_speech_prob > 0.6 and d.avg_logprob < -1.0
+        text = "" if silent else asr.text(tokens)
+        r = ASRResult(text, True, text, "", seg.start, seg.end, self.segment, silent or not text, d.seconds)
+        self.segment += 1
+        self._new_utterance()
+        return r
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float32, copy=True)
+    m = x.max()
+    return x - (m + np.log(np.exp(x - m).sum()))
+
+
+def _repeating(tokens: list[int], times: int = 4, max_period: int = 8) -> bool:
+    """True when the tail is the same 1..max_period-token pattern repeated `times` times (a Whisper loop)."""
+    for p in range(1, max_period + 1):
+        n = p * times
+        if len(tokens) >= n and all(tokens[-n:][i] == tokens[-p:][i % p] for i in range(n)):
+            return True
+    return False
+
+
+def _merge_segments(segs: list[SpeechSegment], x: np.ndarray, max_s: float = 28.0,
+                    pad_s: float = 0.2) -> list[SpeechSegment]:
+    """Merge VAD segments into windows of at most `max_s` seconds, with `pad_s` of context around."""
+    out: list[SpeechSegment] = []
+    cur: list[float] | None = None
+    for s in segs:
+        if cur is not None and s.end - cur[0] <= max_s:
+            cur[1] = s.end
+            continue
+        if cur is not None:
+            out.append(cur)
+        cur = [s.start, s.end]
+    if cur is not None:
+        out.append(cur)
+    wins = []
+    for a, b in out:
+        i0 = max(0, int((a - pad_s) * SAMPLE_RATE))
+        i1 = min(len(x), int((b + pad_s) * SAMPLE_RATE))
+        wins.append(SpeechSegment(i0 / SAMPLE_RATE, i1 / SAMPLE_RATE, x[i0:i1]))
+    return wins
+
+
+__all__ = ["ASR", "ASRResult", "ASRStream", "Transcript", "default_asr_model", "StreamResampler"]

@@ -1,0 +1,344 @@
+"""Whisper (encoder-decoder speech recognizer) in numpy, run from an edgerun artifact.
+
+Architecture (Radford et al. 2022, openai/whisper `model.py`; weight names follow CTranslate2's WhisperSpec)::
+
+    mel (80, 3000) ─ conv1 k3 ─ gelu ─ conv2 k3 s2 ─ gelu ─ + sinusoid pos ─ N × [LN ─ MHA ─ + ; LN ─ FFN ─ +] ─ LN
+                                                                                               │ enc (T_a, d)
+    tokens ─ embed + learned pos ─ N × [LN ─ causal MHA (KV cache) ─ + ; LN ─ cross MHA (cached K,V of enc) ─ + ;
+                                        LN ─ FFN ─ +] ─ LN ─ @ embed.T ─ logits
+
+Every linear layer goes through one function, `matmul(x, linear)`, so its implementation can be swapped
+(`set_matmul`) — numpy with weights dequantized once today, the int8 GEMM/GEMV kernels of
+`edgerun.kernels` when they are available.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+try:  # exact GELU (CTranslate2 and openai/whisper use the erf form)
+    from scipy.special import erf as _erf
+except ImportError:  # pragma: no cover - scipy is optional
+    _erf = None
+
+
+@dataclass
+class ModelArgs:
+    """Whisper hyper-parameters (openai/whisper `ModelDimensions` names)."""
+
+    n_mels: int = 80
+    n_audio_ctx: int = 1500
+    n_audio_state: int = 512
+    n_audio_head: int = 8
+    n_audio_layer: int = 6
+    n_vocab: int = 51865
+    n_text_ctx: int = 448
+    n_text_state: int = 512
+    n_text_head: int = 8
+    n_text_layer: int = 6
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelArgs:
+        """Build from a dict, ignoring unknown keys."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# --------------------------------------------------------------------------- linear layers
+
+
+class Linear:
+    """y = x @ W.T + b. W (out, in) is a float array or an `edgerun.quant.QuantizedTensor`
+    (MatMulNBits layout: `data` codes, `scales`, optional `zero_points`) that a kernel can use as is."""
+
+    def __init__(self, weight, scale: np.ndarray | None = None, bias: np.ndarray | None = None):
+        self.weight = weight  # (out, in) float array, int8 array with per-row `scale`, or QuantizedTensor
+        self.scale = None if scale is None else np.asarray(scale, dtype=np.float32).reshape(-1)  # (out,)
+        self.bias = None if bias is None else np.asarray(bias, dtype=np.float32)  # (out,)
+        self.cache = None  # backend-owned (e.g. dequantized transposed weight)
+
+    @property
+    def quantized(self) -> bool:
+        return hasattr(self.weight, "dequantize")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.weight.shape)
+
+    def dequantized(self) -> np.ndarray:
+        """The float32 weight (out, in)."""
+        if self.quantized:
+            return self.weight.dequantize()
+        w = np.asarray(self.weight, dtype=np.float32)
+        if self.scale is not None:
+            w = w * self.scale[:, None]
+        return w
+
+    def rows(self, idx) -> np.ndarray:
+        """Float32 rows `idx` of W (the embedding lookup of a tied embedding/projection)."""
+        if self.cache is not None and self.cache.shape[1] == self.shape[0]:
+            return self.cache[:, idx].T
+        if self.quantized:
+            from edgerun.quant import QuantizedTensor
+
+            q = self.weight
+            zp = None if q.zero_points is None else q.zero_points[idx]
+            sub = QuantizedTensor(q.format, (len(idx), q.shape[1]), q.block_size, q.bits, q.data[idx],
+                                  q.scales[idx], zp)
+            return sub.dequantize()
+        w = np.asarray(self.weight[idx], dtype=np.float32)
+        return w * self.scale[idx][:, None] if self.scale is not None else w
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return _MATMUL(x, self)
+
+
+def matmul_numpy(x: np.ndarray, lin: Linear) -> np.ndarray:
+    """Reference backend: dequantize once (kept as (in, out) float32) and use BLAS."""
+    if lin.cache is None:
+        lin.cache = np.ascontiguousarray(lin.dequantized().T)  # (in, out)
+    y = x @ lin.cache
+    if lin.bias is not None:
+        y += lin.bias
+    return y
+
+
+_MATMUL: Callable[[np.ndarray, Linear], np.ndarray] = matmul_numpy
+
+
+def set_matmul(fn: Callable[[np.ndarray, Linear], np.ndarray] | None) -> None:
+    """Swap the function every Whisper linear layer uses (None restores the numpy backend)."""
+    global _MATMUL
+    _MATMUL = fn or matmul_numpy
+
+
+# --------------------------------------------------------------------------- small ops
+
+
+def layer_norm(x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float = 1e-5) -> np.ndarray:
+    """LayerNorm over the last axis."""
+    mu = x.mean(-1, keepdims=True)
+    xc = x - mu
+    var = (xc * xc).mean(-1, keepdims=True)
+    return xc / np.sqrt(var + eps) * g + b
+
+
+def gelu(x: np.ndarray) -> np.ndarray:
+    """GELU, exact erf form when scipy is present (tanh approximation otherwise)."""
+    if _erf is not None:
+        return 0.5 * x * (1.0 + _erf(x * np.float32(0.7071067811865476)))
+    return 0.5 * x * (1.0 + np.tanh(0.7978845608 * (x + 0.044715 * x * x * x)))
+
+
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Numerically stable softmax."""
+    m = x.max(axis=axis, keepdims=True)
+    e = np.exp(x - m)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def conv1d(x: np.ndarray, lin: Linear, k: int, stride: int) -> np.ndarray:
+    """1-D convolution, padding k//2, as im2col + one matmul. x (C_in, T) -> (T_out, C_out)."""
+    c_in, t = x.shape
+    pad = k // 2
+    xp = np.pad(x, ((0, 0), (pad, pad)))  # (C_in, T + 2 pad)
+    t_out = (t + 2 * pad - k) // stride + 1
+    # cols[t, c*k + j] = xp[c, t*stride + j]  (matches CT2's (out, in, k) weight flattened to (out, in*k))
+    idx = np.arange(t_out)[:, None] * stride + np.arange(k)[None, :]  # (T_out, k)
+    cols = xp[:, idx]  # (C_in, T_out, k)
+    cols = np.ascontiguousarray(cols.transpose(1, 0, 2)).reshape(t_out, c_in * k)
+    return lin(cols)  # (T_out, C_out)
+
+
+def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """Scaled dot-product attention. q (H, Tq, D), k/v (H, Tk, D) -> (H, Tq, D)."""
+    d = q.shape[-1]
+    s = (q @ k.transpose(0, 2, 1)) * np.float32(1.0 / np.sqrt(d))  # (H, Tq, Tk)
+    if mask is not None:
+        s = s + mask
+    return softmax(s) @ v
+
+
+def _heads(x: np.ndarray, h: int) -> np.ndarray:
+    """(T, H*D) -> (H, T, D)."""
+    t, c = x.shape
+    return x.reshape(t, h, c // h).transpose(1, 0, 2)
+
+
+def _merge(x: np.ndarray) -> np.ndarray:
+    """(H, T, D) -> (T, H*D)."""
+    h, t, d = x.shape
+    return np.ascontiguousarray(x.transpose(1, 0, 2)).reshape(t, h * d)
+
+
+# --------------------------------------------------------------------------- model
+
+
+class _LN:
+    def __init__(self, w: Callable[[str], np.ndarray], prefix: str):
+        self.g = w(prefix + ".gamma").astype(np.float32)
+        self.b = w(prefix + ".beta").astype(np.float32)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return layer_norm(x, self.g, self.b)
+
+
+@dataclass
+class DecoderState:
+    """Per-utterance decoder caches: self-attention K/V grow per token; cross K/V are fixed."""
+
+    self_k: list[np.ndarray]  # n_layer × (H, n_text_ctx, D)
+    self_v: list[np.ndarray]
+    cross_k: list[np.ndarray]  # n_layer × (H, T_a, D)
+    cross_v: list[np.ndarray]
+    length: int = 0
+
+
+class Whisper:
+    """Whisper encoder + decoder over a `get(name) -> array` weight source and `linear(name) -> Linear`."""
+
+    def __init__(self, args: ModelArgs, get: Callable[[str], np.ndarray], linear: Callable[[str], Linear]):
+        self.args = a = args
+        self.conv1 = linear("encoder.conv1")
+        self.conv2 = linear("encoder.conv2")
+        self.enc_pos = get("encoder.position_encodings.encodings").astype(np.float32)  # (1500, d)
+        self.enc_layers = []
+        for i in range(a.n_audio_layer):
+            p = f"encoder.layer_{i}"
+            self.enc_layers.append(
+                dict(
+                    ln1=_LN(get, p + ".self_attention.layer_norm"),
+                    qkv=linear(p + ".self_attention.linear_0"),
+                    out=linear(p + ".self_attention.linear_1"),
+                    ln2=_LN(get, p + ".ffn.layer_norm"),
+                    fc1=linear(p + ".ffn.linear_0"),
+                    fc2=linear(p + ".ffn.linear_1"),
+                )
+            )
+        self.enc_ln = _LN(get, "encoder.layer_norm")
+        self.embed = linear("decoder.embeddings")  # (n_vocab, d); also the output projection
+        self.dec_pos = get("decoder.position_encodings.encodings").astype(np.float32)  # (448, d)
+        self.dec_layers = []
+        for i in range(a.n_text_layer):
+            p = f"decoder.layer_{i}"
+            self.dec_layers.append(
+                dict(
+                    ln1=_LN(get, p + ".self_attention.layer_norm"),
+                    qkv=linear(p + ".self_attention.linear_0"),
+                    out=linear(p + ".self_attention.linear_1"),
+                    ln2=_LN(get, p + ".attention.layer_norm"),
+                    q=linear(p + ".attention.linear_0"),
+                    kv=linear(p + ".attention.linear_1"),
+                    xout=linear(p + ".attention.linear_2"),
+                    ln3=_LN(get, p + ".ffn.layer_norm"),
+                    fc1=linear(p + ".ffn.linear_0"),
+                    fc2=linear(p + ".ffn.linear_1"),
+                )
+            )
+        self.dec_ln = _LN(get, "decoder.layer_norm")
+        self._embed_rows: np.ndarray | None = None
+
+    # ---------------------------------------------------------------- encoder
+    def encode(self, mel: np.ndarray) -> np.ndarray:
+        """mel (n_mels, 2*T_a) -> encoder output (T_a, d). T_a may be shorter than 1500."""
+        h = self.args.n_audio_head
+        x = gelu(conv1d(mel.astype(np.float32), self.conv1, 3, 1))  # (T, d)
+        x = gelu(conv1d(np.ascontiguousarray(x.T), self.conv2, 3, 2))  # (T_a, d)
+        t = x.shape[0]
+        x = x + self.enc_pos[:t]
+        for L in self.enc_layers:
+            y = L["ln1"](x)
+            q, k, v = np.split(L["qkv"](y), 3, axis=-1)  # 3 × (T_a, d)
+            x = x + L["out"](_merge(attention(_heads(q, h), _heads(k, h), _heads(v, h))))
+            x = x + L["fc2"](gelu(L["fc1"](L["ln2"](x))))
+        return self.enc_ln(x).astype(np.float32)
+
+    # ---------------------------------------------------------------- decoder
+    def new_state(self, enc: np.ndarray) -> DecoderState:
+        """Precompute cross-attention K/V of one encoder output and empty self-attention caches."""
+        a = self.args
+        h, d = a.n_text_head, a.n_text_state // a.n_text_head
+        ck, cv = [], []
+        for L in self.dec_layers:
+            k, v = np.split(L["kv"](enc), 2, axis=-1)  # 2 × (T_a, d)
+            ck.append(np.ascontiguousarray(_heads(k, h)))
+            cv.append(np.ascontiguousarray(_heads(v, h)))
+        sk = [np.zeros((h, a.n_text_ctx, d), np.float32) for _ in self.dec_layers]
+        sv = [np.zeros((h, a.n_text_ctx, d), np.float32) for _ in self.dec_layers]
+        return DecoderState(sk, sv, ck, cv, 0)
+
+    def _embed_tokens(self, tokens: list[int]) -> np.ndarray:
+        return self.embed.rows(np.asarray(tokens, dtype=np.int64))  # (n, d)
+
+    def decode(self, tokens: list[int], state: DecoderState) -> np.ndarray:
+        """Feed `tokens` after the cached ones; returns logits (len(tokens), n_vocab)."""
+        a = self.args
+        h = a.n_text_head
+        n, p0 = len(tokens), state.length
+        if p0 + n > a.n_text_ctx:
+            raise ValueError("Whisper text context (448 tokens) exceeded")
+        x = self._embed_tokens(tokens) + self.dec_pos[p0 : p0 + n]  # (n, d)
+        mask = None
+        if n > 1:
+            mask = np.triu(np.full((n, p0 + n), -np.inf, np.float32), k=p0 + 1)  # (n, p0+n)
+        for i, L in enumerate(self.dec_layers):
+            y = L["ln1"](x)
+            q, k, v = np.split(L["qkv"](y), 3, axis=-1)
+            state.self_k[i][:, p0 : p0 + n] = _heads(k, h)
+            state.self_v[i][:, p0 : p0 + n] = _heads(v, h)
+            kk = state.self_k[i][:, : p0 + n]  # (H, p0+n, D)
+            vv = state.self_v[i][:, : p0 + n]
+            x = x + L["out"](_merge(attention(_heads(q, h), kk, vv, mask)))
+            y = L["ln2"](x)
+            q = _heads(L["q"](y), h)
+            x = x + L["xout"](_merge(attention(q, state.cross_k[i], state.cross_v[i])))
+            x = x + L["fc2"](gelu(L["fc1"](L["ln3"](x))))
+        state.length = p0 + n
+        x = self.dec_ln(x)
+        return self.embed(x)  # (n, n_vocab): tied output projection
+
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_whisper(path: str, verify: bool = True) -> tuple[Whisper, dict, str]:
+    """Open a Whisper artifact: returns (model, manifest, tokenizer.json text)."""
+    from edgerun.export.artifact import Artifact
+    from edgerun.export.errors import UnsupportedError
+    from edgerun.quant import QuantizedTensor
+
+    art = Artifact(path)
+    if art.arch != "whisper":
+        raise UnsupportedError(f"artifact '{path}' holds a {art.arch} model, not Whisper")
+    args = ModelArgs.from_dict(art.config)
+    tensors = art.tensors
+
+    def get(name: str) -> np.ndarray:
+        return art.part(name, "data", verify=verify)
+
+    def linear(prefix: str) -> Linear:
+        name = prefix + ".weight"
+        entry = tensors.get(name)
+        if entry is None:
+            get(name)  # raises the one-line CorruptFileError
+        bias = get(prefix + ".bias") if prefix + ".bias" in tensors else None
+        if entry["format"] in ("f16", "f32"):
+            return Linear(get(name).astype(np.float32), None, bias)
+        q = entry["quant"]
+        parts = entry["parts"]
+        qt = QuantizedTensor(
+            entry["format"],
+            tuple(entry["shape"]),
+            q["block_size"],
+            q["bits"],
+            art.part(name, "data", verify=verify),
+            art.part(name, "scales", verify=verify),
+            art.part(name, "zero_points", verify=verify) if "zero_points" in parts else None,
+        )
+        return Linear(qt, None, bias)
+
+    return Whisper(args, get, linear), art.manifest, art.tokenizer_json()

@@ -1,0 +1,272 @@
+"""Whisper: CTranslate2 reader, INT8 export, numpy forward (tiny random model) and the packaged model."""
+
+import glob
+import re
+import struct
+
+import numpy as np
+import pytest
+from edgerun.export.ct2 import load_ct2
+from edgerun.export.errors import CorruptFileError
+from edgerun.runtime.audio.features import log_mel, mel_filters
+from edgerun.runtime.models.whisper import Linear, ModelArgs, conv1d, set_matmul
+
+LIBRIVOX = "/usr/share/pocketsphinx/test/data/librivox"
+
+
+def _wstr(s: str) -> bytes:
+    return struct.pack("<H", len(s) + 1) + s.encode() + b"\0"
+
+
+def write_ct2(path, variables: dict, aliases: dict, spec="WhisperSpec"):
+    """A CTranslate2 model.bin (binary version 6), as ctranslate2's ModelSpec._serialize writes it."""
+    ids = {np.float32: 0, np.int8: 1, np.int16: 2, np.int32: 3, np.float16: 4}
+    b = struct.pack("<I", 6) + _wstr(spec) + struct.pack("<I", 3) + struct.pack("<I", len(variables))
+    for name, v in variables.items():
+        v = np.asarray(v)
+        b += _wstr(name) + struct.pack("<B", v.ndim) + b"".join(struct.pack("<I", d) for d in v.shape)
+        b += struct.pack("<B", ids[v.dtype.type]) + struct.pack("<I", v.nbytes) + v.tobytes()
+    b += struct.pack("<I", len(aliases))
+    for a, n in aliases.items():
+        b += _wstr(a) + _wstr(n)
+    path.write_bytes(b)
+    return b
+
+
+def tiny_ct2_vars(rng, d=16, h=2, n_layer=2, n_vocab=60, n_mels=8, a_ctx=20, t_ctx=24):
+    """Random CTranslate2 Whisper variables for a tiny config."""
+    f = lambda *s: (0.2 * rng.standard_normal(s)).astype(np.float16)  # noqa: E731
+    v = {"encoder/num_heads": np.int16(h), "decoder/num_heads": np.int16(h)}
+    v["encoder/conv1/weight"], v["encoder/conv1/bias"] = f(d, n_mels, 3), f(d)
+    v["encoder/conv2/weight"], v["encoder/conv2/bias"] = f(d, d, 3), f(d)
+    v["encoder/position_encodings/encodings"] = f(a_ctx, d)
+    ln = lambda p: {p + "/gamma": (1 + f(d)).astype(np.float16), p + "/beta": f(d)}  # noqa: E731
+    lin = lambda p, o, i: {p + "/weight": f(o, i), p + "/bias": f(o)}  # noqa: E731
+    for i in range(n_layer):
+        p = f"encoder/layer_{i}"
+        v |= ln(p + "/self_attention/layer_norm") | lin(p + "/self_attention/linear_0", 3 * d, d)
+        v |= lin(p + "/self_attention/linear_1", d, d) | ln(p + "/ffn/layer_norm")
+        v |= lin(p + "/ffn/linear_0", 4 * d, d) | lin(p + "/ffn/linear_1", d, 4 * d)
+        p = f"decoder/layer_{i}"
+        v |= ln(p + "/self_attention/layer_norm") | lin(p + "/self_attention/linear_0", 3 * d, d)
+        v |= lin(p + "/self_attention/linear_1", d, d) | ln(p + "/attention/layer_norm")
+        v |= lin(p + "/attention/linear_0", d, d) | lin(p + "/attention/linear_1", 2 * d, d)
+        v |= lin(p + "/attention/linear_2", d, d) | ln(p + "/ffn/layer_norm")
+        v |= lin(p + "/ffn/linear_0", 4 * d, d) | lin(p + "/ffn/linear_1", d, 4 * d)
+    v |= ln("encoder/layer_norm") | ln("decoder/layer_norm")
+    v["decoder/embeddings/weight"] = f(n_vocab, d)
+    v["decoder/position_encodings/encodings"] = f(t_ctx, d)
+    return v
+
+
+@pytest.fixture
+def tiny_dir(tmp_path):
+    rng = np.random.default_rng(0)
+    v = tiny_ct2_vars(rng)
+    raw = write_ct2(tmp_path / "model.bin", v, {"decoder/projection/weight": "decoder/embeddings/weight"})
+    return tmp_path, v, raw
+
+
+def test_ct2_reader_whole_and_parts(tiny_dir, tmp_path_factory):
+    d, v, raw = tiny_dir
+    m = load_ct2(str(d))
+    assert m.spec_name == "WhisperSpec" and m.revision == 3
+    np.testing.assert_array_equal(m.get("decoder/projection/weight"), v["decoder/embeddings/weight"])
+    assert int(m.get("encoder/num_heads")) == 2
+    parts = tmp_path_factory.mktemp("parts")
+    (parts / "model.bin.part1").write_bytes(raw[: len(raw) // 3])
+    (parts / "model.bin.part2").write_bytes(raw[len(raw) // 3 :])
+    m2 = load_ct2(str(parts))
+    for k in v:
+        np.testing.assert_array_equal(m2.variables[k], m.variables[k])
+    (parts / "model.bin.part2").write_bytes(raw[len(raw) // 3 : -100])
+    with pytest.raises(CorruptFileError, match="truncated"):
+        load_ct2(str(parts))
+
+
+def _reference_whisper(v, tokens, mel):
+    """Whole-sequence float32 forward written independently (no KV cache)."""
+    g = lambda k: v[k].astype(np.float32)  # noqa: E731
+    h = int(v["encoder/num_heads"])
+
+    def ln(x, p):
+        mu, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+        return (x - mu) / np.sqrt(var + 1e-5) * g(p + "/gamma") + g(p + "/beta")
+
+    def lin(x, p):
+        return x @ g(p + "/weight").T + g(p + "/bias")
+
+    def gelu(x):
+        from scipy.special import erf
+
+        return 0.5 * x * (1 + erf(x / np.sqrt(2)))
+
+    def mha(q, k, v_, causal):
+        d = q.shape[-1] // h
+        outs = []
+        for j in range(h):
+            s = q[:, j * d : (j + 1) * d] @ k[:, j * d : (j + 1) * d].T / np.sqrt(d)
+            if causal:
+                s = s + np.triu(np.full(s.shape, -np.inf), 1)
+            p = np.exp(s - s.max(-1, keepdims=True))
+            outs.append((p / p.sum(-1, keepdims=True)) @ v_[:, j * d : (j + 1) * d])
+        return np.concatenate(outs, -1)
+
+    def conv(x, p, stride):  # x (C, T)
+        w, b = g(p + "/weight"), g(p + "/bias")
+        xp = np.pad(x, ((0, 0), (1, 1)))
+        t_out = (x.shape[1] + 2 - 3) // stride + 1
+        return np.stack([np.einsum("oik,ik->o", w, xp[:, t * stride : t * stride + 3]) + b for t in range(t_out)])
+
+    x = gelu(conv(mel, "encoder/conv1", 1))
+    x = gelu(conv(x.T, "encoder/conv2", 2))
+    x = x + g("encoder/position_encodings/encodings")[: len(x)]
+    n_layer = len({k.split("/")[1] for k in v if re.match(r"encoder/layer_\d+/", k)})
+    for i in range(n_layer):
+        p = f"encoder/layer_{i}"
+        q, k, vv = np.split(lin(ln(x, p + "/self_attention/layer_norm"), p + "/self_attention/linear_0"), 3, -1)
+        x = x + lin(mha(q, k, vv, False), p + "/self_attention/linear_1")
+        x = x + lin(gelu(lin(ln(x, p + "/ffn/layer_norm"), p + "/ffn/linear_0")), p + "/ffn/linear_1")
+    enc = ln(x, "encoder/layer_norm")
+    emb = g("decoder/embeddings/weight")
+    y = emb[tokens] + g("decoder/position_encodings/encodings")[: len(tokens)]
+    for i in range(n_layer):
+        p = f"decoder/layer_{i}"
+        q, k, vv = np.split(lin(ln(y, p + "/self_attention/layer_norm"), p + "/self_attention/linear_0"), 3, -1)
+        y = y + lin(mha(q, k, vv, True), p + "/self_attention/linear_1")
+        q = lin(ln(y, p + "/attention/layer_norm"), p + "/attention/linear_0")
+        k, vv = np.split(lin(enc, p + "/attention/linear_1"), 2, -1)
+        y = y + lin(mha(q, k, vv, False), p + "/attention/linear_2")
+        y = y + lin(gelu(lin(ln(y, p + "/ffn/layer_norm"), p + "/ffn/linear_0")), p + "/ffn/linear_1")
+    return ln(y, "decoder/layer_norm") @ emb.T
+
+
+@pytest.mark.parametrize("weights", ["f32", "int8"])
+def test_tiny_export_and_forward_matches_reference(tiny_dir, tmp_path, weights):
+    from edgerun.export.whisper_export import export_whisper
+    from edgerun.runtime.models.whisper import load_whisper
+
+    d, v, _ = tiny_dir
+    (d / "tokenizer.json").write_text("{}")
+    out = export_whisper(str(d), str(tmp_path / "tiny.edge"), weights=weights)
+    model, manifest, _ = load_whisper(out)
+    assert manifest["recipe"]["weights"] == weights and manifest["config"]["n_audio_layer"] == 2
+    rng = np.random.default_rng(1)
+    mel = rng.standard_normal((8, 40)).astype(np.float32)
+    tokens = [3, 7, 11, 5, 2, 9]
+    ref = _reference_whisper(v, tokens, mel)
+    state = model.new_state(model.encode(mel))
+    got = np.concatenate([model.decode(tokens[:3], state)] + [model.decode([t], state) for t in tokens[3:]])
+    tol = 2e-3 if weights == "f32" else 0.05 * np.abs(ref).max()
+    np.testing.assert_allclose(got, ref, atol=tol)
+    if weights == "int8":
+        assert np.array_equal(got.argmax(-1), ref.argmax(-1)) or np.mean(got.argmax(-1) == ref.argmax(-1)) > 0.8
+
+
+def test_matmul_is_swappable():
+    rng = np.random.default_rng(0)
+    lin = Linear(rng.standard_normal((5, 4)).astype(np.float32), None, np.ones(5, np.float32))
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    calls = []
+
+    def spy(x_, l_):
+        calls.append(l_.shape)
+        return x_ @ l_.dequantized().T + l_.bias
+
+    set_matmul(spy)
+    try:
+        y = lin(x)
+    finally:
+        set_matmul(None)
+    assert calls == [(5, 4)]
+    np.testing.assert_allclose(y, lin(x), rtol=1e-5)
+
+
+def test_conv1d_im2col_matches_direct():
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((6, 4, 3)).astype(np.float32)
+    x = rng.standard_normal((4, 11)).astype(np.float32)
+    y = conv1d(x, Linear(w.reshape(6, 12)), 3, 2)
+    xp = np.pad(x, ((0, 0), (1, 1)))
+    ref = np.stack([np.einsum("oik,ik->o", w, xp[:, t * 2 : t * 2 + 3]) for t in range(6)])
+    np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_log_mel_shape_and_filters():
+    assert mel_filters(80).shape == (80, 201)
+    m = log_mel(np.zeros(16000, np.float32))
+    assert m.shape == (80, 3000) and np.isfinite(m).all()
+    assert log_mel(np.ones(3200, np.float32), pad_to=None).shape == (80, 20)
+    assert ModelArgs.from_dict({"n_mels": 80, "unknown": 1}).n_mels == 80
+
+
+def test_log_mel_matches_faster_whisper():
+    fe = pytest.importorskip("faster_whisper.feature_extractor")
+    rng = np.random.default_rng(0)
+    a = (0.1 * rng.standard_normal(16000 * 3)).astype(np.float32)
+    ref = fe.FeatureExtractor()(np.pad(a, (0, 480000 - len(a))), padding=0)[:, :3000]
+    np.testing.assert_allclose(log_mel(a), ref, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- packaged model
+
+
+def _librivox(n):
+    files = sorted(glob.glob(f"{LIBRIVOX}/*.wav"))[:n]
+    if not files:
+        pytest.skip("pocketsphinx-testdata not installed (apt-get install pocketsphinx-testdata)")
+    return files
+
+
+@pytest.fixture(scope="module")
+def asr():
+    from edgerun.runtime.audio.asr import ASR
+
+    return ASR()
+
+
+def _norm(s):
+    return re.sub(r"[^a-z' ]", " ", s.lower().replace("-", " ")).split()
+
+
+@pytest.mark.model
+def test_packaged_whisper_matches_faster_whisper(asr):
+    fw = pytest.importorskip("faster_whisper")
+    from edgerun.export.whisper_export import assemble_ct2_dir
+    from edgerun.runtime.audio.wavio import read_audio
+
+    peer = fw.WhisperModel(assemble_ct2_dir(), device="cpu", compute_type="int8", cpu_threads=2)
+    for f in _librivox(2):
+        x, sr = read_audio(f)
+        ours = asr.transcribe(x, sr).text
+        segs, _ = peer.transcribe(f, beam_size=1, language="en", without_timestamps=True)
+        theirs = " ".join(s.text for s in segs)
+        assert _norm(ours) == _norm(theirs), (ours, theirs)
+
+
+@pytest.mark.model
+def test_stream_partials_grow_and_final(asr):
+    from edgerun.runtime.audio.wavio import read_audio
+
+    x, sr = read_audio(_librivox(1)[0])
+    a = np.concatenate([np.zeros(sr // 2, np.float32), x, np.zeros(sr, np.float32)])
+    s = asr.create_stream()
+    results = []
+    for i in range(0, len(a), sr // 5):
+        results += s.accept_waveform(sr, a[i : i + sr // 5])
+    results += s.input_finished()
+    partials = [r for r in results if not r.is_final]
+    finals = [r for r in results if r.is_final]
+    assert len(partials) >= 3 and len(finals) == 1
+    for p, q in zip(partials, partials[1:], strict=False):
+        assert q.stable.startswith(p.stable)  # the stable prefix never changes, only grows
+    assert finals[0].text.startswith(partials[-1].stable)
+    assert "dashwood" in finals[0].text.lower() and 0.2 < finals[0].start < 0.8
+
+
+@pytest.mark.model
+def test_silence_and_empty_give_no_speech(asr):
+    assert asr.transcribe(np.zeros(16000 * 2, np.float32), 16000).no_speech
+    assert asr.transcribe(np.zeros(0, np.float32), 44100).no_speech
+    s = asr.create_stream()
+    assert s.accept_waveform(8000, np.zeros(8000 * 2, np.int16)) == [] and s.input_finished() == []

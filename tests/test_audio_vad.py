@@ -1,0 +1,61 @@
+"""Silero VAD streaming segmentation on real speech (LibriVox clips of pocketsphinx-testdata)."""
+
+import glob
+
+import numpy as np
+import pytest
+from edgerun.runtime.audio.resample import resample
+from edgerun.runtime.audio.vad import VAD, detect_speech
+from edgerun.runtime.audio.wavio import read_audio
+
+LIBRIVOX = "/usr/share/pocketsphinx/test/data/librivox"
+pytestmark = pytest.mark.model
+
+
+def _clips():
+    files = sorted(glob.glob(f"{LIBRIVOX}/*.wav"))
+    if not files:
+        pytest.skip("pocketsphinx-testdata not installed (apt-get install pocketsphinx-testdata)")
+    return [read_audio(f)[0] for f in files[:3]]
+
+
+def _with_gaps(clips, gap=1.0):
+    parts, spans, t = [], [], 0.0
+    for c in clips:
+        parts += [np.zeros(int(gap * 16000), np.float32), c]
+        spans.append((t + gap, t + gap + len(c) / 16000))
+        t += gap + len(c) / 16000
+    parts.append(np.zeros(16000, np.float32))
+    return np.concatenate(parts), spans
+
+
+def test_segments_match_clips():
+    audio, spans = _with_gaps(_clips())
+    segs = detect_speech(audio, 16000)
+    assert len(segs) == len(spans)
+    for s, (a, b) in zip(segs, spans, strict=True):
+        assert a - 0.3 < s.start < a + 0.5 and b - 0.6 < s.end < b + 0.3
+        assert len(s.samples) == pytest.approx((s.end - s.start) * 16000, abs=2)
+
+
+def test_stream_any_rate_stereo_chunks():
+    audio, spans = _with_gaps(_clips())
+    x = resample(audio, 16000, 44100)
+    st = np.stack([x, x], 1)
+    vad = VAD()
+    segs = []
+    for i in range(0, len(st), 1234):
+        segs += vad.accept_waveform(44100, st[i : i + 1234])
+    segs += vad.flush()
+    ref = detect_speech(audio, 16000)
+    assert len(segs) == len(ref)
+    for s, r in zip(segs, ref, strict=True):
+        assert abs(s.start - r.start) < 0.1 and abs(s.end - r.end) < 0.1
+
+
+def test_silence_and_noise_give_nothing():
+    rng = np.random.default_rng(0)
+    assert detect_speech(np.zeros(3 * 16000, np.float32), 16000) == []
+    assert detect_speech(0.01 * rng.standard_normal(3 * 16000).astype(np.float32), 16000) == []
+    vad = VAD()
+    assert vad.accept_waveform(16000, np.zeros(0, np.float32)) == [] and vad.flush() == []
