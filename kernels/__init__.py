@@ -1,1 +1,31 @@
-"""edgerun.kernels."""
+"""edgerun.kernels — own C kernels (runtime CPU dispatch, persistent thread pool) + numpy references.
+
+Public API (see ``ops.py``; C API in ``src/edgerun_kernels.h``)::
+
+    from edgerun.kernels import Weight, matmul, rmsnorm, rope_neox, softmax, silu, gelu_tanh, mul,
+        silu_mul, gelu_mul, attention, set_num_threads, set_isa, use_isa, available_isas
+    w = Weight(quantize(W, "int4"))     # or a float32 / float16 (N, K) array
+    y = matmul(w, x)                    # x (K,) -> (N,);  (M, K) -> (M, N)
+
+The C library loads on first use of one of these names (PEP 562), so importing the package
+costs nothing until a kernel is needed.
+"""
+
+from __future__ import annotations
+
+_OPS = (
+    "Weight", "as_weight", "matmul", "rmsnorm", "rope_neox", "softmax", "silu", "gelu_tanh", "mul",
+    "silu_mul", "gelu_mul", "attention", "set_num_threads", "get_num_threads", "set_spin_us", "set_isa",
+    "get_isa", "use_isa", "isa_supported", "available_isas",
+)
+__all__ = list(_OPS)
+
+
+def __getattr__(name: str):
+    if name in _OPS:
+        from . import ops
+
+        value = getattr(ops, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'edgerun.kernels' has no attribute {name!r}")

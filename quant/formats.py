@@ -252,7 +252,7 @@ class Int8(QuantFormat):
     name = "int8"
     bits = 8
     default_block = 32
-    block_sizes = (16, 32, 64, 128, 256)
+    block_sizes = (32, 64, 128, 256)
 
     @classmethod
     def _codes(cls, blocks):
@@ -270,7 +270,7 @@ class Int4(QuantFormat):
     name = "int4"
     bits = 4
     default_block = 32
-    block_sizes = (16, 32, 64, 128, 256)
+    block_sizes = (32, 64, 128, 256)
 
     @classmethod
     def _codes(cls, blocks):
@@ -289,7 +289,7 @@ class Int4Asym(QuantFormat):
     name = "int4_asym"
     bits = 4
     default_block = 32
-    block_sizes = (16, 32, 64, 128, 256)
+    block_sizes = (32, 64, 128, 256)
     stores_zero_points = True
 
     @classmethod
@@ -305,14 +305,14 @@ class Int4Asym(QuantFormat):
 class Ternary(QuantFormat):
     """Ternary {-1, 0, +1} * scale (BitNet b1.58 absmean scale), 2-bit codes 0/1/2, zero point 1.
 
-    Default block 256: 2 + (16 + 2)/256 = 2.07 bits per weight. Blocks 16..128 also work
+    Default block 256: 2 + (16 + 2)/256 = 2.07 bits per weight. Blocks 32..128 (and 512, 1024) also work
     (K is padded to the block), e.g. 64 for rows of 576 (2.28 bits per weight, no padding).
     """
 
     name = "ternary"
     bits = 2
     default_block = 256
-    block_sizes = (16, 32, 64, 128, 256, 512, 1024)
+    block_sizes = (32, 64, 128, 256, 512, 1024)
     stores_zero_points = True
 
     @classmethod

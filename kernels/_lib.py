@@ -1,0 +1,86 @@
+"""Load the compiled kernel library (``edgerun.kernels._edgerun_kernels``) through ctypes.
+
+ctypes releases the GIL around every foreign call. The library is a plain shared object built by
+setup.py from ``kernels/src/*.c``; it is looked up next to this file (``pip install -e .`` or
+``python setup.py build_ext --inplace`` puts it there).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import os
+from ctypes import POINTER, c_double, c_float, c_int, c_int32, c_int64, c_size_t, c_void_p
+
+_here = os.path.dirname(os.path.abspath(__file__))
+
+
+class ErWeight(ctypes.Structure):
+    """Mirror of ``er_weight`` in ``src/edgerun_kernels.h``."""
+
+    _fields_ = [
+        ("type", c_int32),
+        ("bits", c_int32),
+        ("n", c_int64),
+        ("k", c_int64),
+        ("block_size", c_int32),
+        ("reserved", c_int32),
+        ("data", c_void_p),
+        ("scales", c_void_p),
+        ("zero_points", c_void_p),
+    ]
+
+
+TASK_FN = ctypes.CFUNCTYPE(None, c_void_p, c_int64, c_int64, c_int)
+
+_SIGNATURES = {
+    "er_isa_supported": (c_int, [c_int]),
+    "er_get_isa": (c_int, []),
+    "er_set_isa": (c_int, [c_int]),
+    "er_best_isa": (c_int, []),
+    "er_set_num_threads": (c_int, [c_int]),
+    "er_get_num_threads": (c_int, []),
+    "er_set_spin_us": (None, [c_int64]),
+    "er_matmul": (c_int, [POINTER(ErWeight), c_void_p, c_void_p, c_int64]),
+    "er_rmsnorm": (None, [c_void_p, c_void_p, c_void_p, c_int64, c_int64, c_float]),
+    "er_rope_neox": (None, [c_void_p, c_int64, c_int64, c_int64, c_float, c_float]),
+    "er_softmax": (None, [c_void_p, c_int64, c_int64]),
+    "er_silu": (None, [c_void_p, c_void_p, c_int64]),
+    "er_gelu_tanh": (None, [c_void_p, c_void_p, c_int64]),
+    "er_mul": (None, [c_void_p, c_void_p, c_void_p, c_int64]),
+    "er_silu_mul": (None, [c_void_p, c_void_p, c_void_p, c_int64]),
+    "er_gelu_mul": (None, [c_void_p, c_void_p, c_void_p, c_int64]),
+    "er_attention": (
+        c_int,
+        [c_void_p, c_void_p, c_void_p, c_void_p, c_int64, c_int64, c_int64, c_int64, c_int64, c_int,
+         c_float, c_float],
+    ),
+    "er_memcpy": (None, [c_void_p, c_void_p, c_size_t]),
+    "er_read_sum": (c_double, [c_void_p, c_size_t]),
+}
+
+
+def library_path() -> str:
+    """Path of the built extension file, or raise EdgerunError saying how to build it."""
+    found = sorted(glob.glob(os.path.join(_here, "_edgerun_kernels*.so")) +
+                   glob.glob(os.path.join(_here, "_edgerun_kernels*.pyd")))
+    if not found:
+        from edgerun.export.errors import EdgerunError
+
+        raise EdgerunError(
+            "the edgerun C kernels are not built; run `pip install -e .` (or "
+            "`python setup.py build_ext --inplace`) in the edgerun source folder"
+        )
+    return found[0]
+
+
+def _load() -> ctypes.CDLL:
+    lib = ctypes.CDLL(library_path())
+    for name, (res, args) in _SIGNATURES.items():
+        fn = getattr(lib, name)
+        fn.restype = res
+        fn.argtypes = args
+    return lib
+
+
+lib = _load()

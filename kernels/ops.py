@@ -1,0 +1,224 @@
+"""Python entry points of the C kernels (thin ctypes wrappers; ctypes drops the GIL in each call).
+
+Arrays must be C-contiguous float32 (f16 where noted); wrappers check shapes and dtypes once and
+pass raw pointers. For the lowest per-call cost in a decode loop, build a :class:`Weight` once per
+tensor and pass preallocated ``out`` arrays.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+
+import numpy as np
+from edgerun.quant import QuantizedTensor
+
+from ._lib import ErWeight, lib
+
+ISAS = {"scalar": 0, "avx2": 1, "avx512": 2, "neon": 3}
+_ISA_NAMES = {v: k for k, v in ISAS.items()}
+W_F32, W_F16, W_Q = 0, 1, 2
+
+
+def _ptr(a: np.ndarray) -> int:
+    return a.__array_interface__["data"][0]
+
+
+def _f32(a: np.ndarray, name: str) -> np.ndarray:
+    if not (isinstance(a, np.ndarray) and a.dtype == np.float32 and a.flags.c_contiguous):
+        raise TypeError(f"{name} must be a C-contiguous float32 array")
+    return a
+
+
+# ---- dispatch / threads -------------------------------------------------------------------------
+
+
+def isa_supported(name: str) -> bool:
+    """Whether variant ``name`` (scalar, avx2, avx512, neon) is built and runs on this CPU."""
+    return bool(lib.er_isa_supported(ISAS[name]))
+
+
+def available_isas() -> list[str]:
+    """Variants that can run here, slowest first."""
+    return [n for n in ISAS if isa_supported(n)]
+
+
+def get_isa() -> str:
+    """The variant in use."""
+    return _ISA_NAMES[lib.er_get_isa()]
+
+
+def set_isa(name: str | None) -> str:
+    """Force a variant (``None``: the best for this CPU). Raises ValueError if it cannot run here."""
+    r = lib.er_set_isa(-1 if name is None else ISAS[name])
+    if r < 0:
+        raise ValueError(f"kernel variant {name!r} is not supported on this CPU/build")
+    return _ISA_NAMES[r]
+
+
+@contextlib.contextmanager
+def use_isa(name: str | None):
+    """Context manager: run the enclosed kernels with variant ``name``."""
+    old = get_isa()
+    set_isa(name)
+    try:
+        yield
+    finally:
+        set_isa(old)
+
+
+def set_num_threads(n: int | None = None) -> int:
+    """Threads of the persistent pool (None or <= 0: all online CPUs). Returns the count set."""
+    return lib.er_set_num_threads(0 if n is None else int(n))
+
+
+def get_num_threads() -> int:
+    """Threads of the pool (the caller counts as one)."""
+    return lib.er_get_num_threads()
+
+
+def set_spin_us(us: int) -> None:
+    """How long idle pool workers busy-wait for the next call before sleeping (default 2000 us)."""
+    lib.er_set_spin_us(int(us))
+
+
+# ---- matmul ---------------------------------------------------------------------------------------
+
+
+class Weight:
+    """A weight ready for :func:`matmul`: f32/f16 ``(N, K)`` array or a :class:`QuantizedTensor`.
+
+    Holds references to the arrays (which may be views into an mmapped ``weights.bin``) and the
+    prebuilt C descriptor, so a call costs no repacking.
+    """
+
+    def __init__(self, w: QuantizedTensor | np.ndarray):
+        if isinstance(w, QuantizedTensor):
+            parts = [np.ascontiguousarray(w.data, np.uint8), np.ascontiguousarray(w.scales, np.float16)]
+            zp = None if w.zero_points is None else np.ascontiguousarray(w.zero_points, np.uint8)
+            self.format = w.format
+            self.shape = tuple(w.shape)
+            self.quantized = w
+            self._keep = (*parts, zp)
+            self._c = ErWeight(W_Q, w.bits, w.shape[0], w.shape[1], w.block_size, 0, _ptr(parts[0]),
+                               _ptr(parts[1]), None if zp is None else _ptr(zp))
+        else:
+            a = np.asarray(w)
+            if a.ndim != 2 or a.dtype not in (np.float32, np.float16):
+                raise TypeError("a float weight must be a 2-D float32 or float16 (N, K) array")
+            a = np.ascontiguousarray(a)
+            self.format = "f32" if a.dtype == np.float32 else "f16"
+            self.shape = a.shape
+            self.quantized = None
+            self._keep = (a,)
+            self._c = ErWeight(W_F32 if a.dtype == np.float32 else W_F16, 0, a.shape[0], a.shape[1], 0, 0,
+                               _ptr(a), None, None)
+        self._ref = ctypes.byref(self._c)
+
+    def __repr__(self) -> str:
+        return f"Weight({self.format}, shape={self.shape})"
+
+
+def as_weight(w: Weight | QuantizedTensor | np.ndarray) -> Weight:
+    """``w`` as a :class:`Weight` (no copy when it already is one)."""
+    return w if isinstance(w, Weight) else Weight(w)
+
+
+def matmul(w: Weight | QuantizedTensor | np.ndarray, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``x (K,) | (M, K)`` float32 @ W^T -> ``(N,) | (M, N)`` float32. GEMV for one row, GEMM for more."""
+    w = as_weight(w)
+    n, k = w.shape
+    _f32(x, "x")
+    if x.shape[-1] != k or x.ndim > 2:
+        raise ValueError(f"x has shape {x.shape}, expected (K,) or (M, K) with K={k}")
+    m = 1 if x.ndim == 1 else x.shape[0]
+    if out is None:
+        out = np.empty((n,) if x.ndim == 1 else (m, n), np.float32)
+    r = lib.er_matmul(w._ref, _ptr(x), _ptr(_f32(out, "out")), m)
+    if r:
+        raise ValueError(f"er_matmul rejected its arguments (code {r})")
+    return out
+
+
+# ---- decode ops -----------------------------------------------------------------------------------
+
+
+def rmsnorm(x: np.ndarray, w: np.ndarray, eps: float = 1e-6, out: np.ndarray | None = None) -> np.ndarray:
+    """RMSNorm over the last axis of x (n,) or (rows, n) with weight w (n,)."""
+    n = x.shape[-1]
+    out = np.empty_like(x) if out is None else out
+    lib.er_rmsnorm(_ptr(_f32(x, "x")), _ptr(_f32(w, "w")), _ptr(_f32(out, "out")), x.size // n, n, eps)
+    return out
+
+
+def rope_neox(x: np.ndarray, pos: int, theta: float = 10000.0, freq_scale: float = 1.0) -> np.ndarray:
+    """In-place NEOX RoPE of x (n_heads, head_dim) at position ``pos``; returns x."""
+    _f32(x, "x")
+    lib.er_rope_neox(_ptr(x), x.shape[0], x.shape[1], int(pos), theta, freq_scale)
+    return x
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    """In-place softmax over the last axis of x; returns x."""
+    _f32(x, "x")
+    lib.er_softmax(_ptr(x), x.size // x.shape[-1], x.shape[-1])
+    return x
+
+
+def _unary(fn, x, out):
+    out = np.empty_like(x) if out is None else out
+    fn(_ptr(_f32(x, "x")), _ptr(_f32(out, "out")), x.size)
+    return out
+
+
+def _binary(fn, a, b, out):
+    if a.shape != b.shape:
+        raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
+    out = np.empty_like(a) if out is None else out
+    fn(_ptr(_f32(a, "a")), _ptr(_f32(b, "b")), _ptr(_f32(out, "out")), a.size)
+    return out
+
+
+def silu(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """x * sigmoid(x)."""
+    return _unary(lib.er_silu, x, out)
+
+
+def gelu_tanh(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """GELU with the tanh approximation."""
+    return _unary(lib.er_gelu_tanh, x, out)
+
+
+def mul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Elementwise a * b."""
+    return _binary(lib.er_mul, a, b, out)
+
+
+def silu_mul(g: np.ndarray, u: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """silu(g) * u (SwiGLU gate)."""
+    return _binary(lib.er_silu_mul, g, u, out)
+
+
+def gelu_mul(g: np.ndarray, u: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """gelu_tanh(g) * u (GeGLU gate)."""
+    return _binary(lib.er_gelu_mul, g, u, out)
+
+
+def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, n_ctx: int, scale: float, softcap: float = 0.0,
+              out: np.ndarray | None = None) -> np.ndarray:
+    """One-token GQA attention: q (H, D) f32; k, v (Hkv, S, D) f32 or f16 cache (first n_ctx valid).
+
+    Returns (H, D). ``softcap`` > 0 applies ``softcap * tanh(s / softcap)`` to the scores.
+    """
+    _f32(q, "q")
+    h, d = q.shape
+    if k.shape != v.shape or k.dtype != v.dtype or k.ndim != 3 or k.shape[2] != d:
+        raise ValueError(f"k/v must both be (Hkv, S, {d}) of one dtype; got {k.shape}, {v.shape}")
+    if k.dtype not in (np.float32, np.float16) or not (k.flags.c_contiguous and v.flags.c_contiguous):
+        raise TypeError("k/v must be C-contiguous float32 or float16")
+    out = np.empty_like(q) if out is None else _f32(out, "out")
+    r = lib.er_attention(_ptr(q), _ptr(k), _ptr(v), _ptr(out), h, k.shape[0], d, int(n_ctx), k.shape[1],
+                         int(k.dtype == np.float16), scale, softcap)
+    if r:
+        raise ValueError(f"er_attention rejected its arguments (code {r}): n_heads % n_kv_heads, n_ctx <= S")
+    return out

@@ -1,0 +1,81 @@
+/* edgerun kernels: public C API (callable from C and, through ctypes, from Python).
+ *
+ * Conventions
+ *   - row-major, float32 activations; weights are (N, K) "Linear" weights: y = x @ W^T
+ *   - block-quantized weights use onnxruntime MatMulNBits' layout (see edgerun/quant/formats.py):
+ *       data        uint8  (N, n_blocks, block_size*bits/8), codes packed low-bits-first along K
+ *       scales      f16    (N, n_blocks)
+ *       zero_points uint8  (N, ceil(n_blocks*bits/8)) packed low-bits-first, or NULL (= 2^(bits-1))
+ *     w = scale * (code - zero_point); n_blocks = ceil(K / block_size), K zero-padded.
+ *   - every kernel has a portable scalar variant and, on x86-64, an AVX2/FMA/F16C variant
+ *     chosen at run time (er_set_isa overrides the choice, for tests and benchmarks).
+ *   - multi-threaded kernels run on a small persistent pthread pool (er_set_num_threads).
+ */
+#ifndef EDGERUN_KERNELS_H
+#define EDGERUN_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- CPU dispatch -------------------------------------------------------------------------- */
+enum { ER_ISA_SCALAR = 0, ER_ISA_AVX2 = 1, ER_ISA_AVX512 = 2, ER_ISA_NEON = 3 };
+int er_isa_supported(int isa);   /* 1 if this CPU (and build) can run variant `isa` */
+int er_get_isa(void);            /* variant in use */
+int er_set_isa(int isa);         /* force a variant; -1 (default: best) re-detects; returns the one set or -1 */
+int er_best_isa(void);
+
+/* ---- thread pool --------------------------------------------------------------------------- */
+int er_set_num_threads(int n);   /* 1..64; n <= 0 = number of online CPUs; returns the count set */
+int er_get_num_threads(void);
+void er_set_spin_us(int64_t us);  /* how long an idle worker busy-waits before it sleeps (default 2000) */
+typedef void (*er_task_fn)(void *ctx, int64_t start, int64_t end, int tid);
+/* run fn over [0, n) split in contiguous chunks (multiples of `grain`) across the pool; the
+ * caller takes chunk 0. Nested calls from inside a task run serially. */
+void er_parallel_for(int64_t n, int64_t grain, er_task_fn fn, void *ctx);
+
+/* ---- matmul (GEMV for m == 1, GEMM for m > 1) ---------------------------------------------- */
+enum { ER_W_F32 = 0, ER_W_F16 = 1, ER_W_Q = 2 };
+typedef struct er_weight {
+    int32_t type;         /* ER_W_F32 (data float[N][K]), ER_W_F16 (uint16 f16[N][K]), ER_W_Q */
+    int32_t bits;         /* ER_W_Q: 2, 4 or 8 */
+    int64_t n, k;
+    int32_t block_size;   /* ER_W_Q: power of two, >= 32 */
+    int32_t reserved;
+    const void *data;
+    const uint16_t *scales;       /* ER_W_Q: f16 (N, n_blocks) */
+    const uint8_t *zero_points;   /* ER_W_Q: packed, or NULL */
+} er_weight;
+/* y (m, N) = x (m, K) @ W^T. Quantized weights: x is quantized to int8 per 32 values on the fly
+ * (like llama.cpp's q8 activations). Returns 0, or < 0 on bad arguments. Thread-safe. */
+int er_matmul(const er_weight *w, const float *x, float *y, int64_t m);
+
+/* ---- decode ops (float32, single token unless noted) --------------------------------------- */
+void er_rmsnorm(const float *x, const float *w, float *out, int64_t rows, int64_t n, float eps);
+/* NEOX / rotate-half RoPE in place on x (n_heads, head_dim): pairs (i, i + head_dim/2),
+ * angle = pos * freq_scale * theta^(-2i/head_dim) */
+void er_rope_neox(float *x, int64_t n_heads, int64_t head_dim, int64_t pos, float theta, float freq_scale);
+void er_softmax(float *x, int64_t rows, int64_t n);                /* in place, per row */
+void er_silu(const float *x, float *out, int64_t n);
+void er_gelu_tanh(const float *x, float *out, int64_t n);
+void er_mul(const float *a, const float *b, float *out, int64_t n);
+void er_silu_mul(const float *gate, const float *up, float *out, int64_t n);   /* silu(g) * u */
+void er_gelu_mul(const float *gate, const float *up, float *out, int64_t n);   /* gelu_tanh(g) * u */
+/* One query token, GQA. q (n_heads, head_dim); k, v (n_kv_heads, kv_stride, head_dim) with
+ * kv_f16 = 0 (float32) or 1 (f16 as uint16); the first n_ctx positions are valid.
+ * out (n_heads, head_dim). scores = scale * q.k (then softcap*tanh(s/softcap) if softcap > 0). */
+int er_attention(const float *q, const void *k, const void *v, float *out, int64_t n_heads,
+                 int64_t n_kv_heads, int64_t head_dim, int64_t n_ctx, int64_t kv_stride, int kv_f16,
+                 float scale, float softcap);
+
+/* ---- bandwidth probes (for benchmarks) ----------------------------------------------------- */
+void er_memcpy(void *dst, const void *src, size_t n);   /* threaded memcpy */
+double er_read_sum(const float *src, size_t n);         /* threaded streaming read */
+
+#ifdef __cplusplus
+}
+#endif
+#endif

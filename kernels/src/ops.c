@@ -1,0 +1,212 @@
+/* Decode ops on float32: RMSNorm, NEOX RoPE, softmax, SiLU, GELU (tanh), GLU products, and
+ * single-token GQA attention over an f32/f16 KV cache. Scalar everywhere; AVX2 where the op
+ * streams memory (rmsnorm, mul, attention dot/axpy). References: kernels/reference.py. */
+#include <math.h>
+#include <stdlib.h>
+
+#include "edgerun_kernels.h"
+#include "er_internal.h"
+
+#if ER_X86
+ER_AVX2 static float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+ER_AVX2 static void rmsnorm_avx2(const float *x, const float *w, float *out, int64_t n, float eps) {
+    __m256 a = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_loadu_ps(x + i);
+        a = _mm256_fmadd_ps(v, v, a);
+    }
+    float ss = hsum8(a);
+    for (; i < n; i++) ss += x[i] * x[i];
+    float r = 1.0f / sqrtf(ss / (float)n + eps);
+    __m256 rv = _mm256_set1_ps(r);
+    for (i = 0; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i), rv), _mm256_loadu_ps(w + i)));
+    for (; i < n; i++) out[i] = x[i] * r * w[i];
+}
+
+ER_AVX2 static void mul_avx2(const float *a, const float *b, float *out, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i)));
+    for (; i < n; i++) out[i] = a[i] * b[i];
+}
+
+ER_AVX2 static inline __m256 kv_load8(const void *p, int f16, int64_t i) {
+    if (f16) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)p + i)));
+    return _mm256_loadu_ps((const float *)p + i);
+}
+
+ER_AVX2 static float kv_dot_avx2(const float *q, const void *k, int f16, int64_t d) {
+    __m256 a = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= d; i += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), kv_load8(k, f16, i), a);
+    float s = hsum8(a);
+    for (; i < d; i++) s += q[i] * (f16 ? er_f16_to_f32(((const uint16_t *)k)[i]) : ((const float *)k)[i]);
+    return s;
+}
+
+ER_AVX2 static void kv_axpy_avx2(float *o, float p, const void *v, int f16, int64_t d) {
+    __m256 pv = _mm256_set1_ps(p);
+    int64_t i = 0;
+    for (; i + 8 <= d; i += 8) _mm256_storeu_ps(o + i, _mm256_fmadd_ps(pv, kv_load8(v, f16, i), _mm256_loadu_ps(o + i)));
+    for (; i < d; i++) o[i] += p * (f16 ? er_f16_to_f32(((const uint16_t *)v)[i]) : ((const float *)v)[i]);
+}
+#endif
+
+static void rmsnorm_scalar(const float *x, const float *w, float *out, int64_t n, float eps) {
+    float ss = 0.0f;
+    for (int64_t i = 0; i < n; i++) ss += x[i] * x[i];
+    float r = 1.0f / sqrtf(ss / (float)n + eps);
+    for (int64_t i = 0; i < n; i++) out[i] = x[i] * r * w[i];
+}
+
+void er_rmsnorm(const float *x, const float *w, float *out, int64_t rows, int64_t n, float eps) {
+    for (int64_t r = 0; r < rows; r++) {
+#if ER_X86
+        if (er_get_isa() == ER_ISA_AVX2) {
+            rmsnorm_avx2(x + r * n, w, out + r * n, n, eps);
+            continue;
+        }
+#endif
+        rmsnorm_scalar(x + r * n, w, out + r * n, n, eps);
+    }
+}
+
+void er_rope_neox(float *x, int64_t n_heads, int64_t head_dim, int64_t pos, float theta, float freq_scale) {
+    const int64_t half = head_dim / 2;
+    for (int64_t i = 0; i < half; i++) {
+        double inv = pow((double)theta, -2.0 * (double)i / (double)head_dim);
+        double ang = (double)pos * (double)freq_scale * inv;
+        float c = (float)cos(ang), s = (float)sin(ang);
+        for (int64_t h = 0; h < n_heads; h++) {
+            float *xh = x + h * head_dim;
+            float a = xh[i], b = xh[i + half];
+            xh[i] = a * c - b * s;
+            xh[i + half] = a * s + b * c;
+        }
+    }
+}
+
+void er_softmax(float *x, int64_t rows, int64_t n) {
+    for (int64_t r = 0; r < rows; r++) {
+        float *v = x + r * n;
+        float mx = -INFINITY;
+        for (int64_t i = 0; i < n; i++) mx = v[i] > mx ? v[i] : mx;
+        float s = 0.0f;
+        for (int64_t i = 0; i < n; i++) {
+            v[i] = expf(v[i] - mx);
+            s += v[i];
+        }
+        float inv = 1.0f / s;
+        for (int64_t i = 0; i < n; i++) v[i] *= inv;
+    }
+}
+
+static inline float silu1(float x) { return x / (1.0f + expf(-x)); }
+static inline float gelu1(float x) {
+    const float c = 0.7978845608028654f; /* sqrt(2/pi) */
+    return 0.5f * x * (1.0f + tanhf(c * (x + 0.044715f * x * x * x)));
+}
+
+void er_silu(const float *x, float *out, int64_t n) {
+    for (int64_t i = 0; i < n; i++) out[i] = silu1(x[i]);
+}
+void er_gelu_tanh(const float *x, float *out, int64_t n) {
+    for (int64_t i = 0; i < n; i++) out[i] = gelu1(x[i]);
+}
+void er_mul(const float *a, const float *b, float *out, int64_t n) {
+#if ER_X86
+    if (er_get_isa() == ER_ISA_AVX2) {
+        mul_avx2(a, b, out, n);
+        return;
+    }
+#endif
+    for (int64_t i = 0; i < n; i++) out[i] = a[i] * b[i];
+}
+void er_silu_mul(const float *g, const float *u, float *out, int64_t n) {
+    for (int64_t i = 0; i < n; i++) out[i] = silu1(g[i]) * u[i];
+}
+void er_gelu_mul(const float *g, const float *u, float *out, int64_t n) {
+    for (int64_t i = 0; i < n; i++) out[i] = gelu1(g[i]) * u[i];
+}
+
+/* ---- attention ------------------------------------------------------------------------------ */
+
+typedef struct {
+    const float *q;
+    const char *k, *v;
+    float *out, *scores;
+    int64_t n_heads, group, head_dim, n_ctx, kv_stride;
+    int f16, isa;
+    float scale, softcap;
+} attn_ctx;
+
+static float kv_dot_scalar(const float *q, const void *k, int f16, int64_t d) {
+    float s = 0.0f;
+    for (int64_t i = 0; i < d; i++) s += q[i] * (f16 ? er_f16_to_f32(((const uint16_t *)k)[i]) : ((const float *)k)[i]);
+    return s;
+}
+
+static void kv_axpy_scalar(float *o, float p, const void *v, int f16, int64_t d) {
+    for (int64_t i = 0; i < d; i++) o[i] += p * (f16 ? er_f16_to_f32(((const uint16_t *)v)[i]) : ((const float *)v)[i]);
+}
+
+static void attn_task(void *vc, int64_t start, int64_t end, int tid) {
+    (void)tid;
+    attn_ctx *c = (attn_ctx *)vc;
+    const int64_t D = c->head_dim, es = c->f16 ? 2 : 4;
+    for (int64_t h = start; h < end; h++) {
+        const int64_t kvh = h / c->group;
+        const float *qh = c->q + h * D;
+        const char *kb = c->k + kvh * c->kv_stride * D * es, *vb = c->v + kvh * c->kv_stride * D * es;
+        float *sc = c->scores + h * c->n_ctx, *o = c->out + h * D;
+        float mx = -INFINITY;
+        for (int64_t t = 0; t < c->n_ctx; t++) {
+            float s;
+#if ER_X86
+            if (c->isa == ER_ISA_AVX2) s = kv_dot_avx2(qh, kb + t * D * es, c->f16, D);
+            else
+#endif
+                s = kv_dot_scalar(qh, kb + t * D * es, c->f16, D);
+            s *= c->scale;
+            if (c->softcap > 0.0f) s = c->softcap * tanhf(s / c->softcap);
+            sc[t] = s;
+            mx = s > mx ? s : mx;
+        }
+        float sum = 0.0f;
+        for (int64_t t = 0; t < c->n_ctx; t++) {
+            sc[t] = expf(sc[t] - mx);
+            sum += sc[t];
+        }
+        float inv = 1.0f / sum;
+        for (int64_t i = 0; i < D; i++) o[i] = 0.0f;
+        for (int64_t t = 0; t < c->n_ctx; t++) {
+#if ER_X86
+            if (c->isa == ER_ISA_AVX2) kv_axpy_avx2(o, sc[t] * inv, vb + t * D * es, c->f16, D);
+            else
+#endif
+                kv_axpy_scalar(o, sc[t] * inv, vb + t * D * es, c->f16, D);
+        }
+    }
+}
+
+int er_attention(const float *q, const void *k, const void *v, float *out, int64_t n_heads, int64_t n_kv_heads,
+                 int64_t head_dim, int64_t n_ctx, int64_t kv_stride, int kv_f16, float scale, float softcap) {
+    if (n_heads < 1 || n_kv_heads < 1 || n_heads % n_kv_heads || n_ctx < 1 || kv_stride < n_ctx) return -1;
+    float *scores = (float *)malloc(sizeof(float) * (size_t)(n_heads * n_ctx));
+    if (!scores) return -3;
+    attn_ctx c = {.q = q, .k = (const char *)k, .v = (const char *)v, .out = out, .scores = scores,
+                  .n_heads = n_heads, .group = n_heads / n_kv_heads, .head_dim = head_dim, .n_ctx = n_ctx,
+                  .kv_stride = kv_stride, .f16 = kv_f16 ? 1 : 0, .isa = er_get_isa(), .scale = scale,
+                  .softcap = softcap};
+    /* one head per chunk unless the context is short (then threading costs more than it saves) */
+    er_parallel_for(n_heads, n_ctx * head_dim >= 4096 ? 1 : n_heads, attn_task, &c);
+    free(scores);
+    return 0;
+}

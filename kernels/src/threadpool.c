@@ -1,0 +1,157 @@
+/* Small persistent thread pool: workers spin on a generation counter for a while after each job
+ * (so back-to-back decode kernels start without a wake-up), then sleep on a condition variable. */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "edgerun_kernels.h"
+
+#define ER_MAX_THREADS 64
+
+static struct {
+    int nthreads; /* including the caller */
+    int started;
+    pthread_t th[ER_MAX_THREADS];
+    atomic_uint gen;
+    atomic_int pending;
+    atomic_int sleeping;
+    atomic_int stop;
+    er_task_fn fn;
+    void *ctx;
+    int64_t n, chunk;
+    int64_t spin_ns;
+    unsigned start_gen; /* generation current when the workers were created */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+} P = {.nthreads = 0, .spin_ns = 2000000, .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+
+static pthread_mutex_t call_mu = PTHREAD_MUTEX_INITIALIZER; /* one job at a time */
+static _Thread_local int in_task = 0;
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+static int64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static void run_chunk(int tid) {
+    int64_t s = (int64_t)tid * P.chunk, e = s + P.chunk;
+    if (e > P.n) e = P.n;
+    if (s < e) {
+        in_task = 1;
+        P.fn(P.ctx, s, e, tid);
+        in_task = 0;
+    }
+}
+
+static void *worker(void *arg) {
+    int tid = (int)(intptr_t)arg;
+    unsigned seen = P.start_gen; /* not P.gen: a job may already have been posted */
+    for (;;) {
+        unsigned g;
+        int64_t t0 = 0;
+        int it = 0;
+        while ((g = atomic_load_explicit(&P.gen, memory_order_acquire)) == seen) {
+            cpu_relax();
+            if ((++it & 255) == 0) {
+                int64_t t = now_ns();
+                if (!t0) t0 = t;
+                else if (t - t0 > P.spin_ns) {
+                    pthread_mutex_lock(&P.mu);
+                    atomic_fetch_add(&P.sleeping, 1);
+                    while (atomic_load(&P.gen) == seen) pthread_cond_wait(&P.cv, &P.mu);
+                    atomic_fetch_sub(&P.sleeping, 1);
+                    pthread_mutex_unlock(&P.mu);
+                    t0 = 0;
+                }
+            }
+        }
+        seen = g;
+        if (atomic_load(&P.stop)) return NULL;
+        run_chunk(tid);
+        atomic_fetch_sub_explicit(&P.pending, 1, memory_order_release);
+    }
+}
+
+static void wake_all(void) {
+    if (atomic_load(&P.sleeping) > 0) {
+        pthread_mutex_lock(&P.mu);
+        pthread_cond_broadcast(&P.cv);
+        pthread_mutex_unlock(&P.mu);
+    }
+}
+
+static void stop_workers(void) {
+    if (!P.started) return;
+    atomic_store(&P.stop, 1);
+    atomic_fetch_add(&P.gen, 1);
+    pthread_mutex_lock(&P.mu);
+    pthread_cond_broadcast(&P.cv);
+    pthread_mutex_unlock(&P.mu);
+    for (int i = 1; i < P.nthreads; i++) pthread_join(P.th[i], NULL);
+    atomic_store(&P.stop, 0);
+    P.started = 0;
+}
+
+static void start_workers(void) {
+    P.start_gen = atomic_load(&P.gen);
+    for (int i = 1; i < P.nthreads; i++) pthread_create(&P.th[i], NULL, worker, (void *)(intptr_t)i);
+    P.started = 1;
+}
+
+int er_set_num_threads(int n) {
+    if (n <= 0) {
+        long c = sysconf(_SC_NPROCESSORS_ONLN);
+        n = c > 0 ? (int)c : 1;
+    }
+    if (n > ER_MAX_THREADS) n = ER_MAX_THREADS;
+    pthread_mutex_lock(&call_mu);
+    if (n != P.nthreads || !P.started) {
+        stop_workers();
+        P.nthreads = n;
+        start_workers();
+    }
+    pthread_mutex_unlock(&call_mu);
+    return n;
+}
+
+int er_get_num_threads(void) {
+    if (P.nthreads == 0) er_set_num_threads(0);
+    return P.nthreads;
+}
+
+void er_set_spin_us(int64_t us) { P.spin_ns = us < 0 ? 0 : us * 1000; }
+
+void er_parallel_for(int64_t n, int64_t grain, er_task_fn fn, void *ctx) {
+    if (n <= 0) return;
+    if (grain < 1) grain = 1;
+    int nt = er_get_num_threads();
+    if (in_task || nt == 1 || n <= grain) {
+        fn(ctx, 0, n, 0);
+        return;
+    }
+    pthread_mutex_lock(&call_mu);
+    int64_t per = (n + nt - 1) / nt;
+    per = (per + grain - 1) / grain * grain;
+    P.fn = fn;
+    P.ctx = ctx;
+    P.n = n;
+    P.chunk = per;
+    atomic_store(&P.pending, P.nthreads - 1);
+    atomic_fetch_add_explicit(&P.gen, 1, memory_order_seq_cst);
+    wake_all();
+    run_chunk(0);
+    while (atomic_load_explicit(&P.pending, memory_order_acquire) > 0) cpu_relax();
+    pthread_mutex_unlock(&call_mu);
+}

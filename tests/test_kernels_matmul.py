@@ -1,0 +1,123 @@
+"""Every matmul variant (scalar, avx2, ...) against the numpy references, random + edge shapes.
+
+Tolerances: quantized kernels quantize x to int8 per 32 values (rounding moves each x_k by at most
+d/2, d = amax/127 of its 32-group), so against the exact float product the error is bounded by
+sum_k |W[n,k]| d(k)/2 (reference.matmul_q8_error_bound). Against ``reference.matmul_q8`` (the same
+integer arithmetic in float64) only float32 summation order differs: ~1e-5 of sum |terms|.
+"""
+
+import numpy as np
+import pytest
+from edgerun.kernels import Weight, available_isas, matmul, set_num_threads, use_isa
+from edgerun.kernels import reference as ref
+from edgerun.quant import FORMATS, quantize
+
+ISAS = available_isas()
+QFORMATS = sorted(FORMATS)
+SHAPES = [(1, 32), (1, 1), (7, 100), (33, 256), (16, 576), (50, 1000), (9, 300), (64, 1537)]
+
+
+@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
+def threads(request):
+    set_num_threads(request.param)
+    yield request.param
+    set_num_threads(None)
+
+
+def _check_q(q, x, y):
+    exact = ref.matmul(q, x)
+    bound = ref.matmul_q8_error_bound(q, x)
+    # float32 accumulation slack on top of the int8-activation bound
+    slack = 1e-5 * (np.abs(x) @ np.abs(q.dequantize()).T) + 1e-6
+    assert np.all(np.abs(y - exact) <= bound + slack)
+    emu = ref.matmul_q8(q, x)
+    np.testing.assert_allclose(y, emu, rtol=0, atol=float(slack.max()))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("fmt", QFORMATS)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_quant_gemv_gemm(isa, fmt, shape, threads):
+    rng = np.random.default_rng(hash((fmt, shape)) % 2**32)
+    n, k = shape
+    w = rng.standard_normal(shape).astype(np.float32)
+    if fmt == "ternary" and k <= 64:
+        q = quantize(w, fmt, 32)
+    else:
+        q = quantize(w, fmt)
+    wt = Weight(q)
+    for m in (1, 3):
+        x = rng.standard_normal((m, k)).astype(np.float32)
+        with use_isa(isa):
+            y = matmul(wt, x)
+        _check_q(q, x, y)
+    with use_isa(isa):
+        y1 = matmul(wt, x[0])  # 1-D GEMV form
+    _check_q(q, x[:1], y1[None])
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("fmt,bs", [("int4", 64), ("int4", 128), ("int4_asym", 64), ("int4_asym", 128),
+                                    ("ternary", 32), ("ternary", 64), ("ternary", 128), ("int8", 64)])
+def test_block_sizes(isa, fmt, bs):
+    rng = np.random.default_rng(bs)
+    w = rng.standard_normal((21, 333)).astype(np.float32)
+    q = quantize(w, fmt, bs)
+    x = rng.standard_normal((2, 333)).astype(np.float32)
+    with use_isa(isa):
+        y = matmul(Weight(q), x)
+    _check_q(q, x, y)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_edge_values(isa):
+    # zero activations / zero weights / huge dynamic range inside one 32-group
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((8, 96)).astype(np.float32)
+    w[0] = 0
+    for fmt in QFORMATS:
+        q = quantize(w, fmt)
+        for x in (np.zeros((1, 96), np.float32), np.r_[[1e4], np.full(95, 1e-3)].astype(np.float32)[None]):
+            with use_isa(isa):
+                y = matmul(Weight(q), x)
+            _check_q(q, x, y)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_float_gemv_gemm(isa, dtype, shape, threads):
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal(shape).astype(dtype)
+    for m in (1, 5):
+        x = rng.standard_normal((m, shape[1])).astype(np.float32)
+        with use_isa(isa):
+            y = matmul(Weight(w), x)
+        exact = ref.matmul(w.astype(np.float32), x)
+        # float32 accumulation: a few ulps of sum |w x| per output
+        tol = 2e-6 * np.sqrt(shape[1]) * (np.abs(x) @ np.abs(w.astype(np.float32)).T) + 1e-6
+        assert np.all(np.abs(y - exact) <= tol)
+
+
+def test_variants_agree_with_each_other():
+    if len(ISAS) < 2:
+        pytest.skip("only the scalar variant runs on this CPU")
+    rng = np.random.default_rng(9)
+    w = rng.standard_normal((40, 700)).astype(np.float32)
+    x = rng.standard_normal((2, 700)).astype(np.float32)
+    for fmt in QFORMATS:
+        wt = Weight(quantize(w, fmt))
+        ys = []
+        for isa in ISAS:
+            with use_isa(isa):
+                ys.append(matmul(wt, x))
+        for y in ys[1:]:
+            np.testing.assert_allclose(y, ys[0], rtol=1e-5, atol=1e-5)
+
+
+def test_bad_arguments():
+    w = Weight(np.zeros((4, 8), np.float32))
+    with pytest.raises(ValueError):
+        matmul(w, np.zeros(9, np.float32))
+    with pytest.raises(TypeError):
+        matmul(w, np.zeros(8, np.float64))

@@ -1,0 +1,106 @@
+"""Decode ops (rmsnorm, rope, softmax, silu, gelu, GLU products, GQA attention) vs numpy, every variant."""
+
+import numpy as np
+import pytest
+from edgerun.kernels import (
+    attention,
+    available_isas,
+    gelu_mul,
+    gelu_tanh,
+    mul,
+    registry,
+    rmsnorm,
+    rope_neox,
+    set_num_threads,
+    silu,
+    silu_mul,
+    softmax,
+    use_isa,
+)
+from edgerun.kernels import reference as ref
+
+ISAS = available_isas()
+# float32 ops against float64 references: relative error of a few ulps (1.2e-7 each)
+RTOL = 2e-6
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("n", [1, 7, 64, 576, 1001])
+def test_elementwise(isa, n):
+    rng = np.random.default_rng(n)
+    a = (rng.standard_normal(n) * 4).astype(np.float32)
+    b = rng.standard_normal(n).astype(np.float32)
+    w = rng.standard_normal(n).astype(np.float32)
+    with use_isa(isa):
+        np.testing.assert_allclose(silu(a), ref.silu(a), rtol=RTOL, atol=1e-7)
+        # 1 + tanh(z) cancels for z << 0: absolute error <= 0.5 |x| ulp(1) ~ 6e-8 |x|
+        gatol = 1.2e-7 * float(np.abs(a).max()) + 1e-7
+        np.testing.assert_allclose(gelu_tanh(a), ref.gelu_tanh(a), rtol=RTOL, atol=gatol)
+        np.testing.assert_allclose(mul(a, b), ref.mul(a, b), rtol=0, atol=0)
+        np.testing.assert_allclose(silu_mul(a, b), ref.silu_mul(a, b), rtol=RTOL, atol=1e-7)
+        np.testing.assert_allclose(gelu_mul(a, b), ref.gelu_mul(a, b), rtol=RTOL,
+                                   atol=gatol * float(np.abs(b).max()))
+        x2 = np.stack([a, b])
+        np.testing.assert_allclose(rmsnorm(x2, w, 1e-6), ref.rmsnorm(x2, w, 1e-6), rtol=1e-5, atol=1e-6)
+        s = a.copy()[None].repeat(2, 0)
+        np.testing.assert_allclose(softmax(s), ref.softmax(a[None].repeat(2, 0)), rtol=1e-5, atol=1e-8)
+
+
+def test_softmax_extremes():
+    x = np.array([[1e4, -1e4, 0.0, 1e4]], np.float32)
+    np.testing.assert_allclose(softmax(x.copy()), ref.softmax(x), atol=1e-7)
+
+
+@pytest.mark.parametrize("head_dim", [64, 128, 6])
+@pytest.mark.parametrize("pos", [0, 1, 17, 8191])
+def test_rope_neox(head_dim, pos):
+    rng = np.random.default_rng(pos)
+    x = rng.standard_normal((3, head_dim)).astype(np.float32)
+    for theta, fs in ((10000.0, 1.0), (100000.0, 0.125)):
+        y = rope_neox(x.copy(), pos, theta, fs)
+        np.testing.assert_allclose(y, ref.rope_neox(x, pos, theta, fs), rtol=1e-5, atol=1e-5)
+    # norm of every rotated pair is preserved
+    y = rope_neox(x.copy(), pos, 10000.0)
+    h = head_dim // 2
+    np.testing.assert_allclose(y[:, :h] ** 2 + y[:, h:] ** 2, x[:, :h] ** 2 + x[:, h:] ** 2, rtol=1e-5)
+
+
+@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
+def threads(request):
+    set_num_threads(request.param)
+    yield
+    set_num_threads(None)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("kv_dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("h,hkv,d,s,n_ctx", [(9, 3, 64, 40, 33), (4, 4, 8, 1, 1), (8, 1, 64, 300, 300),
+                                             (15, 5, 64, 17, 5), (2, 1, 70, 130, 129)])
+@pytest.mark.parametrize("softcap", [0.0, 5.0])
+def test_attention(isa, kv_dtype, h, hkv, d, s, n_ctx, softcap, threads):
+    rng = np.random.default_rng(h * d + s)
+    q = rng.standard_normal((h, d)).astype(np.float32)
+    k = rng.standard_normal((hkv, s, d)).astype(kv_dtype)
+    v = rng.standard_normal((hkv, s, d)).astype(kv_dtype)
+    scale = d**-0.5
+    with use_isa(isa):
+        out = attention(q, k, v, n_ctx, scale, softcap)
+    np.testing.assert_allclose(out, ref.attention(q, k, v, n_ctx, scale, softcap), rtol=1e-4, atol=2e-5)
+
+
+def test_attention_rejects_bad_gqa():
+    q = np.zeros((5, 8), np.float32)
+    kv = np.zeros((2, 4, 8), np.float32)
+    with pytest.raises(ValueError):
+        attention(q, kv, kv, 4, 1.0)
+
+
+def test_registry():
+    for fmt in ("f32", "f16", "int8", "int4", "int4_asym", "ternary"):
+        k = registry.get("matmul", fmt)
+        assert k.impl is not None and k.reference is not None
+    assert registry.get("attention", "f16").op == "attention"
+    from edgerun.export.errors import UnsupportedError
+
+    with pytest.raises(UnsupportedError):
+        registry.get("matmul", "int3")
