@@ -217,10 +217,15 @@ class Transformer:
         """Self-attention of normed activations h: (T, dim) -> (T, dim)."""
         a = self.args
         q, k, v = self.qkv(layer, h)
-        cos, sin = rope_tables(pos, a.head_dim, self.rope_theta(layer), self.rope_scale(layer))
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        k_all, v_all, k_pos = cache.update(layer, k, v)
-        o = attention(q, k_all, v_all, pos, k_pos, self.attn_scale(), self.window(layer))  # (n_heads, T, hd)
+        theta, rs = self.rope_theta(layer), self.rope_scale(layer)
+        if hasattr(cache, "attend"):  # sink + window cache (runtime/kv_cache.py) rotates q/k itself
+            rope = lambda x, p: apply_rope(x, *rope_tables(p, a.head_dim, theta, rs))  # noqa: E731
+            o = cache.attend(layer, q, k, v, rope, pos, self.attn_scale())  # (n_heads, T, hd)
+        else:
+            cos, sin = rope_tables(pos, a.head_dim, theta, rs)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            k_all, v_all, k_pos = cache.update(layer, k, v)
+            o = attention(q, k_all, v_all, pos, k_pos, self.attn_scale(), self.window(layer))  # (n_heads, T, hd)
         o = o.transpose(1, 0, 2).reshape(h.shape[0], a.n_heads * a.head_dim)
         return o @ self.w(f"blk.{layer}.attn_output.weight").T
 
