@@ -80,9 +80,7 @@ class _LayerKV:
         g = group
         self.G = g
         self.vgroup = min(kvq.DEFAULT_GROUP, hd)
-        self.nb = -(
-            -w // g
-        )  # quantized groups kept: with r < G residual tokens, ceil(W/G) groups hold the rest
+        self.nb = -(-w // g)  # quantized groups kept: with r < G residual tokens, ceil(W/G) groups hold the rest
         self.res_k = np.zeros((n_kv, g, hd), np.float16)  # (n_kv, G, hd) newest, not yet quantized
         self.res_v = np.zeros((n_kv, g, hd), np.float16)
         self.res_pos = np.full(g, -1, np.int64)
@@ -153,22 +151,28 @@ class _LayerKV:
         self.qpos[b] = self.res_pos
         self.res_pos.fill(-1)
 
-    def window_parts(self, kscratch: np.ndarray, vscratch: np.ndarray):
-        """Yield (K, V, pos) pieces of the window: (n_kv, n, hd) arrays and (n,) positions (-1 = empty)."""
+    def gather(self, kall: np.ndarray, vall: np.ndarray, pall: np.ndarray, o: int) -> int:
+        """Copy (dequantize) the window into kall/vall (n_kv, keys, hd) f32 and pall from column o; return the end."""
         if not self.quant:
-            yield self.win_k, self.win_v, self.win_pos
-            return
-        yield self.res_k, self.res_v, self.res_pos
-        hd = self.spec.head_dim
-        g = self.G
+            n = self.W if self.win_pos[-1] >= 0 else int(np.count_nonzero(self.win_pos >= 0))  # ring fills from 0
+            np.copyto(kall[:, o : o + n], self.win_k[:, :n], casting="unsafe")
+            np.copyto(vall[:, o : o + n], self.win_v[:, :n], casting="unsafe")
+            pall[o : o + n] = self.win_pos[:n]
+            return o + n
+        g, hd = self.G, self.spec.head_dim
+        r = int(np.count_nonzero(self.res_pos >= 0))  # the residual fills from slot 0 of each group
+        np.copyto(kall[:, o : o + r], self.res_k[:, :r], casting="unsafe")
+        np.copyto(vall[:, o : o + r], self.res_v[:, :r], casting="unsafe")
+        pall[o : o + r] = self.res_pos[:r]
+        o += r
         for b in range(self.nb):
             if self.qpos[b, 0] < 0:
                 continue
-            ks = kscratch[:, b * g : (b + 1) * g]
-            vs = vscratch[:, b * g : (b + 1) * g]
-            kvq.dequantize_keys(self.qk[b], self.qk_scale[b], self.qk_min[b], self.bits, hd, out=ks)
-            kvq.dequantize_values(self.qv[b], self.qv_scale[b], self.qv_min[b], self.bits, hd, out=vs)
-            yield ks, vs, self.qpos[b]
+            kvq.dequantize_keys(self.qk[b], self.qk_scale[b], self.qk_min[b], self.bits, hd, out=kall[:, o : o + g])
+            kvq.dequantize_values(self.qv[b], self.qv_scale[b], self.qv_min[b], self.bits, hd, out=vall[:, o : o + g])
+            pall[o : o + g] = self.qpos[b]
+            o += g
+        return o
 
 
 class SinkWindowKVCache:
@@ -179,9 +183,7 @@ class SinkWindowKVCache:
     chunk: the largest query block attended at once; longer blocks are split (scratch is sized by it).
     """
 
-    def __init__(
-        self, specs: Sequence[LayerSpec], bits: int = 16, group: int = kvq.DEFAULT_GROUP, chunk: int = 64
-    ):
+    def __init__(self, specs: Sequence[LayerSpec], bits: int = 16, group: int = kvq.DEFAULT_GROUP, chunk: int = 64):
         self.bits = kvq.check_bits(bits)
         self.group = group
         self.chunk = chunk
@@ -195,18 +197,21 @@ class SinkWindowKVCache:
         cap = max(lay.capacity for lay in self.layers)
         rows = max(sp.n_heads // sp.n_kv for sp in self.specs) * chunk
         keys = max(sp.sinks for sp in self.specs) + cap + chunk
-        # scratch shared by all layers: dequantized window, scores
-        qcap = cap if self.bits < 16 else 1
-        self._kdeq = np.zeros((n_kv, qcap, hd), np.float32)  # (n_kv, cap, hd)
-        self._vdeq = np.zeros((n_kv, qcap, hd), np.float32)
-        self._scores = np.zeros((n_kv, rows, keys), np.float32)  # (n_kv, n_rep*chunk, keys)
-        self._out = np.zeros((n_kv, rows, hd), np.float32)
+        # scratch shared by all layers: gathered keys/values/positions, scores, output
+        self._kall = np.zeros((n_kv, keys, hd), np.float32)  # (n_kv, S + cap + chunk, hd)
+        self._vall = np.zeros((n_kv, keys, hd), np.float32)
+        self._pall = np.full(keys, -1, np.int64)
+        self._scores = np.zeros(n_kv * rows * keys, np.float32)  # viewed as (n_kv, n_rep*T, n_keys)
+        self._out = np.zeros(n_kv * rows * hd, np.float32)  # viewed as (n_kv, n_rep*T, hd)
         self.seen = [0] * len(self.layers)  # tokens written per layer (next absolute position)
+        self.length = 0  # tokens of the sequence so far (the models' cache protocol: length / advance)
+
+    def advance(self, n: int) -> None:
+        """All layers have attended `n` more tokens (the model's forward calls this)."""
+        self.length += n
 
     @staticmethod
-    def nbytes_for(
-        specs: Sequence[LayerSpec], bits: int = 16, group: int = kvq.DEFAULT_GROUP, chunk: int = 64
-    ) -> int:
+    def nbytes_for(specs: Sequence[LayerSpec], bits: int = 16, group: int = kvq.DEFAULT_GROUP, chunk: int = 64) -> int:
         """Bytes a cache with these specs allocates (without building it)."""
         total = 0
         for sp in specs:
@@ -218,9 +223,7 @@ class SinkWindowKVCache:
                 nb = -(-sp.window // group)
                 total += 2 * sp.n_kv * group * sp.head_dim * 2 + 8 * group
                 total += nb * kvq.key_group_nbytes(sp.n_kv, group, sp.head_dim, bits)
-                total += nb * kvq.value_nbytes(
-                    sp.n_kv, group, sp.head_dim, bits, min(kvq.DEFAULT_GROUP, sp.head_dim)
-                )
+                total += nb * kvq.value_nbytes(sp.n_kv, group, sp.head_dim, bits, min(kvq.DEFAULT_GROUP, sp.head_dim))
                 total += 8 * nb * group
         n_kv = max(sp.n_kv for sp in specs)
         hd = max(sp.head_dim for sp in specs)
@@ -228,20 +231,22 @@ class SinkWindowKVCache:
         cap = max(caps)
         rows = max(sp.n_heads // sp.n_kv for sp in specs) * chunk
         keys = max(sp.sinks for sp in specs) + cap + chunk
-        total += 2 * n_kv * (cap if bits < 16 else 1) * hd * 4 + n_kv * rows * keys * 4 + n_kv * rows * hd * 4
+        total += 2 * n_kv * keys * hd * 4 + 8 * keys + n_kv * rows * keys * 4 + n_kv * rows * hd * 4
         return total
 
     @property
     def nbytes(self) -> int:
         """Bytes held by the cache: every layer's buffers plus the shared scratch."""
         own = sum(lay.nbytes() for lay in self.layers)
-        return own + self._kdeq.nbytes + self._vdeq.nbytes + self._scores.nbytes + self._out.nbytes
+        scratch = (self._kall, self._vall, self._pall, self._scores, self._out)
+        return own + sum(a.nbytes for a in scratch)
 
     def reset(self) -> None:
         """Start a new conversation (keeps all buffers)."""
         for lay in self.layers:
             lay.reset()
         self.seen = [0] * len(self.layers)
+        self.length = 0
 
     def attend(
         self,
@@ -289,41 +294,36 @@ class SinkWindowKVCache:
         qg = qr.reshape(n_kv, rep * t, hd)  # head h -> kv head h // rep
         pq = np.tile(pos, rep)  # (rep*T,) query position of each row
 
-        parts = []  # (K, V, key positions, is_sink)
-        if s:
-            parts.append((lay.sink_k, lay.sink_v, lay.sink_pos, True))
-        parts.extend((kk, vv, pp, False) for kk, vv, pp in lay.window_parts(self._kdeq, self._vdeq))
-        parts.append((kr, v, pos, False))
-
-        n_keys = sum(p[2].shape[0] for p in parts)
-        sc = self._scores[:n_kv, : rep * t, :n_keys]  # (n_kv, rep*T, keys)
+        kall, vall, pall = self._kall, self._vall, self._pall
         o = 0
-        for kk, _vv, pp, is_sink in parts:
-            n = pp.shape[0]
-            qq = qg
-            if is_sink and not ident and pos[-1] > s + w - 1:
-                p_cache = np.minimum(pos, s + w - 1)  # StreamingLLM in-cache position of the query
-                qq = rope(q, p_cache).reshape(n_kv, rep * t, hd)
-            np.matmul(qq, kk.transpose(0, 2, 1), out=sc[:, :, o : o + n], casting="unsafe")
-            ok = (pp[None, :] >= 0) & (pp[None, :] <= pq[:, None])  # (rep*T, n)
-            if not is_sink:  # sinks: always; others: inside the window (block keys < S are sinks too)
-                ok &= (pp[None, :] > pq[:, None] - w) | (pp[None, :] < s)
-            sc[:, :, o : o + n] *= scale
-            if softcap:
-                np.tanh(sc[:, :, o : o + n] / softcap, out=sc[:, :, o : o + n])
-                sc[:, :, o : o + n] *= softcap
-            sc[:, :, o : o + n][:, ~ok] = -np.inf
-            o += n
+        if s:  # columns [0, S): sinks
+            np.copyto(kall[:n_kv, :s, :hd], lay.sink_k, casting="unsafe")
+            np.copyto(vall[:n_kv, :s, :hd], lay.sink_v, casting="unsafe")
+            pall[:s] = lay.sink_pos
+            o = s
+        o = lay.gather(kall[:n_kv, :, :hd], vall[:n_kv, :, :hd], pall, o)  # then the window
+        kall[:n_kv, o : o + t, :hd] = kr  # then the block itself
+        vall[:n_kv, o : o + t, :hd] = v
+        pall[o : o + t] = pos
+        n = o + t
+        kk, vv, pp = kall[:n_kv, :n, :hd], vall[:n_kv, :n, :hd], pall[:n]
+        sc = self._scores[: n_kv * rep * t * n].reshape(n_kv, rep * t, n)  # (n_kv, rep*T, keys)
+        np.matmul(qg, kk.transpose(0, 2, 1), out=sc)
+        if s and not ident and pos[-1] > s + w - 1:  # sinks: the query at its StreamingLLM in-cache position
+            qs = rope(q, np.minimum(pos, s + w - 1)).reshape(n_kv, rep * t, hd)
+            sc[:, :, :s] = qs @ kk[:, :s].transpose(0, 2, 1)
+        sc *= scale
+        if softcap:
+            np.tanh(sc / softcap, out=sc)
+            sc *= softcap
+        # key a visible to query p: a <= p and (a is a sink or p - W < a); empty slots have a = -1
+        ok = (pp[None, :] >= 0) & (pp[None, :] <= pq[:, None]) & ((pp[None, :] < s) | (pp[None, :] > pq[:, None] - w))
+        sc += np.where(ok, np.float32(0), np.float32(-np.inf))[None]
         sc -= sc.max(axis=-1, keepdims=True)
         np.exp(sc, out=sc)
         sc /= sc.sum(axis=-1, keepdims=True)
-        out = self._out[:n_kv, : rep * t, :hd]
-        out.fill(0.0)
-        o = 0
-        for _kk, vv, pp, _s in parts:
-            n = pp.shape[0]
-            out += sc[:, :, o : o + n] @ vv.astype(np.float32, copy=False)
-            o += n
+        out = self._out[: n_kv * rep * t * hd].reshape(n_kv, rep * t, hd)
+        np.matmul(sc, vv, out=out)
         lay.write(kr, v, pos)
         self.seen[li] = int(pos[-1]) + 1
         return out.reshape(sp.n_heads, t, hd).copy()

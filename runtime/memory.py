@@ -38,9 +38,7 @@ def parse_budget(value: str | int | float | None) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool):
-        raise EdgerunError(
-            f"ram={value!r} is not a size: give bytes or a string like '300MB', '1.5GB', '512MiB'"
-        )
+        raise EdgerunError(f"ram={value!r} is not a size: give bytes or a string like '300MB', '1.5GB', '512MiB'")
     if isinstance(value, (int, float)):
         n = int(value)
     else:
@@ -198,6 +196,7 @@ class ModelFootprint:
     layer_dense_bytes: Sequence[int] = ()
     global_dense_bytes: int = 0
     context_length: int = 4096
+    global_stream_bytes: int = 0  # globals that can be read in chunks per token instead (embedding / tied head)
 
 
 @dataclass
@@ -216,6 +215,7 @@ class MemoryPlan:
     prefill_chunk: int
     minimum: int  # smallest budget that can run this model at these KV settings
     breakdown: dict[str, int] = field(default_factory=dict)
+    stream_globals: bool = False  # the big embedding / head is read in chunks every token, not held
 
     @property
     def total(self) -> int:
@@ -232,9 +232,7 @@ class MemoryPlan:
         """One line: mode, buffers, KV window, total vs budget."""
         b = fmt_bytes(self.budget) if self.budget else "none"
         parts = ", ".join(f"{k} {fmt_bytes(v)}" for k, v in self.breakdown.items())
-        extra = (
-            f" ({self.n_buffers} buffers, {len(self.pinned)} pinned)" if self.weights == "streamed" else ""
-        )
+        extra = f" ({self.n_buffers} buffers, {len(self.pinned)} pinned)" if self.weights == "streamed" else ""
         return (
             f"weights {self.weights}{extra}; KV {self.kv_bits}-bit, "
             f"{self.kv_sinks} sinks + {self.kv_window} window; "
@@ -273,6 +271,7 @@ def plan_memory(
     min_window: int = 64,
     kv_share: float = 0.25,
     prefetch_buffers: int = 2,
+    reserve: float = 0.04,
 ) -> MemoryPlan:
     """Decide how a model lives inside `budget` (bytes or a string like "300MB"; None = unlimited).
 
@@ -281,11 +280,12 @@ def plan_memory(
     if they fit, else quantized resident, else streamed through `prefetch_buffers` layer buffers
     (1 if only that fits) with as many layers pinned resident as the rest allows.
     Raises EdgerunError stating the minimum when even one layer buffer + minimum KV does not fit.
+    `reserve` (a share of the budget) is kept free for allocator slack and short-lived temporaries.
     """
     from edgerun.quant.kv import check_bits
 
     bits = check_bits(kv_bits)
-    budget = parse_budget(budget)
+    budget = full_budget = parse_budget(budget)
     sinks = 4 if kv_sinks is None else int(kv_sinks)
     if sinks < 0 or (kv_window is not None and kv_window < 1):
         raise EdgerunError(f"kv_sinks={kv_sinks} / kv_window={kv_window}: need sinks >= 0 and window >= 1")
@@ -296,10 +296,12 @@ def plan_memory(
     big = max(fp.layer_bytes) if n else 0
     w_target = min(max_window, fp.context_length)
     w_min = kv_window if kv_window is not None else min(min_window, w_target)
-    minimum = fixed + kv_nbytes(fp, w_min, sinks, bits, chunk) + big
+    gs = fp.global_stream_bytes
+    minimum = int((fixed - gs + kv_nbytes(fp, w_min, sinks, bits, chunk) + big) / (1 - reserve)) + 1
 
-    def done(weights, k, pinned, w):
-        bd = {"globals": fp.global_bytes, "overhead": fp.overhead, "activations": act,
+    def done(weights, k, pinned, w, stream_globals=False):
+        held = fp.global_bytes - (gs if stream_globals else 0)
+        bd = {"globals": held, "overhead": fp.overhead, "activations": act,
               "kv": kv_nbytes(fp, w, sinks, bits, chunk)}  # fmt: skip
         if weights == "dense":
             bd["globals"] = fp.global_dense_bytes
@@ -310,19 +312,20 @@ def plan_memory(
             bd["layer_buffers"] = k * big
             bd["pinned"] = sum(fp.layer_bytes[i] for i in pinned)
         specs = kv_specs(fp, w, sinks)
-        return MemoryPlan(budget, weights, k, pinned, w, sinks, bits, [s.window for s in specs],
-                          [s.sinks for s in specs], chunk, minimum, bd)  # fmt: skip
+        return MemoryPlan(full_budget, weights, k, pinned, w, sinks, bits, [s.window for s in specs],
+                          [s.sinks for s in specs], chunk, minimum, bd, stream_globals)  # fmt: skip
 
     if budget is None:
         dense = "dense" if fp.layer_dense_bytes else "resident"
         return done(dense, 0, list(range(n)), kv_window or w_target)
-    if budget < minimum:
+    if budget < minimum:  # (budget is still the user's full figure here)
         need = fmt_bytes(minimum, up=True)
         raise EdgerunError(
             f"ram budget {fmt_bytes(budget)} is below this model's minimum working set {need} "
-            f"(one layer {fmt_bytes(big)} + globals {fmt_bytes(fp.global_bytes)} + KV + scratch); "
+            f"(one layer {fmt_bytes(big)} + globals {fmt_bytes(fp.global_bytes - gs)} + KV + scratch); "
             f"use ram of at least {need}"
         )
+    budget = int(budget * (1 - reserve))
     if kv_window is not None:
         w = kv_window
     else:  # the largest window (multiple of 64) whose cache fits in kv_share of the budget
@@ -340,16 +343,19 @@ def plan_memory(
         w = lo
     kvb = kv_nbytes(fp, w, sinks, bits, chunk)
     room = budget - fixed - kvb
-    if (
-        fp.layer_dense_bytes
-        and fp.global_dense_bytes + sum(fp.layer_dense_bytes) + fp.overhead + act + kvb <= budget
-    ):
+    if fp.layer_dense_bytes and fp.global_dense_bytes + sum(fp.layer_dense_bytes) + fp.overhead + act + kvb <= budget:
         return done("dense", 0, list(range(n)), w)
     if sum(fp.layer_bytes) <= room:
         return done("resident", 0, list(range(n)), w)
+    stream_globals = False
+    if room < big and gs and budget - (fixed - gs) - kvb >= big:  # read the big head in chunks instead
+        stream_globals, fixed = True, fixed - gs
+        room = budget - fixed - kvb
     if room < big:  # the KV share left no room for one buffer: shrink the window down to the minimum
         while w > w_min and budget - fixed - kv_nbytes(fp, w, sinks, bits, chunk) < big:
             w = max(w_min, w // 2)
+        if budget - fixed - kv_nbytes(fp, w, sinks, bits, chunk) < big and gs and not stream_globals:
+            stream_globals, fixed = True, fixed - gs
         room = budget - fixed - kv_nbytes(fp, w, sinks, bits, chunk)
     k = min(prefetch_buffers, n, max(1, room // big)) if big else 0
     left = room - k * big
@@ -358,4 +364,4 @@ def plan_memory(
         if fp.layer_bytes[i] <= left and n - len(pinned) > k:
             pinned.append(i)
             left -= fp.layer_bytes[i]
-    return done("streamed", k, pinned, w)
+    return done("streamed", k, pinned, w, stream_globals)
