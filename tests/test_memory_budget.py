@@ -62,23 +62,23 @@ def measure(path, ram, prompt_len=96, decode=8, count_tokenizer=True) -> dict:
 def test_too_small_budget_fails_at_once_with_minimum():
     import time
 
-    import edgerun
+    from edgerun.runtime.budgeted import load_budgeted
 
     t0 = time.perf_counter()
     with pytest.raises(EdgerunError, match=r"minimum working set .* use ram of at least"):
-        edgerun.load(_smollm2(), ram="30MB")
+        load_budgeted(_smollm2(), ram="30MB")
     assert time.perf_counter() - t0 < 30  # no weights were read
 
 
 def test_budgeted_logits_match_reference():
-    import edgerun
     from edgerun.export.artifact import Artifact
     from edgerun.runtime.api import LLM
+    from edgerun.runtime.budgeted import load_budgeted
 
     path = _smollm2()
     ids = list(range(100, 140))
     ref = LLM(Artifact(path)).logits(ids)  # dense float32, full cache
-    m = edgerun.load(path, ram="120MB", kv_bits=32, kv_window=64)  # streamed layers, window covers all
+    m = load_budgeted(path, ram="120MB", kv_bits=32, kv_window=64)  # streamed layers, window covers all
     assert m.plan.weights == "streamed"
     got = m.logits(ids)
     m.close()
