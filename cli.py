@@ -1,0 +1,277 @@
+"""The `edgerun` command line (typer). Each command calls one public function.
+
+Expected user errors (`EdgerunError`) print one line on stderr and exit with code 1,
+without a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    name="edgerun",
+    help="On-device edge AI runtime: export real models to quantized artifacts and run them.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ModelArg = Annotated[
+    str | None,
+    typer.Argument(help="Artifact folder, .gguf file or HF checkpoint folder (default: packaged SmolLM2)."),
+]
+
+
+def _fail(message: str, code: int = 1):
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def user_errors(fn):
+    """Turn expected user errors into a one-line message and a non-zero exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from .export.errors import EdgerunError
+
+        try:
+            return fn(*args, **kwargs)
+        except EdgerunError as e:
+            _fail(str(e))
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+        except BrokenPipeError:
+            sys.stderr.close()
+            raise typer.Exit(0) from None
+
+    return wrapper
+
+
+class _Progress:
+    """A rich progress bar for long work (export, model set-up), shown on stderr."""
+
+    def __init__(self, description: str):
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[item]}"),
+            console=Console(stderr=True),
+            transient=False,
+        )
+        self.description = description
+        self.task = None
+
+    def __enter__(self):
+        return self
+
+    def __call__(self, done: int, total: int, item: str = ""):
+        if self.task is None:  # started on first report, so quick calls print nothing
+            self.progress.start()
+            self.task = self.progress.add_task(self.description, total=total, item="")
+        self.progress.update(self.task, completed=done, total=total, item=item)
+
+    def __exit__(self, *exc):
+        if self.task is not None:
+            self.progress.stop()
+
+
+def _load(model: str | None, threads: int | None):
+    from .runtime.api import load
+
+    with _Progress("preparing model") as bar:
+        return load(model, threads=threads, progress=bar)
+
+
+@app.command()
+@user_errors
+def export(
+    source: Annotated[str, typer.Argument(help="A .gguf file or a Hugging Face checkpoint folder.")],
+    out: Annotated[str, typer.Option("-o", "--out", help="Artifact folder to write (NAME.edge).")],
+    weights: Annotated[str, typer.Option(help="Weight format for matrices: f16 or f32.")] = "f16",
+):
+    """Export a real model to an edgerun artifact (manifest.json + weights.bin + tokenizer.json)."""
+    from .export.exporter import export as do_export
+
+    with _Progress("exporting") as bar:
+        path = do_export(source, out, weights=weights, progress=bar)
+    size = (Path(path) / "weights.bin").stat().st_size
+    typer.echo(f"wrote {path} ({size / 1e6:.1f} MB of weights)")
+
+
+@app.command()
+@user_errors
+def run(
+    model: ModelArg = None,
+    prompt: Annotated[str | None, typer.Argument(help="Raw prompt (no chat template).")] = None,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", "-n")] = 128,
+    temperature: Annotated[float, typer.Option("--temperature", "-t")] = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: Annotated[int | None, typer.Option("--seed", "-s")] = None,
+    threads: int | None = None,
+    stats: Annotated[bool, typer.Option(help="Print speed and memory on stderr at the end.")] = False,
+):
+    """Continue a raw prompt; streams only the generated text to stdout."""
+    if prompt is None:  # `edgerun run "prompt"`: the single argument is the prompt
+        if model is None:
+            _fail("give a prompt: edgerun run [MODEL] PROMPT")
+        model, prompt = None, model
+    m = _load(model, threads)
+    last = None
+    for r in m.stream(prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed):
+        sys.stdout.write(r.text)
+        sys.stdout.flush()
+        last = r
+    sys.stdout.write("\n")
+    if stats and last:
+        typer.echo(
+            f"prompt {last.prompt_tokens} tok, {last.prompt_tps:.1f} tok/s | decode {last.generated_tokens} tok, "
+            f"{last.decode_tps:.1f} tok/s | peak RSS {last.peak_rss_mb:.0f} MB",
+            err=True,
+        )
+
+
+@app.command()
+@user_errors
+def chat(
+    model: ModelArg = None,
+    system: Annotated[str | None, typer.Option(help="System message.")] = None,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", "-n")] = 256,
+    temperature: Annotated[float, typer.Option("--temperature", "-t")] = 0.0,
+    seed: Annotated[int | None, typer.Option("--seed", "-s")] = None,
+    threads: int | None = None,
+):
+    """Interactive chat using the model's chat template (empty line or Ctrl-D to quit)."""
+    m = _load(model, threads)
+    messages = [{"role": "system", "content": system}] if system else []
+    interactive = sys.stdin.isatty()
+    while True:
+        try:
+            user = input("> " if interactive else "")
+        except EOFError:
+            break
+        if not user.strip():
+            break
+        messages.append({"role": "user", "content": user})
+        reply = ""
+        for r in m.stream_chat(messages, max_tokens=max_tokens, temperature=temperature, seed=seed):
+            sys.stdout.write(r.text)
+            sys.stdout.flush()
+            reply += r.text
+        sys.stdout.write("\n")
+        messages.append({"role": "assistant", "content": reply.strip()})
+
+
+@app.command()
+@user_errors
+def info(
+    model: ModelArg = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the full info as JSON.")] = False,
+):
+    """Show what an artifact holds: architecture, sizes, recipe, provenance."""
+    from .export.artifact import Artifact
+    from .runtime.api import resolve_model
+
+    with _Progress("preparing model") as bar:
+        art = Artifact(resolve_model(model, progress=bar))
+    m = art.manifest
+    data = {
+        "path": str(art.path),
+        "arch": m["arch"],
+        "config": m["config"],
+        "recipe": m.get("recipe"),
+        "weights_bytes": m["files"]["weights.bin"]["nbytes"],
+        "tensors": len(m["tensors"]),
+        "layers": len(m.get("layers", [])),
+        "targets": m.get("targets"),
+        "provenance": m.get("provenance"),
+    }
+    if as_json:
+        typer.echo(json.dumps(data, indent=1))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(show_header=False, title=str(art.path))
+    for k in ("arch", "weights_bytes", "tensors", "layers", "targets"):
+        t.add_row(k, str(data[k]))
+    for k, v in data["config"].items():
+        t.add_row(f"config.{k}", str(v))
+    t.add_row("recipe", json.dumps(data["recipe"]))
+    for k, v in (data["provenance"] or {}).items():
+        t.add_row(f"provenance.{k}", str(v))
+    Console().print(t)
+
+
+# --- speech commands --- (owned by the speech work: thin wrappers over runtime/audio/commands.py and
+# runtime/assistant.py)
+
+
+@app.command()
+@user_errors
+def transcribe(
+    audio: Annotated[str, typer.Argument(help="Audio file (WAV/FLAC/OGG, any rate, mono or stereo).")],
+    stream: Annotated[bool, typer.Option("--stream", help="Streaming recognition: partials, then finals.")] = False,
+    model: Annotated[str | None, typer.Option(help="Whisper artifact (default: packaged base, INT8).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+):
+    """Speech to text with Whisper (VAD-segmented; `--stream` shows partial results)."""
+    from .runtime.audio.commands import transcribe as _transcribe
+
+    res = _transcribe(audio, stream=stream, model=model, echo=None if as_json else typer.echo)
+    if as_json:
+        typer.echo(json.dumps(res, indent=1))
+
+
+@app.command()
+@user_errors
+def speak(
+    text: Annotated[str, typer.Argument(help="Text to say.")],
+    out: Annotated[str, typer.Option("-o", "--out", help="WAV file to write.")] = "out.wav",
+    voice: Annotated[str | None, typer.Option(help="Piper voice .onnx (default: packaged joe-medium).")] = None,
+):
+    """Text to speech with a Piper voice (streamed phrase by phrase) into a WAV file."""
+    from .runtime.audio.commands import speak as _speak
+
+    _speak(text, out, voice=voice, echo=typer.echo)
+
+
+@app.command()
+@user_errors
+def assistant(
+    model: ModelArg = None,
+    input: Annotated[str | None, typer.Option("--input", help="Headless: question WAV file.")] = None,
+    output: Annotated[str | None, typer.Option("--output", help="Headless: reply WAV file.")] = None,
+    max_tokens: Annotated[int, typer.Option(help="Longest reply, in tokens.")] = 80,
+    input_device: Annotated[str | None, typer.Option(help="sounddevice input device (name or index).")] = None,
+    output_device: Annotated[str | None, typer.Option(help="sounddevice output device.")] = None,
+    seconds: Annotated[float | None, typer.Option(help="Stop the live loop after this many seconds.")] = None,
+):
+    """Voice assistant: mic -> VAD -> ASR -> LLM -> TTS -> speaker, with barge-in; or --input/--output files."""
+    from .runtime.assistant import assistant as _assistant
+
+    def dev(d):
+        return int(d) if d is not None and d.isdigit() else d
+
+    _assistant(input=input, output=output, model=model, max_tokens=max_tokens, input_device=dev(input_device),
+               output_device=dev(output_device), seconds=seconds, echo=typer.echo)
+
+
+def main():
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()
