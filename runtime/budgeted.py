@@ -98,9 +98,14 @@ class LazyMatrix:
         return out.reshape(*idx.shape, self.shape[1])
 
     def matmul_t(self, x: np.ndarray) -> np.ndarray:
-        """x (T, in) @ W.T -> (T, out), W dequantized chunk by chunk of rows."""
+        """x (T, in) @ W.T -> (T, out): the C kernel on the stored f16/f32 bytes, or numpy on row chunks."""
         n_out, n_in = self.shape
         x = np.asarray(x, np.float32)
+        kern = _kernels()
+        if kern is not None and self.entry["format"] in ("f16", "f32"):
+            return self.owner.kernel_matmul(self, np.ascontiguousarray(x.reshape(-1, n_in)), kern).reshape(
+                *x.shape[:-1], n_out
+            )
         out = np.empty((*x.shape[:-1], n_out), np.float32)
         step = max(1, min(n_out, ROW_CHUNK_BYTES // (4 * n_in)))
         for r0 in range(0, n_out, step):
@@ -108,6 +113,22 @@ class LazyMatrix:
             out[..., r0:r1] = x @ self.owner.rows(self, r0, r1).T
         self.owner.done(self)
         return out
+
+
+_KERNELS: list = []
+
+
+def _kernels():
+    """edgerun.kernels when its C library loads, else None (numpy fallback)."""
+    if not _KERNELS:
+        try:
+            from .. import kernels
+
+            kernels.get_num_threads()
+            _KERNELS.append(kernels)
+        except Exception:  # noqa: BLE001 - no compiled library: numpy path
+            _KERNELS.append(None)
+    return _KERNELS[0]
 
 
 class _Transposed:
@@ -181,6 +202,23 @@ class BudgetWeights:
                 )
             self._verified.add(key)
         return arr
+
+    def kernel_matmul(self, m: LazyMatrix, x: np.ndarray, kern) -> np.ndarray:
+        """x (M, in) float32 @ W.T with the C kernel reading W's stored bytes (streamed globals: in row chunks)."""
+        data = self._data(m)  # (out, in) f16/f32 view
+        n_out, n_in = m.shape
+        if not (self.plan.stream_globals and m.entry.get("layer") is None and self._map is not None):
+            return kern.matmul(kern.Weight(data), x)
+        out = np.empty((x.shape[0], n_out), np.float32)
+        step = max(1, ROW_CHUNK_BYTES // (data.itemsize * n_in))
+        info = m.entry["parts"]["data"]
+        for r0 in range(0, n_out, step):
+            r1 = min(n_out, r0 + step)
+            out[:, r0:r1] = kern.matmul(kern.Weight(data[r0:r1]), x)
+            lo = info["offset"] + r0 * n_in * data.itemsize  # drop the file pages just read from our RSS
+            lo_al = lo - lo % mmap.PAGESIZE
+            self._map.madvise(mmap.MADV_DONTNEED, lo_al, info["offset"] + r1 * n_in * data.itemsize - lo_al)
+        return out
 
     def _file_crc(self, offset: int, nbytes: int) -> int:
         crc, buf = 0, bytearray(1 << 20)

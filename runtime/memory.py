@@ -347,6 +347,14 @@ def plan_memory(
         return done("dense", 0, list(range(n)), w)
     if sum(fp.layer_bytes) <= room:
         return done("resident", 0, list(range(n)), w)
+    if kv_window is None:  # a shorter window (not below min(512, target)) that keeps every layer resident?
+        w2 = w
+        while w2 > max(w_min, min(512, w_target)) and budget - fixed - kv_nbytes(fp, w2, sinks, bits, chunk) < sum(
+            fp.layer_bytes
+        ):
+            w2 = max(w_min, min(512, w_target), w2 - 256)
+        if budget - fixed - kv_nbytes(fp, w2, sinks, bits, chunk) >= sum(fp.layer_bytes):
+            return done("resident", 0, list(range(n)), w2)
     stream_globals = False
     if room < big and gs and budget - (fixed - gs) - kvb >= big:  # read the big head in chunks instead
         stream_globals, fixed = True, fixed - gs
