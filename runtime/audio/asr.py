@@ -14,7 +14,7 @@ seconds it is decoded again on a short encoder window (the audio plus 1 s, not t
 already-committed tokens forced as a prefix; the tokens two successive hypotheses agree on are committed
 (LocalAgreement-2, Machacek et al. 2023, whisper_streaming), up to a word boundary, so partial text only
 grows and never flickers. At the endpoint the utterance is decoded once more (30-s window by default) with
-the committed prefix, giving the final text.
+no forced prefix (`final_uses_prefix=False`), giving the final text, which may still correct the partials.
 """
 
 from __future__ import annotations
@@ -95,7 +95,8 @@ class Transcript:
 class ASR:
     """Whisper speech recognizer (greedy decoding, English by default)."""
 
-    def __init__(self, model: str | None = None, language: str = "en", final_full_window: bool = True):
+    def __init__(self, model: str | None = None, language: str = "en", final_full_window: bool = True,
+                 final_uses_prefix: bool = False):
         path = model or default_asr_model()
         self.model_path = path
         self.model, self.manifest, tok_json = load_whisper(path)
@@ -119,8 +120,12 @@ class ASR:
         self.suppress_begin = sup.copy()
         self.suppress_begin[[i for i in cfg.get("suppress_ids_begin", []) if 0 <= i < n_vocab]] = True
         self.final_full_window = final_full_window
+        self.final_uses_prefix = final_uses_prefix
         self._vad_model: SileroModel | None = None
         self.max_new_tokens = self.model.args.n_text_ctx // 2
+        t0 = time.perf_counter()
+        self.model.prepare()
+        self.prepare_seconds = time.perf_counter() - t0
 
     # ------------------------------------------------------------------ core
     def encode(self, audio16k: np.ndarray, full_window: bool = True) -> np.ndarray:
@@ -155,7 +160,13 @@ class ASR:
                 break
             logprob += float(lp[tok])
             out.append(tok)
-            if _repeating(out):
+            period = _repeating(out)
+            if period:
+                del out[len(out) - period * 3 :]  # keep one copy of the looped pattern
+                break
+            cut = _repeated_ngram(prefix + out)
+            if cut:
+                del out[len(out) - cut :]
                 break
             last = m.decode([tok], state)[-1]
         return Decoded(out, logprob / max(1, len(out)), no_speech, time.perf_counter() - t0)
@@ -276,9 +287,10 @@ class ASRStream:
 
     def _final(self, seg: SpeechSegment) -> ASRResult:
         asr = self.asr
-        d = asr.decode(seg.samples, prefix=self.committed, full_window=asr.final_full_window)
-        tokens = self.committed + d.tokens
-        silent = not self.committed and d.no_speech_prob > 0.6 and d.avg_logprob < -1.0
+        prefix = self.committed if asr.final_uses_prefix else []
+        d = asr.decode(seg.samples, prefix=prefix, full_window=asr.final_full_window)
+        tokens = prefix + d.tokens
+        silent = not prefix and d.no_speech_prob > 0.6 and d.avg_logprob < -1.0
         text = "" if silent else asr.text(tokens)
         r = ASRResult(text, True, text, "", seg.start, seg.end, self.segment, silent or not text, d.seconds)
         self.segment += 1
@@ -295,13 +307,26 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     return x - (m + np.log(np.exp(x - m).sum()))
 
 
-def _repeating(tokens: list[int], times: int = 4, max_period: int = 8) -> bool:
-    """True when the tail is the same 1..max_period-token pattern repeated `times` times (a Whisper loop)."""
+def _repeating(tokens: list[int], times: int = 4, max_period: int = 8) -> int:
+    """The period when the tail is one 1..max_period-token pattern repeated `times` times (a Whisper loop),
+    else 0."""
     for p in range(1, max_period + 1):
         n = p * times
         if len(tokens) >= n and all(tokens[-n:][i] == tokens[-p:][i % p] for i in range(n)):
-            return True
-    return False
+            return p
+    return 0
+
+
+def _repeated_ngram(tokens: list[int], n: int = 6) -> int:
+    """When the last `n` tokens already occurred earlier (Whisper starting the text over), return `n`
+    (the number of tokens to drop), else 0."""
+    if len(tokens) < 2 * n:
+        return 0
+    tail = tokens[-n:]
+    for i in range(len(tokens) - 2 * n + 1):
+        if tokens[i : i + n] == tail:
+            return n
+    return 0
 
 
 def _merge_segments(segs: list[SpeechSegment], x: np.ndarray, max_s: float = 28.0,

@@ -241,6 +241,18 @@ class Whisper:
         self.dec_ln = _LN(get, "decoder.layer_norm")
         self._embed_rows: np.ndarray | None = None
 
+    def linears(self) -> list[Linear]:
+        """Every linear layer (convs, attention, FFN, embedding)."""
+        out = [self.conv1, self.conv2, self.embed]
+        for L in self.enc_layers + self.dec_layers:
+            out += [v for v in L.values() if isinstance(v, Linear)]
+        return out
+
+    def prepare(self) -> None:
+        """Let the matmul backend set up every weight now (e.g. dequantize once) instead of on first use."""
+        for lin in self.linears():
+            lin(np.zeros((1, lin.shape[1]), np.float32))
+
     # ---------------------------------------------------------------- encoder
     def encode(self, mel: np.ndarray) -> np.ndarray:
         """mel (n_mels, 2*T_a) -> encoder output (T_a, d). T_a may be shorter than 1500."""

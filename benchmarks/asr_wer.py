@@ -1,0 +1,183 @@
+"""ASR quality and speed: edgerun Whisper (INT8 artifact, numpy) vs faster-whisper (same model, int8), same run.
+
+Data: the LibriVox clips of Debian `pocketsphinx-testdata` with their `transcription` file.
+Reports WER (normalized: lower case, no punctuation, hyphens split, Mr. -> mister), real-time factor
+(compute / audio seconds), and the latency from the end of speech to the final text:
+  * offline (edgerun transcribe, faster-whisper): the time to process the utterance once it is complete;
+  * streaming (edgerun ASRStream, clip + 1 s silence fed in 100 ms chunks): VAD endpoint wait (audio time
+    past the clip end) + the final decode's compute time.
+
+    python benchmarks/asr_wer.py [--runs 2] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import re
+import statistics
+import time
+
+import numpy as np
+
+LIBRIVOX = "/usr/share/pocketsphinx/test/data/librivox"
+
+
+def normalize(text: str) -> list[str]:
+    """Lower case words without punctuation; hyphenated words split; a few spoken forms."""
+    t = text.lower().replace("-", " ")
+    t = re.sub(r"\bmr\b\.?", "mister", t)
+    t = re.sub(r"\bmrs\b\.?", "missus", t)
+    t = re.sub(r"[^a-z0-9' ]", " ", t)
+    return t.split()
+
+
+def edit_distance(ref: list[str], hyp: list[str]) -> int:
+    """Word-level Levenshtein distance."""
+    d = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        prev, d[0] = d[0], i
+        for j, h in enumerate(hyp, 1):
+            cur = min(d[j] + 1, d[j - 1] + 1, prev + (r != h))
+            prev, d[j] = d[j], cur
+    return d[len(hyp)]
+
+
+def wer(refs: list[str], hyps: list[str]) -> float:
+    """Corpus WER in percent."""
+    errors = sum(edit_distance(normalize(r), normalize(h)) for r, h in zip(refs, hyps, strict=True))
+    words = sum(len(normalize(r)) for r in refs)
+    return 100.0 * errors / max(1, words)
+
+
+def load_clips(limit: int | None = None) -> list[tuple[str, str]]:
+    """[(wav path, reference text)] from the pocketsphinx-testdata LibriVox folder."""
+    refs = {}
+    with open(os.path.join(LIBRIVOX, "transcription"), encoding="utf-8") as fh:
+        for line in fh:
+            m = re.match(r"<s>(.*)</s>\s*\((.+)\)", line.strip())
+            if m:
+                refs[m.group(2)] = m.group(1).strip()
+    files = sorted(glob.glob(os.path.join(LIBRIVOX, "*.wav")))
+    out = [(f, refs[os.path.basename(f)[:-4]]) for f in files if os.path.basename(f)[:-4] in refs]
+    return out[:limit] if limit else out
+
+
+def run_edgerun_stream(asr, x: np.ndarray, sr: int, chunk_s: float = 0.1) -> dict:
+    """Stream one clip (0.5 s silence + clip + 1 s silence); final text, compute, endpoint latency."""
+    lead, tail = int(0.5 * sr), int(1.0 * sr)
+    a = np.concatenate([np.zeros(lead, np.float32), x, np.zeros(tail, np.float32)])
+    s = asr.create_stream()
+    step = int(chunk_s * sr)
+    finals, partials = [], 0
+    t0 = time.perf_counter()
+    fed_at_final = None
+    for i in range(0, len(a), step):
+        for r in s.accept_waveform(sr, a[i : i + step]):
+            if r.is_final:
+                finals.append(r)
+                fed_at_final = fed_at_final or min(len(a), i + step) / sr
+            else:
+                partials += 1
+    for r in s.input_finished():
+        finals.append(r)
+        fed_at_final = fed_at_final or len(a) / sr
+    compute = time.perf_counter() - t0
+    speech_end = (lead + len(x)) / sr
+    final_compute = finals[-1].compute_seconds if finals else 0.0
+    return dict(
+        text=" ".join(r.text for r in finals),
+        compute=compute,
+        partials=partials,
+        endpoint_wait=max(0.0, fed_at_final - speech_end) if fed_at_final else 0.0,
+        final_compute=final_compute,
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=2, help="timed repetitions (median reported)")
+    ap.add_argument("--limit", type=int, default=None, help="use only the first N clips")
+    ap.add_argument("--threads", type=int, default=2, help="faster-whisper cpu_threads")
+    ap.add_argument("--json", default=None, help="write the figures as JSON here")
+    args = ap.parse_args()
+
+    from edgerun.export.whisper_export import assemble_ct2_dir
+    from edgerun.runtime.audio.asr import ASR
+    from edgerun.runtime.audio.wavio import read_audio
+    from faster_whisper import WhisperModel
+
+    clips = load_clips(args.limit)
+    audio = [read_audio(f) for f, _ in clips]
+    refs = [r for _, r in clips]
+    total_audio = sum(len(x) / sr for x, sr in audio)
+
+    t = time.perf_counter()
+    asr = ASR()  # full 30-s window for finals (quality)
+    load_edge = time.perf_counter() - t
+    asr_short = ASR(final_full_window=False)  # short window finals (latency), as the assistant uses
+    t = time.perf_counter()
+    fw = WhisperModel(assemble_ct2_dir(), device="cpu", compute_type="int8", cpu_threads=args.threads)
+    load_fw = time.perf_counter() - t
+
+    systems = {
+        "edgerun offline (greedy, 30 s window)": lambda x, sr: asr.transcribe(x, sr).text,
+        "faster-whisper int8 beam 5": lambda x, sr: " ".join(
+            s.text for s in fw.transcribe(x, beam_size=5, language="en")[0]
+        ),
+        "faster-whisper int8 beam 1": lambda x, sr: " ".join(
+            s.text for s in fw.transcribe(x, beam_size=1, language="en")[0]
+        ),
+    }
+    # warm-up (first-call costs are not part of the steady state)
+    for fn in systems.values():
+        fn(*audio[0])
+    times = {k: [[] for _ in clips] for k in systems}
+    texts = {k: [""] * len(clips) for k in systems}
+    stream_runs = {"edgerun streaming (final 30 s window)": asr, "edgerun streaming (final short window)": asr_short}
+    stream_res = {k: [[] for _ in clips] for k in stream_runs}
+    for _ in range(args.runs):
+        for i, (x, sr) in enumerate(audio):  # interleaved, so load on the machine hits all alike
+            for k, fn in systems.items():
+                t = time.perf_counter()
+                texts[k][i] = fn(x, sr)
+                times[k][i].append(time.perf_counter() - t)
+            for k, a in stream_runs.items():
+                stream_res[k][i].append(run_edgerun_stream(a, x, sr))
+
+    rows = []
+    for k in systems:
+        per_clip = [statistics.median(t) for t in times[k]]
+        rows.append(dict(system=k, wer=wer(refs, texts[k]), rtf=sum(per_clip) / total_audio,
+                         latency_end_to_final_s=statistics.median(per_clip), texts=texts[k]))
+    for k in stream_runs:
+        res = stream_res[k]
+        comp = [statistics.median(r["compute"] for r in rr) for rr in res]
+        lat = [statistics.median(r["endpoint_wait"] + r["final_compute"] for r in rr) for rr in res]
+        fin = [statistics.median(r["final_compute"] for r in rr) for rr in res]
+        hyp = [rr[-1]["text"] for rr in res]
+        rows.append(dict(system=k, wer=wer(refs, hyp), rtf=sum(comp) / (total_audio + 1.5 * len(clips)),
+                         latency_end_to_final_s=statistics.median(lat), final_decode_s=statistics.median(fin),
+                         endpoint_wait_s=statistics.median(r["endpoint_wait"] for rr in res for r in rr),
+                         partials=sum(rr[-1]["partials"] for rr in res), texts=hyp))
+    print(f"{len(clips)} LibriVox clips, {total_audio:.1f} s audio; load: edgerun {load_edge:.2f} s "
+          f"(incl. weight prep), faster-whisper {load_fw:.2f} s; OPENBLAS_NUM_THREADS="
+          f"{os.environ.get('OPENBLAS_NUM_THREADS', 'default')}, fw threads {args.threads}")
+    print(f"{'system':42s} {'WER %':>6s} {'RTF':>6s} {'end->final s':>12s}")
+    for r in rows:
+        print(f"{r['system']:42s} {r['wer']:6.2f} {r['rtf']:6.3f} {r['latency_end_to_final_s']:12.3f}"
+              + (f"   (endpoint wait {r['endpoint_wait_s']:.2f} s + final decode {r['final_decode_s']:.2f} s,"
+                 f" {r['partials']} partials)" if "final_decode_s" in r else ""))
+    for r in rows:
+        for i, t in enumerate(r["texts"]):
+            if normalize(t) != normalize(refs[i]):
+                print(f"  {r['system'][:28]:28s} clip {i}: {t.strip()}")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump(dict(clips=len(clips), audio_seconds=total_audio, rows=rows), fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,314 @@
+"""Voice assistant loop: microphone -> VAD -> streaming ASR -> LLM (streamed) -> phrase TTS -> speaker.
+
+    mic ──► ASRStream (Silero VAD + Whisper) ──final──► LLM.stream_chat ──phrases──► TTS ──► speaker
+     ▲                                                                                   │
+     └──────────── barge-in: speech detected while playing stops playback and the reply ─┘
+
+Headless (`run_files`): a WAV in, a WAV out, the transcript and reply returned, latency measured.
+Live (`run_live`): `sounddevice` input/output streams; the reply is spoken phrase by phrase while the LLM is
+still generating; if the user speaks during the reply, playback stops at once and the reply is abandoned.
+The LLM interface used: `m.stream_chat(messages, max_tokens=..., temperature=...)` yielding `.text` pieces.
+"""
+
+from __future__ import annotations
+
+import queue
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+from edgerun.export.errors import EdgerunError
+from edgerun.runtime.audio.resample import resample
+from edgerun.runtime.audio.wavio import read_audio, write_wav
+
+SYSTEM_PROMPT = "You are a helpful voice assistant. Answer briefly, in one or two short sentences."
+_PHRASE_END = re.compile(r"[.!?;:](?=\s)|,(?=\s)")
+
+
+@dataclass
+class Turn:
+    """One exchange: what the user said, the reply, and where the time went (seconds)."""
+
+    transcript: str
+    reply: str = ""
+    audio: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    sample_rate: int = 22050
+    asr_final_seconds: float = 0.0  # final ASR decode after the endpoint
+    first_text_seconds: float = 0.0  # endpoint -> first reply phrase text from the LLM
+    first_audio_seconds: float = 0.0  # endpoint -> first reply audio ready (the latency that matters)
+    endpoint_wait_seconds: float = 0.0  # silence the VAD waits for before declaring the endpoint (audio time)
+    interrupted: bool = False
+
+
+def llm_phrases(pieces: Iterator[str], min_words: int = 4) -> Iterator[str]:
+    """Group streamed text pieces into speakable phrases (at . ! ? ; : and at commas after `min_words`)."""
+    buf = ""
+    for piece in pieces:
+        buf += piece
+        while True:
+            cut = None
+            for m in _PHRASE_END.finditer(buf):
+                if buf[m.start()] != "," or len(buf[: m.end()].split()) >= min_words:
+                    cut = m.end()
+                    break
+            if cut is None:
+                break
+            phrase, buf = buf[:cut].strip(), buf[cut:]
+            if phrase:
+                yield phrase
+    if buf.strip():
+        yield buf.strip()
+
+
+class Assistant:
+    """Holds the models (ASR, LLM, TTS) and the conversation."""
+
+    def __init__(self, llm=None, asr=None, tts=None, system_prompt: str = SYSTEM_PROMPT,
+                 max_tokens: int = 80, temperature: float = 0.0, history_turns: int = 4):
+        from edgerun.runtime.audio.asr import ASR
+        from edgerun.runtime.audio.tts import TTS
+
+        if llm is None or isinstance(llm, str):
+            import edgerun
+
+            llm = edgerun.load(llm)
+        self.llm = llm
+        self.asr = asr if asr is not None and not isinstance(asr, str) else ASR(asr, final_full_window=False)
+        self.tts = tts if tts is not None and not isinstance(tts, str) else TTS(tts)
+        self.system_prompt = system_prompt
+        self.max_tokens = max_tokens
+        self.temperature = temperature
+        self.history: list[dict] = []
+        self.history_turns = history_turns
+
+    def messages(self, user_text: str) -> list[dict]:
+        """The chat for the next reply: system prompt, recent history, the new user message."""
+        msgs = [{"role": "system", "content": self.system_prompt}]
+        msgs += self.history[-2 * self.history_turns :]
+        return msgs + [{"role": "user", "content": user_text}]
+
+    def reply(self, user_text: str, on_audio: Callable[[np.ndarray], object] | None = None,
+              cancel: threading.Event | None = None, t_end: float | None = None) -> Turn:
+        """Stream the LLM reply phrase by phrase into TTS; `on_audio(chunk)` gets each phrase's audio.
+        `t_end` (perf_counter) is when the user's speech was declared over, for the latency figures."""
+        t_end = time.perf_counter() if t_end is None else t_end
+        turn = Turn(user_text, sample_rate=self.tts.sample_rate)
+        kw = dict(max_tokens=self.max_tokens)
+        if self.temperature:
+            kw["temperature"] = self.temperature
+        else:
+            kw["temperature"] = 0.0
+        pieces = (r.text for r in self.llm.stream_chat(self.messages(user_text), **kw))
+        spoken, audio = [], []
+        for phrase in llm_phrases(pieces):
+            if cancel is not None and cancel.is_set():
+                turn.interrupted = True
+                break
+            if not turn.first_text_seconds:
+                turn.first_text_seconds = time.perf_counter() - t_end
+            for chunk in self.tts.stream(phrase):
+                if cancel is not None and cancel.is_set():
+                    turn.interrupted = True
+                    break
+                if not turn.first_audio_seconds:
+                    turn.first_audio_seconds = time.perf_counter() - t_end
+                audio.append(chunk.samples)
+                if on_audio is not None:
+                    on_audio(chunk.samples)
+            spoken.append(phrase)
+            if turn.interrupted:
+                break
+        turn.reply = " ".join(spoken)
+        turn.audio = np.concatenate(audio) if audio else np.zeros(0, np.float32)
+        self.history += [{"role": "user", "content": user_text}, {"role": "assistant", "content": turn.reply}]
+        return turn
+
+    # ------------------------------------------------------------------ headless
+    def run_files(self, input_path: str, output_path: str | None = None, chunk_ms: int = 100) -> list[Turn]:
+        """Headless: stream a WAV through VAD + ASR; answer each utterance; write all replies to a WAV."""
+        x, sr = read_audio(input_path)
+        stream = self.asr.create_stream()
+        turns: list[Turn] = []
+        step = max(1, int(sr * chunk_ms / 1000))
+
+        def handle(results, t_end):
+            for r in results:
+                if r.is_final and r.text:
+                    turn = self.reply(r.text, t_end=t_end)
+                    turn.asr_final_seconds = r.compute_seconds
+                    turn.endpoint_wait_seconds = stream.vad.min_silence / 16000
+                    turns.append(turn)
+
+        for i in range(0, len(x), step):
+            t = time.perf_counter()
+            handle(stream.accept_waveform(sr, x[i : i + step]), t)
+        handle(stream.input_finished(), time.perf_counter())
+        if output_path is not None:
+            gap = np.zeros(int(0.3 * self.tts.sample_rate), np.float32)
+            parts = [p for t in turns for p in (t.audio, gap)]
+            write_wav(output_path, np.concatenate(parts) if parts else np.zeros(0, np.float32), self.tts.sample_rate)
+        return turns
+
+    # ------------------------------------------------------------------ live
+    def run_live(self, input_device=None, output_device=None, max_turns: int | None = None,
+                 seconds: float | None = None, barge_in: bool = True, echo: Callable[[str], object] = print,
+                 block_ms: int = 100) -> list[Turn]:
+        """Talk through sounddevice until Ctrl-C, `max_turns` replies, or `seconds` of wall time."""
+        sd = import_sounddevice()
+        in_rate = _device_rate(sd, input_device, "input", 16000)
+        out_rate = _device_rate(sd, output_device, "output", self.tts.sample_rate)
+        mic: queue.Queue = queue.Queue(maxsize=int(60_000 / block_ms))  # at most 60 s waiting; more is dropped
+        overruns = [0]
+        player = _Player(out_rate)
+        stream = self.asr.create_stream()
+        turns: list[Turn] = []
+        cancel = threading.Event()
+        worker: threading.Thread | None = None
+
+        def on_mic(indata, frames, t, status):  # sounddevice thread: copy and hand over
+            try:
+                mic.put_nowait(indata[:, 0].astype(np.float32) / 32768.0)
+            except queue.Full:
+                overruns[0] += 1
+
+        def speak(text: str, t_end: float, asr_s: float):
+            def to_player(chunk):
+                rate = self.tts.sample_rate
+                player.add(chunk if out_rate == rate else resample(chunk, rate, out_rate))
+
+            turn = self.reply(text, on_audio=to_player, cancel=cancel, t_end=t_end)
+            turn.asr_final_seconds = asr_s
+            turns.append(turn)
+            echo(f"assistant: {turn.reply}" + (" [interrupted]" if turn.interrupted else "")
+                 + f"  (first audio {turn.first_audio_seconds * 1000:.0f} ms after end of speech)")
+
+        try:
+            # int16 on both sides: the format every device takes (ALSA's float conversion path is the fragile one)
+            ins = sd.InputStream(device=input_device, channels=1, samplerate=in_rate, dtype="int16",
+                                 blocksize=int(in_rate * block_ms / 1000), callback=on_mic)
+            outs = sd.OutputStream(device=output_device, channels=1, samplerate=out_rate, dtype="int16",
+                                   blocksize=int(out_rate * block_ms / 1000), callback=player.callback)
+        except Exception as e:  # PortAudioError and friends
+            raise EdgerunError(f"cannot open the audio device ({str(e).splitlines()[0]}); "
+                               "check `python -m sounddevice` or use --input/--output files") from None
+        t_start = time.perf_counter()
+        with ins, outs:
+            echo("listening (Ctrl-C to stop)")
+            while True:
+                if seconds is not None and time.perf_counter() - t_start > seconds:
+                    break
+                if max_turns is not None and len(turns) >= max_turns and (worker is None or not worker.is_alive()):
+                    break
+                try:
+                    block = mic.get(timeout=0.05)
+                except queue.Empty:
+                    continue
+                results = stream.accept_waveform(in_rate, block)
+                if barge_in and stream.in_speech and (player.busy or (worker is not None and worker.is_alive())):
+                    cancel.set()  # barge-in: the user talks over the reply
+                    if player.stop():
+                        echo("(barge-in: playback stopped)")
+                for r in results:
+                    if r.is_final and r.text:
+                        echo(f"you: {r.text}")
+                        if worker is not None:
+                            cancel.set()
+                            worker.join()
+                        cancel = threading.Event()
+                        worker = threading.Thread(target=speak, args=(r.text, time.perf_counter(), r.compute_seconds),
+                                                  daemon=True)
+                        worker.start()
+            if worker is not None:
+                worker.join()
+            while player.busy and (seconds is None or time.perf_counter() - t_start < seconds + 30):
+                time.sleep(0.05)
+        return turns
+
+
+class _Player:
+    """A queue of audio played by the output stream's callback; `stop()` drops what is queued (barge-in)."""
+
+    def __init__(self, rate: int):
+        self.rate = rate
+        self.lock = threading.Lock()
+        self.buf = np.zeros(0, np.float32)
+        self.played = 0
+        self.stops = 0
+
+    def add(self, samples: np.ndarray) -> None:
+        with self.lock:
+            self.buf = np.concatenate([self.buf, samples.astype(np.float32)])
+
+    @property
+    def busy(self) -> bool:
+        return len(self.buf) > 0
+
+    def stop(self) -> bool:
+        with self.lock:
+            had = len(self.buf) > 0
+            self.buf = np.zeros(0, np.float32)
+        if had:
+            self.stops += 1
+        return had
+
+    def callback(self, outdata, frames, t, status):
+        with self.lock:
+            n = min(frames, len(self.buf))
+            outdata[:n, 0] = (np.clip(self.buf[:n], -1.0, 1.0) * 32767.0).astype(np.int16)
+            outdata[n:, 0] = 0
+            self.buf = self.buf[n:]
+            self.played += n
+
+
+def import_sounddevice():
+    """Import sounddevice, turning a missing PortAudio into a one-line error."""
+    try:
+        import sounddevice as sd
+    except (ImportError, OSError) as e:
+        raise EdgerunError(f"audio I/O is unavailable ({e}); install libportaudio2 and `pip install sounddevice`, "
+                           "or use --input/--output files") from None
+    return sd
+
+
+def _device_rate(sd, device, kind: str, preferred: int) -> int:
+    """`preferred` when the device takes it, else the device's default rate."""
+    try:
+        info = sd.query_devices(device, kind)
+    except Exception as e:  # ValueError / PortAudioError: no such device
+        raise EdgerunError(f"no {kind} audio device{'' if device is None else ' ' + repr(device)} "
+                           f"({str(e).splitlines()[0]}); use --input/--output files or pick a device") from None
+    try:
+        check = sd.check_input_settings if kind == "input" else sd.check_output_settings
+        check(device=device, channels=1, samplerate=preferred, dtype="int16")
+        return preferred
+    except Exception:
+        return int(info["default_samplerate"])
+
+
+def assistant(input: str | None = None, output: str | None = None, model: str | None = None,
+              asr_model: str | None = None, voice: str | None = None, max_tokens: int = 80,
+              input_device=None, output_device=None, max_turns: int | None = None, seconds: float | None = None,
+              echo: Callable[[str], object] = print) -> list[Turn]:
+    """`edgerun assistant`: live with the microphone and speaker, or headless with --input/--output files."""
+    if (input is None) != (output is None):
+        raise EdgerunError("headless mode needs both --input question.wav and --output reply.wav")
+    if input is None:  # fail fast, before loading models, when audio I/O is missing
+        sd = import_sounddevice()
+        _device_rate(sd, input_device, "input", 16000)
+        _device_rate(sd, output_device, "output", 22050)
+    a = Assistant(llm=model, asr=asr_model, tts=voice, max_tokens=max_tokens)
+    if input is not None:
+        turns = a.run_files(input, output)
+        if not turns:
+            echo("(no speech in the input)")
+        for t in turns:
+            echo(f"you: {t.transcript}")
+            echo(f"assistant: {t.reply}")
+            echo(f"latency: first reply audio {t.first_audio_seconds * 1000:.0f} ms after the end-of-speech "
+                 f"endpoint (ASR final {t.asr_final_seconds * 1000:.0f} ms, LLM first phrase "
+                 f"{t.first_text_seconds * 1000:.0f} ms) + {t.endpoint_wait_seconds * 1000:.0f} ms VAD silence")
+        return turns
+    return a.run_live(input_device, output_device, max_turns=max_turns, seconds=seconds, echo=echo)

@@ -1,0 +1,130 @@
+"""Voice assistant: phrase grouping, headless files, and the live loop through a fake ALSA device."""
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from edgerun.runtime.assistant import llm_phrases
+
+
+def test_llm_phrases_groups_stream():
+    pieces = ["Paris", " is the", " capital.", " It has", " many, many", " museums, and", " parks!", " Bye"]
+    assert list(llm_phrases(iter(pieces))) == [
+        "Paris is the capital.", "It has many, many museums,", "and parks!", "Bye"]
+    assert list(llm_phrases(iter([]))) == []
+
+
+@pytest.fixture(scope="module")
+def question_wav(tmp_path_factory):
+    from edgerun.runtime.audio.tts import TTS
+    from edgerun.runtime.audio.wavio import write_wav
+
+    tts = TTS()
+    d = tmp_path_factory.mktemp("assistant")
+    q = tts.generate("What is the capital of France?")
+    p = str(d / "question.wav")
+    write_wav(p, np.concatenate([np.zeros(11025, np.float32), q, np.zeros(22050, np.float32)]), tts.sample_rate)
+    return p
+
+
+@pytest.mark.model
+def test_headless_files(question_wav, tmp_path):
+    from edgerun.runtime.assistant import assistant
+    from edgerun.runtime.audio.wavio import read_audio
+
+    lines = []
+    out = str(tmp_path / "reply.wav")
+    turns = assistant(input=question_wav, output=out, max_tokens=40, echo=lines.append)
+    assert len(turns) == 1
+    t = turns[0]
+    assert "capital" in t.transcript.lower() and "france" in t.transcript.lower()
+    assert t.reply and 0 < t.first_audio_seconds < 60
+    y, sr = read_audio(out)
+    assert sr == 22050 and len(y) / sr > 0.5 and np.abs(y).max() > 0.05
+    assert any(s.startswith("you: ") for s in lines) and any(s.startswith("assistant: ") for s in lines)
+
+
+@pytest.mark.model
+def test_headless_silent_input_is_clean(tmp_path):
+    from edgerun.runtime.assistant import assistant
+    from edgerun.runtime.audio.wavio import write_wav
+
+    p = write_wav(str(tmp_path / "silent.wav"), np.zeros(16000, np.float32), 16000)
+    lines = []
+    assert assistant(input=p, output=str(tmp_path / "r.wav"), echo=lines.append) == []
+    assert lines == ["(no speech in the input)"]
+
+
+ASOUNDRC = """
+pcm.!default {{ type asym; playback.pcm "er_out"; capture.pcm "er_in" }}
+pcm.er_out {{ type plug; slave {{ pcm "er_out_file"; rate 22050; channels 1; format S16_LE }} }}
+pcm.er_out_file {{ type file; slave.pcm "null"; file "{out}"; format "raw" }}
+pcm.er_in {{ type plug; slave {{ pcm "er_in_file"; rate 16000; channels 1; format S16_LE }} }}
+pcm.er_in_file {{ type file; slave.pcm "null"; file "/dev/null"; infile "{inp}"; format "raw" }}
+"""
+
+
+def _fake_alsa(tmp_path, pcm16k: np.ndarray) -> dict:
+    """Environment whose ALSA default device reads `pcm16k` as the microphone and writes the speaker to a file.
+
+    Written before sounddevice (PortAudio) is imported: the test runs the loop in a child process."""
+    if not os.path.exists("/usr/share/alsa/alsa.conf"):
+        pytest.skip("ALSA configuration missing (apt-get install libportaudio2 libasound2)")
+    inp, out = tmp_path / "mic.raw", tmp_path / "speaker.raw"
+    (np.clip(pcm16k, -1, 1) * 32767).astype("<i2").tofile(inp)
+    rc = tmp_path / "asoundrc"
+    rc.write_text(ASOUNDRC.format(out=out, inp=inp))
+    env = dict(os.environ, ALSA_CONFIG_PATH=f"/usr/share/alsa/alsa.conf:{rc}", OPENBLAS_NUM_THREADS="1")
+    probe = subprocess.run([sys.executable, "-c", "import sounddevice as sd; sd.query_devices(None, 'input')"],
+                           env=env, capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"PortAudio/ALSA unavailable: {probe.stderr.strip().splitlines()[-1:]}")
+    return dict(env=env, out=out)
+
+
+@pytest.mark.model
+def test_live_loop_fake_alsa_with_barge_in(question_wav, tmp_path):
+    from edgerun.runtime.audio.resample import resample
+    from edgerun.runtime.audio.tts import TTS
+    from edgerun.runtime.audio.wavio import read_audio
+
+    q, sr = read_audio(question_wav)
+    second = TTS().generate("Tell me something about Berlin instead.")
+    mic = np.concatenate([resample(q, sr, 16000), np.zeros(16000, np.float32),
+                          resample(second, 22050, 16000), np.zeros(16000 * 3, np.float32)])
+    fake = _fake_alsa(tmp_path, mic)
+    code = textwrap.dedent("""
+        from edgerun.runtime.assistant import assistant
+        turns = assistant(seconds=40, max_turns=2, max_tokens=60)
+        for t in turns:
+            print("TURN", repr(t.transcript), t.interrupted, round(t.first_audio_seconds, 3))
+    """)
+    try:
+        r = subprocess.run([sys.executable, "-c", code], env=fake["env"], capture_output=True, text=True,
+                           timeout=300)
+    finally:
+        spk = np.fromfile(fake["out"], dtype="<i2") if fake["out"].exists() else np.zeros(0, np.int16)
+        fake["out"].unlink(missing_ok=True)  # the fake speaker runs free and writes a lot of silence
+    assert r.returncode == 0, r.stderr[-2000:]
+    turns = [line for line in r.stdout.splitlines() if line.startswith("TURN")]
+    assert len(turns) == 2, r.stdout
+    assert "capital" in turns[0].lower() and "berlin" in turns[1].lower()
+    assert turns[0].split()[-2] == "True", "the second utterance must barge in on the first reply"
+    assert spk.size and np.abs(spk).max() > 1000  # the reply reached the speaker
+
+
+def test_missing_device_one_line(tmp_path):
+    if shutil.which("edgerun") is None:
+        pytest.skip("edgerun console script not installed")
+    rc = tmp_path / "asoundrc"
+    rc.write_text("pcm.!default { type hw; card 7 }\n")
+    env = dict(os.environ, ALSA_CONFIG_PATH=f"/usr/share/alsa/alsa.conf:{rc}")
+    r = subprocess.run(["edgerun", "assistant", "--input-device", "no-such-mic"], env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 1
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "Traceback" not in r.stderr
