@@ -59,11 +59,12 @@ def test_quant_gemv_gemm(isa, fmt, shape, threads):
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("fmt,bs", [("int4", 64), ("int4", 128), ("int4_asym", 64), ("int4_asym", 128),
                                     ("ternary", 32), ("ternary", 64), ("ternary", 128), ("int8", 64)])
-def test_block_sizes(isa, fmt, bs):
-    rng = np.random.default_rng(bs)
-    w = rng.standard_normal((21, 333)).astype(np.float32)
+@pytest.mark.parametrize("k", [333, 1500, 4100])  # 1500/4100: many 8-sub-block groups + a tail
+def test_block_sizes(isa, fmt, bs, k):
+    rng = np.random.default_rng(bs + k)
+    w = rng.standard_normal((21, k)).astype(np.float32)
     q = quantize(w, fmt, bs)
-    x = rng.standard_normal((2, 333)).astype(np.float32)
+    x = rng.standard_normal((2, k)).astype(np.float32)
     with use_isa(isa):
         y = matmul(Weight(q), x)
     _check_q(q, x, y)

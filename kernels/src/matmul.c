@@ -1,13 +1,12 @@
 /* Matmul kernels: y (m, N) = x (m, K) @ W^T for f32, f16 and block-quantized (MatMulNBits) W.
  *
  * Quantized path (the q8-activation scheme of llama.cpp's ggml_vec_dot_q4_0_q8_0):
- *   1. x is quantized per 32 values ("sub-block" t): sx[t] = amax/127, xq = round(x/sx[t]),
- *      stored in the ORDER the weight codes come out of a register unpack, so no shuffles:
- *        8 bits: natural;  4 bits: [even positions | odd positions]  (low | high nibbles)
- *        2 bits: [positions 4j | 4j+1 | 4j+2 | 4j+3] for j = 0..7     (shifts 0, 2, 4, 6)
- *      and xsb[b] = sum_{t in weight block b} sx[t] * sum(xq[t]) is kept for the zero points.
- *   2. per weight block b (scale sw, zero point z):
- *        y += sw * (sum_t sx[t] * dot_int(codes_t, xq_t)  -  z * xsb[b])
+ *   1. x is quantized per 32 values ("sub-block" t): sx[t] = amax/127, xq = rint(x/sx[t]),
+ *      isum[t] = sum(xq), stored in the ORDER the weight codes come out of a register unpack
+ *      (see q_index: low/high nibbles of 32 bytes, 2-bit fields of 32 bytes), so no shuffles.
+ *   2. y = sum_t sw[b(t)] * sx[t] * (dot_int(codes_t, xq_t) - z[b(t)] * isum[t])
+ *      8 sub-blocks at a time: 8 integer dots reduced into one vector (lane = sub-block), the
+ *      zero-point term in integers, one FMA with the vector sx * sw per 256 weights.
  *      8-bit codes are used as signed (code - 128) with z' = z - 128 so maddubs cannot overflow.
  *
  * GEMV (m == 1) streams each weight row once; GEMM (m > 1) runs a 4-row tile over every token
@@ -20,27 +19,40 @@
 #include "er_internal.h"
 
 #define SUB 32
+#define ER_INLINE inline __attribute__((always_inline))
 
 /* ---- activation quantization ------------------------------------------------------------- */
 
-static inline int perm_index(int bits, int i) {
-    if (bits == 4) return (i & 1) * 16 + (i >> 1);
-    if (bits == 2) return (i & 3) * 8 + (i >> 2);
-    return i;
+/* Index in the quantized activation row of natural element i (0..31) of sub-block t.
+ * Sub-blocks t < nmain (whole groups of 8 = 256 values) use the wide layouts the AVX2 group
+ * kernel unpacks into; the tail uses 32-wide layouts. Scalar code uses the same layout. */
+static inline int64_t q_index(int bits, int64_t nmain, int64_t t, int i) {
+    if (bits == 8) return t * SUB + i;
+    if (t < nmain) {
+        if (bits == 4) { /* pairs of sub-blocks: [sub0 even | sub1 even | sub0 odd | sub1 odd] */
+            int64_t base = (t >> 1) * 64;
+            int sub = (int)(t & 1);
+            return base + (i & 1) * 32 + sub * 16 + (i >> 1);
+        }
+        /* bits == 2: quads of sub-blocks: element e (0..127) at (e % 4) * 32 + e / 4 */
+        int64_t base = (t >> 2) * 128;
+        int e = (int)(t & 3) * 32 + i;
+        return base + (e & 3) * 32 + (e >> 2);
+    }
+    if (bits == 4) return t * SUB + (i & 1) * 16 + (i >> 1);
+    return t * SUB + (i & 3) * 8 + (i >> 2);
 }
 
 typedef struct {
-    int8_t *q;   /* (m, kp) */
-    float *sx;   /* (m, kp/32) */
-    float *xsb;  /* (m, nb) */
-    int64_t kp, nb;
+    int8_t *q;     /* (m, kp) */
+    float *sx;     /* (m, nsub) */
+    int32_t *isum; /* (m, nsub) */
+    int64_t kp, nsub, nmain;
+    int32_t zshift[8] __attribute__((aligned(32))); /* (t / per) * bits: zero-point field shifts */
 } actq;
 
-static void quantize_act_row(const float *x, int64_t k, int bits, int bs, int64_t nb, int8_t *q, float *sx,
-                             float *xsb) {
-    int64_t nsub = nb * bs / SUB;
-    int per = bs / SUB;
-    for (int64_t b = 0; b < nb; b++) xsb[b] = 0.0f;
+static void quantize_act_row(const float *x, int64_t k, int bits, int64_t nsub, int64_t nmain, int8_t *q,
+                             float *sx, int32_t *isum) {
     for (int64_t t = 0; t < nsub; t++) {
         float v[SUB];
         float amax = 0.0f;
@@ -51,16 +63,15 @@ static void quantize_act_row(const float *x, int64_t k, int bits, int bs, int64_
             amax = a > amax ? a : amax;
         }
         float d = amax / 127.0f, id = d > 0.0f ? 1.0f / d : 0.0f;
-        int isum = 0;
-        int8_t *qt = q + t * SUB;
+        int s = 0;
         for (int i = 0; i < SUB; i++) {
             int r = (int)lrintf(v[i] * id);
             r = r > 127 ? 127 : (r < -127 ? -127 : r);
-            qt[perm_index(bits, i)] = (int8_t)r;
-            isum += r;
+            q[q_index(bits, nmain, t, i)] = (int8_t)r;
+            s += r;
         }
         sx[t] = d;
-        xsb[t / per] += d * (float)isum;
+        isum[t] = s;
     }
 }
 
@@ -70,44 +81,40 @@ static inline int zero_point(const uint8_t *zprow, int bits, int64_t b) {
     return (zprow[bit >> 3] >> (bit & 7)) & ((1 << bits) - 1);
 }
 
-/* ---- scalar quantized row dot ------------------------------------------------------------ */
+/* code of natural element i of sub-block t, as used in the dot (8 bits: signed code - 128) */
+static inline int wcode(const uint8_t *row, int bits, int64_t t, int i) {
+    int64_t e = t * SUB + i;
+    if (bits == 8) return (int)row[e] - 128;
+    if (bits == 4) return (row[e >> 1] >> ((e & 1) * 4)) & 15;
+    return (row[e >> 2] >> ((e & 3) * 2)) & 3;
+}
 
-static float qdot_row_scalar(const er_weight *w, int64_t n, const int8_t *q, const float *sx, const float *xsb) {
-    const int bits = w->bits, bs = w->block_size, per = bs / SUB, sub_bytes = SUB * bits / 8;
-    const int64_t nb = (w->k + bs - 1) / bs;
+/* ---- scalar quantized row dot ------------------------------------------------------------ */
+/* y = sum_t sw[b(t)] * sx[t] * (sum_i code_i q_i - z[b(t)] * isum[t]) */
+static float qdot_row_scalar(const er_weight *w, int64_t n, const actq *a, int64_t tok) {
+    const int bits = w->bits, bs = w->block_size, per = bs / SUB;
+    const int64_t nb = (w->k + bs - 1) / bs, nsub = a->nsub;
     const uint8_t *row = (const uint8_t *)w->data + n * nb * (bs * bits / 8);
     const uint16_t *srow = w->scales + n * nb;
     const uint8_t *zprow = w->zero_points ? w->zero_points + n * ((nb * bits + 7) / 8) : NULL;
-    float acc = 0.0f, corr = 0.0f;
-    for (int64_t b = 0; b < nb; b++) {
-        float sw = er_f16_to_f32(srow[b]);
+    const int8_t *q = a->q + tok * a->kp;
+    const float *sx = a->sx + tok * nsub;
+    const int32_t *isum = a->isum + tok * nsub;
+    float acc = 0.0f;
+    for (int64_t t = 0; t < nsub; t++) {
+        int64_t b = t / per;
         int z = zero_point(zprow, bits, b) - (bits == 8 ? 128 : 0);
-        float blk = 0.0f;
-        for (int t = 0; t < per; t++) {
-            int64_t st = b * per + t;
-            const uint8_t *p = row + st * sub_bytes;
-            const int8_t *qt = q + st * SUB;
-            int32_t dot = 0;
-            if (bits == 8) {
-                for (int i = 0; i < SUB; i++) dot += ((int)p[i] - 128) * qt[i];
-            } else if (bits == 4) {
-                for (int j = 0; j < 16; j++) dot += (p[j] & 15) * qt[j] + (p[j] >> 4) * qt[16 + j];
-            } else {
-                for (int s = 0; s < 4; s++)
-                    for (int j = 0; j < 8; j++) dot += ((p[j] >> (2 * s)) & 3) * qt[s * 8 + j];
-            }
-            blk += sx[st] * (float)dot;
-        }
-        acc += sw * blk;
-        corr += sw * (float)z * xsb[b];
+        int32_t dot = 0;
+        for (int i = 0; i < SUB; i++) dot += wcode(row, bits, t, i) * q[q_index(bits, a->nmain, t, i)];
+        acc += er_f16_to_f32(srow[b]) * sx[t] * (float)(dot - z * isum[t]);
     }
-    return acc - corr;
+    return acc;
 }
 
-/* ---- AVX2 quantized dot over R rows ------------------------------------------------------ */
+/* ---- AVX2 quantized row dot --------------------------------------------------------------- */
 #if ER_X86
 
-ER_AVX2 static inline __m256i unpack32(const uint8_t *p, int bits) {
+ER_AVX2 static ER_INLINE __m256i unpack32(const uint8_t *p, int bits) { /* tail sub-blocks */
     if (bits == 8) return _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)p), _mm256_set1_epi8((char)0x80));
     if (bits == 4) {
         __m128i b = _mm_loadu_si128((const __m128i *)p);
@@ -121,11 +128,13 @@ ER_AVX2 static inline __m256i unpack32(const uint8_t *p, int bits) {
     return _mm256_and_si256(b, _mm256_set1_epi8(3));
 }
 
-ER_AVX2 static inline __m256i idot32(__m256i c, __m256i qa, int bits) {
-    __m256i prod;
-    if (bits == 8) prod = _mm256_maddubs_epi16(_mm256_sign_epi8(c, c), _mm256_sign_epi8(qa, c));
-    else prod = _mm256_maddubs_epi16(c, qa);
-    return _mm256_madd_epi16(prod, _mm256_set1_epi16(1));
+ER_AVX2 static ER_INLINE __m256i dot_u8s8(__m256i c, __m256i qa) { /* c unsigned codes */
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(c, qa), _mm256_set1_epi16(1));
+}
+
+ER_AVX2 static ER_INLINE __m256i dot_s8s8(__m256i c, __m256i qa) { /* c signed, |c|*|q|*2 < 2^15 */
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(c, c), _mm256_sign_epi8(qa, c)),
+                             _mm256_set1_epi16(1));
 }
 
 ER_AVX2 static inline float hsum256(__m256 v) {
@@ -135,56 +144,127 @@ ER_AVX2 static inline float hsum256(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-/* y[r] for rows n0..n0+R-1 against one quantized activation row */
-#define QDOT_AVX2(R, BITS)                                                                                   \
-    ER_AVX2 static void qdot_avx2_r##R##_b##BITS(const er_weight *w, int64_t n0, const int8_t *q,          \
-                                                 const float *sx, const float *xsb, float *y) {            \
-        const int bits = BITS, bs = w->block_size, per = bs / SUB, sub_bytes = SUB * BITS / 8;             \
-        const int64_t nb = (w->k + bs - 1) / bs, row_bytes = nb * (bs * BITS / 8);                         \
-        const int64_t zp_bytes = (nb * BITS + 7) / 8;                                                      \
-        const uint8_t *rows[R];                                                                            \
-        const uint16_t *srow[R];                                                                           \
-        const uint8_t *zrow[R];                                                                            \
-        __m256 acc[R];                                                                                     \
-        float corr[R];                                                                                     \
-        for (int r = 0; r < R; r++) {                                                                      \
-            rows[r] = (const uint8_t *)w->data + (n0 + r) * row_bytes;                                     \
-            srow[r] = w->scales + (n0 + r) * nb;                                                           \
-            zrow[r] = w->zero_points ? w->zero_points + (n0 + r) * zp_bytes : NULL;                         \
-            acc[r] = _mm256_setzero_ps();                                                                  \
-            corr[r] = 0.0f;                                                                                \
-        }                                                                                                  \
-        for (int64_t b = 0; b < nb; b++) {                                                                 \
-            float sw[R];                                                                                   \
-            for (int r = 0; r < R; r++) {                                                                  \
-                sw[r] = _cvtsh_ss(srow[r][b]);                                                             \
-                int z = zero_point(zrow[r], bits, b) - (bits == 8 ? 128 : 0);                              \
-                corr[r] += sw[r] * (float)z * xsb[b];                                                      \
-            }                                                                                              \
-            for (int t = 0; t < per; t++) {                                                                \
-                const int64_t st = b * per + t;                                                            \
-                const __m256i qa = _mm256_loadu_si256((const __m256i *)(q + st * SUB));                   \
-                const float d = sx[st];                                                                    \
-                for (int r = 0; r < R; r++) {                                                              \
-                    __m256i c = unpack32(rows[r] + st * sub_bytes, bits);                                  \
-                    __m256 f = _mm256_cvtepi32_ps(idot32(c, qa, bits));                                    \
-                    acc[r] = _mm256_fmadd_ps(f, _mm256_set1_ps(d * sw[r]), acc[r]);                         \
-                }                                                                                          \
-            }                                                                                              \
-        }                                                                                                  \
-        for (int r = 0; r < R; r++) y[r] = hsum256(acc[r]) - corr[r];                                      \
+/* integer dots of 8 consecutive sub-blocks (256 weights) -> lane t = dot of sub-block t */
+ER_AVX2 static ER_INLINE __m256i group_dots(const uint8_t *p, const int8_t *q, int bits) {
+    if (bits == 4) { /* 128 bytes: 4 pairs; each pair -> lanes 0-3 sub0, 4-7 sub1 */
+        const __m256i m = _mm256_set1_epi8(0x0f);
+        __m256i v[4];
+        for (int j = 0; j < 4; j++) {
+            __m256i b = _mm256_loadu_si256((const __m256i *)(p + 32 * j));
+            __m256i lo = _mm256_and_si256(b, m), hi = _mm256_and_si256(_mm256_srli_epi16(b, 4), m);
+            v[j] = _mm256_add_epi32(dot_u8s8(lo, _mm256_loadu_si256((const __m256i *)(q + 64 * j))),
+                                    dot_u8s8(hi, _mm256_loadu_si256((const __m256i *)(q + 64 * j + 32))));
+        }
+        __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+        /* h = [s0 s2 s4 s6 | s1 s3 s5 s7] */
+        return _mm256_permutevar8x32_epi32(h, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
     }
-QDOT_AVX2(1, 2)
-QDOT_AVX2(1, 4)
-QDOT_AVX2(1, 8)
-QDOT_AVX2(4, 2)
-QDOT_AVX2(4, 4)
-QDOT_AVX2(4, 8)
+    if (bits == 2) { /* 64 bytes: 2 quads; a quad -> lanes (0,1) sub0 ... (6,7) sub3 */
+        const __m256i m = _mm256_set1_epi8(3);
+        __m256i v[2];
+        for (int j = 0; j < 2; j++) {
+            __m256i b = _mm256_loadu_si256((const __m256i *)(p + 32 * j));
+            const int8_t *qq = q + 128 * j;
+            __m256i s0 = dot_u8s8(_mm256_and_si256(b, m), _mm256_loadu_si256((const __m256i *)qq));
+            __m256i s1 = dot_u8s8(_mm256_and_si256(_mm256_srli_epi16(b, 2), m),
+                                  _mm256_loadu_si256((const __m256i *)(qq + 32)));
+            __m256i s2 = dot_u8s8(_mm256_and_si256(_mm256_srli_epi16(b, 4), m),
+                                  _mm256_loadu_si256((const __m256i *)(qq + 64)));
+            __m256i s3 = dot_u8s8(_mm256_and_si256(_mm256_srli_epi16(b, 6), m),
+                                  _mm256_loadu_si256((const __m256i *)(qq + 96)));
+            v[j] = _mm256_add_epi32(_mm256_add_epi32(s0, s1), _mm256_add_epi32(s2, s3));
+        }
+        __m256i h = _mm256_hadd_epi32(v[0], v[1]); /* [a0 a1 b0 b1 | a2 a3 b2 b3] */
+        return _mm256_permutevar8x32_epi32(h, _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7));
+    }
+    const __m256i x80 = _mm256_set1_epi8((char)0x80);
+    __m256i v[8];
+    for (int j = 0; j < 8; j++) {
+        __m256i c = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(p + 32 * j)), x80);
+        v[j] = dot_s8s8(c, _mm256_loadu_si256((const __m256i *)(q + 32 * j)));
+    }
+    __m256i h0 = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+    __m256i h1 = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
+    return _mm256_add_epi32(_mm256_permute2x128_si256(h0, h1, 0x20), _mm256_permute2x128_si256(h0, h1, 0x31));
+}
 
-typedef void (*qdot_fn)(const er_weight *, int64_t, const int8_t *, const float *, const float *, float *);
-static qdot_fn qdot_avx2(int rows, int bits) {
-    if (rows == 4) return bits == 2 ? qdot_avx2_r4_b2 : bits == 4 ? qdot_avx2_r4_b4 : qdot_avx2_r4_b8;
-    return bits == 2 ? qdot_avx2_r1_b2 : bits == 4 ? qdot_avx2_r1_b4 : qdot_avx2_r1_b8;
+/* per-sub-block weight scales of a group starting at block b0 (per = sub-blocks per block) */
+ER_AVX2 static ER_INLINE __m256 group_scales(const uint16_t *s, int per) {
+    if (per == 1) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)s));
+    if (per == 2) {
+        __m128 v = _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)s));
+        return _mm256_permutevar8x32_ps(_mm256_castps128_ps256(v), _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3));
+    }
+    if (per == 4) {
+        return _mm256_setr_m128(_mm_set1_ps(_cvtsh_ss(s[0])), _mm_set1_ps(_cvtsh_ss(s[1])));
+    }
+    return _mm256_set1_ps(_cvtsh_ss(s[0]));
+}
+
+ER_AVX2 static ER_INLINE float qdot_row_avx2(const er_weight *w, int64_t n, const actq *a, int64_t tok,
+                                           const int bits) {
+    const int bs = w->block_size, per = bs / SUB, sub_bytes = SUB * bits / 8;
+    const int64_t nb = (w->k + bs - 1) / bs, nsub = a->nsub, nmain = a->nmain;
+    const int64_t zp_bytes = (nb * bits + 7) / 8;
+    const uint8_t *row = (const uint8_t *)w->data + n * nb * (bs * bits / 8);
+    const uint16_t *srow = w->scales + n * nb;
+    const uint8_t *zprow = w->zero_points ? w->zero_points + n * zp_bytes : NULL;
+    const int8_t *q = a->q + tok * a->kp;
+    const float *sx = a->sx + tok * nsub;
+    const int32_t *isum = a->isum + tok * nsub;
+    const int zadj = bits == 8 ? 128 : 0;
+    __m256 acc = _mm256_setzero_ps();
+    __m256i zdef = _mm256_set1_epi32((1 << (bits - 1)) - zadj);
+    /* shift of sub-block t's zero point inside a 32-bit load at the group's first block */
+    const __m256i zshift = _mm256_load_si256((const __m256i *)a->zshift), zmask = _mm256_set1_epi32((1 << bits) - 1);
+    for (int64_t t0 = 0; t0 < nmain; t0 += 8) {
+        const int64_t b0 = t0 / per;
+        __m256i dots = group_dots(row + t0 * sub_bytes, q + t0 * SUB, bits);
+        __m256i z = zdef;
+        if (zprow) {
+            if (per >= 8) {
+                z = _mm256_set1_epi32(zero_point(zprow, bits, b0) - zadj);
+            } else if (bits == 8) {
+                int32_t zz[8];
+                for (int t = 0; t < 8; t++) zz[t] = zero_point(zprow, bits, (t0 + t) / per) - zadj;
+                z = _mm256_loadu_si256((const __m256i *)zz);
+            } else {
+                int64_t bit = b0 * bits, byte = bit >> 3;
+                uint32_t word = 0;
+                if (byte + 4 <= zp_bytes) memcpy(&word, zprow + byte, 4); /* one load */
+                else for (int64_t i = byte; i < zp_bytes; i++) word |= (uint32_t)zprow[i] << (8 * (i - byte));
+                __m256i sh = _mm256_add_epi32(zshift, _mm256_set1_epi32((int)(bit & 7)));
+                z = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)word), sh), zmask);
+            }
+        }
+        __m256i isv = _mm256_loadu_si256((const __m256i *)(isum + t0));
+        __m256i idot = _mm256_sub_epi32(dots, _mm256_mullo_epi32(z, isv));
+        __m256 scale = _mm256_mul_ps(_mm256_loadu_ps(sx + t0), group_scales(srow + b0, per));
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(idot), scale, acc);
+    }
+    float y = hsum256(acc);
+    for (int64_t t = nmain; t < nsub; t++) { /* tail: fewer than 8 sub-blocks */
+        const int64_t b = t / per;
+        __m256i c = unpack32(row + t * sub_bytes, bits);
+        __m256i qa = _mm256_loadu_si256((const __m256i *)(q + t * SUB));
+        __m256i d = bits == 8 ? dot_s8s8(c, qa) : dot_u8s8(c, qa);
+        __m128i d4 = _mm_add_epi32(_mm256_castsi256_si128(d), _mm256_extracti128_si256(d, 1));
+        d4 = _mm_hadd_epi32(d4, d4);
+        d4 = _mm_hadd_epi32(d4, d4);
+        int z = zero_point(zprow, bits, b) - zadj;
+        y += _cvtsh_ss(srow[b]) * sx[t] * (float)(_mm_cvtsi128_si32(d4) - z * isum[t]);
+    }
+    return y;
+}
+
+ER_AVX2 static float qdot_row_avx2_b2(const er_weight *w, int64_t n, const actq *a, int64_t t) {
+    return qdot_row_avx2(w, n, a, t, 2);
+}
+ER_AVX2 static float qdot_row_avx2_b4(const er_weight *w, int64_t n, const actq *a, int64_t t) {
+    return qdot_row_avx2(w, n, a, t, 4);
+}
+ER_AVX2 static float qdot_row_avx2_b8(const er_weight *w, int64_t n, const actq *a, int64_t t) {
+    return qdot_row_avx2(w, n, a, t, 8);
 }
 
 /* ---- AVX2 float rows ---------------------------------------------------------------------- */
@@ -265,23 +345,20 @@ static void mm_task(void *vctx, int64_t start, int64_t end, int tid) {
     mm_ctx *c = (mm_ctx *)vctx;
     const er_weight *w = c->w;
     const int64_t N = w->n;
-    float tmp[4];
     for (int64_t n = start; n < end;) {
         int R = (end - n >= 4) ? 4 : 1;
         for (int64_t t = 0; t < c->m; t++) {
             float *yt = c->y + t * N + n;
             if (w->type == ER_W_Q) {
-                const int8_t *q = c->a.q + t * c->a.kp;
-                const float *sx = c->a.sx + t * (c->a.kp / SUB);
-                const float *xsb = c->a.xsb + t * c->a.nb;
 #if ER_X86
                 if (c->isa == ER_ISA_AVX2) {
-                    qdot_avx2(R, w->bits)(w, n, q, sx, xsb, tmp);
-                    for (int r = 0; r < R; r++) yt[r] = tmp[r];
+                    float (*f)(const er_weight *, int64_t, const actq *, int64_t) =
+                        w->bits == 2 ? qdot_row_avx2_b2 : w->bits == 4 ? qdot_row_avx2_b4 : qdot_row_avx2_b8;
+                    for (int r = 0; r < R; r++) yt[r] = f(w, n + r, &c->a, t);
                     continue;
                 }
 #endif
-                for (int r = 0; r < R; r++) yt[r] = qdot_row_scalar(w, n + r, q, sx, xsb);
+                for (int r = 0; r < R; r++) yt[r] = qdot_row_scalar(w, n + r, &c->a, t);
             } else {
                 const float *xt = c->x + t * w->k;
 #if ER_X86
@@ -304,18 +381,20 @@ int er_matmul(const er_weight *w, const float *x, float *y, int64_t m) {
     if (w->type == ER_W_Q) {
         const int bits = w->bits, bs = w->block_size;
         if (!(bits == 2 || bits == 4 || bits == 8) || bs < SUB || (bs & (bs - 1)) || !w->scales) return -2;
-        int64_t nb = (w->k + bs - 1) / bs, kp = nb * bs;
+        int64_t nb = (w->k + bs - 1) / bs, kp = nb * bs, nsub = kp / SUB;
         size_t qbytes = (size_t)(m * kp + 63) & ~(size_t)63;
-        buf = aligned_alloc(64, qbytes + sizeof(float) * (size_t)(m * (kp / SUB) + m * nb) + 64);
+        buf = aligned_alloc(64, qbytes + 2 * sizeof(float) * (size_t)(m * nsub) + 64);
         if (!buf) return -3;
         c.a.q = (int8_t *)buf;
         c.a.sx = (float *)((char *)buf + qbytes);
-        c.a.xsb = c.a.sx + m * (kp / SUB);
+        c.a.isum = (int32_t *)(c.a.sx + m * nsub);
         c.a.kp = kp;
-        c.a.nb = nb;
+        c.a.nsub = nsub;
+        c.a.nmain = nsub - nsub % 8;
+        for (int t = 0; t < 8; t++) c.a.zshift[t] = (t / (bs / SUB)) * bits;
         for (int64_t t = 0; t < m; t++)
-            quantize_act_row(x + t * w->k, w->k, bits, bs, nb, c.a.q + t * kp, c.a.sx + t * (kp / SUB),
-                             c.a.xsb + t * nb);
+            quantize_act_row(x + t * w->k, w->k, bits, nsub, c.a.nmain, c.a.q + t * kp, c.a.sx + t * nsub,
+                             c.a.isum + t * nsub);
     } else if (w->type != ER_W_F32 && w->type != ER_W_F16) {
         return -2;
     }

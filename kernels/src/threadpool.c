@@ -2,6 +2,7 @@
  * (so back-to-back decode kernels start without a wake-up), then sleep on a condition variable. */
 #define _GNU_SOURCE
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <time.h>
@@ -65,6 +66,7 @@ static void *worker(void *arg) {
         while ((g = atomic_load_explicit(&P.gen, memory_order_acquire)) == seen) {
             cpu_relax();
             if ((++it & 255) == 0) {
+                if ((it & 8191) == 0) sched_yield();
                 int64_t t = now_ns();
                 if (!t0) t0 = t;
                 else if (t - t0 > P.spin_ns) {
@@ -152,6 +154,10 @@ void er_parallel_for(int64_t n, int64_t grain, er_task_fn fn, void *ctx) {
     atomic_fetch_add_explicit(&P.gen, 1, memory_order_seq_cst);
     wake_all();
     run_chunk(0);
-    while (atomic_load_explicit(&P.pending, memory_order_acquire) > 0) cpu_relax();
+    /* spin for the workers; yield now and then so an oversubscribed CPU can run them */
+    for (int64_t it = 1; atomic_load_explicit(&P.pending, memory_order_acquire) > 0; it++) {
+        cpu_relax();
+        if ((it & 4095) == 0) sched_yield();
+    }
     pthread_mutex_unlock(&call_mu);
 }
