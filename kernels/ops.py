@@ -18,6 +18,8 @@ from ._lib import ErWeight, lib
 ISAS = {"scalar": 0, "avx2": 1, "avx512": 2, "neon": 3}
 _ISA_NAMES = {v: k for k, v in ISAS.items()}
 W_F32, W_F16, W_Q = 0, 1, 2
+_F32 = np.dtype(np.float32)
+_er_matmul = lib.er_matmul
 
 
 def _ptr(a: np.ndarray) -> int:
@@ -126,15 +128,19 @@ def as_weight(w: Weight | QuantizedTensor | np.ndarray) -> Weight:
 
 def matmul(w: Weight | QuantizedTensor | np.ndarray, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """``x (K,) | (M, K)`` float32 @ W^T -> ``(N,) | (M, N)`` float32. GEMV for one row, GEMM for more."""
-    w = as_weight(w)
+    if type(w) is not Weight:
+        w = as_weight(w)
     n, k = w.shape
-    _f32(x, "x")
+    if type(x) is not np.ndarray or x.dtype != _F32 or not x.flags.c_contiguous:
+        raise TypeError("x must be a C-contiguous float32 array")
     if x.shape[-1] != k or x.ndim > 2:
         raise ValueError(f"x has shape {x.shape}, expected (K,) or (M, K) with K={k}")
     m = 1 if x.ndim == 1 else x.shape[0]
     if out is None:
-        out = np.empty((n,) if x.ndim == 1 else (m, n), np.float32)
-    r = lib.er_matmul(w._ref, _ptr(x), _ptr(_f32(out, "out")), m)
+        out = np.empty((n,) if x.ndim == 1 else (m, n), _F32)
+    elif out.dtype != _F32 or not out.flags.c_contiguous or out.size != m * n:
+        raise TypeError(f"out must be a C-contiguous float32 array of {m * n} values")
+    r = _er_matmul(w._ref, x.ctypes.data, out.ctypes.data, m)
     if r:
         raise ValueError(f"er_matmul rejected its arguments (code {r})")
     return out

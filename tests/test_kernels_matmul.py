@@ -17,7 +17,7 @@ QFORMATS = sorted(FORMATS)
 SHAPES = [(1, 32), (1, 1), (7, 100), (33, 256), (16, 576), (50, 1000), (9, 300), (64, 1537)]
 
 
-@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
+@pytest.fixture(params=[1, 2, 5], ids=["1thread", "2threads", "5threads"])
 def threads(request):
     set_num_threads(request.param)
     yield request.param
