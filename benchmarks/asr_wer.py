@@ -25,9 +25,16 @@ import numpy as np
 LIBRIVOX = "/usr/share/pocketsphinx/test/data/librivox"
 
 
+_NUMBERS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+            "sixteen seventeen eighteen nineteen twenty").split()
+
+
 def normalize(text: str) -> list[str]:
-    """Lower case words without punctuation; hyphenated words split; a few spoken forms."""
+    """Lower case words without punctuation; hyphenated words split; a few spoken forms; 0-20 as words;
+    -our/-or spelling folded (favourite = favorite)."""
     t = text.lower().replace("-", " ")
+    t = re.sub(r"\b(\d{1,2})\b", lambda m: _NUMBERS[int(m.group(1))] if int(m.group(1)) <= 20 else m.group(1), t)
+    t = re.sub(r"(\w{3,})our(ite|ed|s)?\b", r"\1or\2", t)
     t = re.sub(r"\bmr\b\.?", "mister", t)
     t = re.sub(r"\bmrs\b\.?", "missus", t)
     t = re.sub(r"[^a-z0-9' ]", " ", t)

@@ -271,3 +271,24 @@ def test_silence_and_empty_give_no_speech(asr):
     assert asr.transcribe(np.zeros(0, np.float32), 44100).no_speech
     s = asr.create_stream()
     assert s.accept_waveform(8000, np.zeros(8000 * 2, np.int16)) == [] and s.input_finished() == []
+
+
+def test_kernel_matmul_backend_matches_numpy(tiny_dir, tmp_path):
+    pytest.importorskip("edgerun.kernels.ops")
+    from edgerun.export.whisper_export import export_whisper
+    from edgerun.runtime.models.whisper import load_whisper
+
+    d, v, _ = tiny_dir
+    (d / "tokenizer.json").write_text("{}")
+    out = export_whisper(str(d), str(tmp_path / "tiny.edge"), weights="int8")
+    mel = np.random.default_rng(2).standard_normal((8, 40)).astype(np.float32)
+    results = []
+    for backend in ("numpy", "kernels"):
+        model, _, _ = load_whisper(out)
+        set_matmul(backend)
+        try:
+            state = model.new_state(model.encode(mel))
+            results.append(np.concatenate([model.decode([1, 2, 3], state), model.decode([4], state)]))
+        finally:
+            set_matmul(None)
+    np.testing.assert_allclose(results[1], results[0], atol=0.02 * np.abs(results[0]).max())

@@ -60,3 +60,17 @@ def test_empty_text_gives_no_audio():
     tts = TTS()
     assert tts.generate("").size == 0
     assert list(tts.stream("  ...  ")) == []
+
+
+@pytest.mark.model
+def test_phoneme_ids_match_piper_tts():
+    """Golden check against piper-tts: same phonemes -> same ids; our espeak-ng phonemes mostly equal."""
+    piper = pytest.importorskip("piper")
+    from edgerun.runtime.audio.tts import default_voice
+
+    peer = piper.PiperVoice.load(default_voice())
+    tts = TTS()
+    for text in ["Hello world, how are you?", "The quick brown fox jumps over the lazy dog."]:
+        (sentence,) = peer.phonemize(text)  # one sentence: a list of phoneme characters
+        assert phoneme_ids("".join(sentence), tts.voice.id_map) == peer.phonemes_to_ids(sentence)
+        assert phonemize(text) == "".join(sentence)  # Debian espeak-ng 1.51 agrees on these

@@ -54,11 +54,31 @@ class AudioChunk:
         return len(self.samples) / self.sample_rate
 
 
+_BREAK_BEFORE = {"and", "but", "or", "so", "to", "in", "on", "at", "with", "for", "of", "that", "which", "who",
+                 "before", "after", "because", "when", "while", "if", "about", "around", "from", "into"}
+
+
+def _split_first(phrase: str, first_max_words: int) -> list[str]:
+    """Cut a long first phrase (no clause mark early on) before a function word near `first_max_words`,
+    so the first audio does not wait for the whole sentence."""
+    words = phrase.split()
+    if len(words) <= first_max_words + 3:
+        return [phrase]
+    for i in range(2, min(len(words) - 2, first_max_words + 3)):
+        if words[i - 1].endswith(","):
+            return [" ".join(words[:i]), " ".join(words[i:])]
+    for i in list(range(first_max_words, 2, -1)) + list(range(first_max_words + 1, len(words) - 2)):
+        if words[i].lower() in _BREAK_BEFORE:
+            return [" ".join(words[:i]), " ".join(words[i:])]
+    return [phrase]
+
+
 def split_phrases(text: str, max_words: int = 12, first_max_words: int = 6) -> list[str]:
     """Split text into phrases for streaming: sentences, long ones at clause marks (commas ...).
 
-    The first phrase is kept short (ends at the first clause mark within `first_max_words`) so the first
-    audio comes early; later phrases join clauses up to `max_words`.
+    The first phrase is kept short (ends at the first clause mark within `first_max_words`, or is cut
+    before a function word such as "to"/"and") so the first audio comes early; later phrases join clauses
+    up to `max_words`.
     """
     phrases: list[str] = []
     cur: list[str] = []
@@ -74,6 +94,8 @@ def split_phrases(text: str, max_words: int = 12, first_max_words: int = 6) -> l
             cur, n = [], 0
     if cur:
         phrases.append(" ".join(cur))
+    if phrases:
+        phrases[:1] = _split_first(phrases[0], first_max_words)
     return phrases
 
 
