@@ -132,7 +132,7 @@ a = json.loads(sys.argv[1])
 base = rss_bytes()
 with PeakRSS() as p:
     m = load_budgeted(a["path"], ram=a["ram"], kv_bits=a["kv_bits"], read_cache=a["read_cache"],
-                      count_tokenizer=a["count_tokenizer"])
+                      count_tokenizer=a["count_tokenizer"], threads=a["threads"])
     if not a["count_tokenizer"]:
         base = m.baseline_rss
     ids = m.tokenizer.encode(a["prompt"])
@@ -160,13 +160,16 @@ print("RESULT " + json.dumps(out))
 """
 
 
-def measure_budget(path, ram, n_tokens: int = 16, kv_bits: int = 16, prompt: str | None = None,
-                   read_cache: str = "drop", count_tokenizer: bool = True) -> dict:  # fmt: skip
+def measure_budget(
+    path, ram, n_tokens: int = 16, kv_bits: int = 16, prompt: str | None = None, read_cache: str = "drop",
+    count_tokenizer: bool = True, threads: int | None = None,
+) -> dict:  # fmt: skip
     """Run one budget in a fresh process (so nothing else's memory counts); returns speeds, RSS and reads."""
     prompt = prompt or _text(None)[:400]
     arg = {"path": str(path), "ram": ram, "n_tokens": n_tokens, "kv_bits": kv_bits, "prompt": prompt,
-           "read_cache": read_cache, "count_tokenizer": count_tokenizer}  # fmt: skip
-    out = subprocess.run([sys.executable, "-c", _WORKER, json.dumps(arg)], capture_output=True, text=True)
+           "read_cache": read_cache, "count_tokenizer": count_tokenizer, "threads": threads}  # fmt: skip
+    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads)) if threads else None
+    out = subprocess.run([sys.executable, "-c", _WORKER, json.dumps(arg)], capture_output=True, text=True, env=env)
     for line in out.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[7:])
@@ -212,7 +215,8 @@ def _source_gguf(path) -> str | None:
 
 
 def bench_ram(model=None, ram=None, out: str | os.PathLike = "bench_ram.png", n_tokens: int = 16,
-              kv_bits: int = 16, llama_cpp: bool = True, read_cache: str = "drop", progress=None) -> dict:  # fmt: skip
+              kv_bits: int = 16, llama_cpp: bool = True, read_cache: str = "drop", threads: int | None = None,
+              progress=None) -> dict:  # fmt: skip
     """Sweep RAM budgets for `model` and write a PNG of decode tok/s and peak RSS against the budget.
 
     ram: a list of budgets (strings or bytes) or None for a default sweep from the model's minimum
@@ -245,7 +249,7 @@ def bench_ram(model=None, ram=None, out: str | os.PathLike = "bench_ram.png", n_
         budgets = [parse_budget(r) for r in (ram if isinstance(ram, (list, tuple)) else [ram])]
     rows = []
     for b in budgets:
-        r = measure_budget(path, b, n_tokens=n_tokens, kv_bits=kv_bits, read_cache=read_cache)
+        r = measure_budget(path, b, n_tokens=n_tokens, kv_bits=kv_bits, read_cache=read_cache, threads=threads)
         rows.append(r)
         if progress:
             progress(
@@ -260,7 +264,7 @@ def bench_ram(model=None, ram=None, out: str | os.PathLike = "bench_ram.png", n_
         except ImportError:
             gguf = None
         if gguf:
-            ref = llama_cpp_reference(gguf, n_tokens=max(32, n_tokens))
+            ref = llama_cpp_reference(gguf, n_tokens=max(32, n_tokens), threads=threads)
     png = plot_sweep(rows, ref, out, title=Path(path).name)
     return {"rows": rows, "llama_cpp": ref, "png": str(png)}
 

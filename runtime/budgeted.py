@@ -102,7 +102,7 @@ class LazyMatrix:
         n_out, n_in = self.shape
         x = np.asarray(x, np.float32)
         kern = _kernels()
-        if kern is not None and self.entry["format"] in ("f16", "f32"):
+        if kern is not None:
             return self.owner.kernel_matmul(self, np.ascontiguousarray(x.reshape(-1, n_in)), kern).reshape(
                 *x.shape[:-1], n_out
             )
@@ -177,7 +177,11 @@ class BudgetWeights:
 
     def _data(self, m: LazyMatrix) -> np.ndarray:
         """The stored data part of a matrix: a view of the streamer buffer or of the file map."""
-        info = m.entry["parts"]["data"]
+        return self._part(m, "data")
+
+    def _part(self, m: LazyMatrix, part: str) -> np.ndarray:
+        """One stored part of a matrix (data / scales / zero_points), checksum-verified on first use."""
+        info = m.entry["parts"][part]
         layer = m.entry.get("layer")
         if self._current is not None and layer != self._current:
             self.streamer.release(self._current)  # leaving a streamed layer: free its buffer
@@ -189,7 +193,7 @@ class BudgetWeights:
         else:
             n = info["nbytes"]
             arr = np.frombuffer(self._map, np.uint8, n, info["offset"]).view(info["dtype"]).reshape(info["shape"])
-        key = m.name
+        key = f"{m.name}:{part}"
         if key not in self._verified:
             if self._layer_is_streamed(layer) or layer is not None or not self.plan.stream_globals:
                 crc = zlib.crc32(arr.view(np.uint8))
@@ -203,22 +207,43 @@ class BudgetWeights:
             self._verified.add(key)
         return arr
 
+    def quantized(self, m: LazyMatrix, r0: int = 0, r1: int | None = None):
+        """Rows r0:r1 of a block-quantized matrix as a QuantizedTensor of views (no copy)."""
+        from ..quant.formats import QuantizedTensor
+
+        e, q = m.entry, m.entry.get("quant") or {}
+        r1 = m.shape[0] if r1 is None else r1
+        arrs = {p: self._part(m, p) for p in e["parts"]}
+        zp = arrs.get("zero_points")
+        zp = None if zp is None else zp[r0:r1]
+        shape = (r1 - r0, m.shape[1])
+        return QuantizedTensor(e["format"], shape, int(q["block_size"]), int(q["bits"]), arrs["data"][r0:r1],
+                               arrs["scales"][r0:r1], zp)  # fmt: skip
+
     def kernel_matmul(self, m: LazyMatrix, x: np.ndarray, kern) -> np.ndarray:
         """x (M, in) float32 @ W.T with the C kernel reading W's stored bytes (streamed globals: in row chunks)."""
-        data = self._data(m)  # (out, in) f16/f32 view
+        quant = m.entry["format"] not in ("f16", "f32")
         n_out, n_in = m.shape
         if not (self.plan.stream_globals and m.entry.get("layer") is None and self._map is not None):
-            return kern.matmul(kern.Weight(data), x)
+            return kern.matmul(kern.Weight(self.quantized(m) if quant else self._data(m)), x)
         out = np.empty((x.shape[0], n_out), np.float32)
-        step = max(1, ROW_CHUNK_BYTES // (data.itemsize * n_in))
-        info = m.entry["parts"]["data"]
+        row_bytes = sum(p["nbytes"] for p in m.entry["parts"].values()) / n_out
+        step = max(1, int(ROW_CHUNK_BYTES // row_bytes))
         for r0 in range(0, n_out, step):
             r1 = min(n_out, r0 + step)
-            out[:, r0:r1] = kern.matmul(kern.Weight(data[r0:r1]), x)
-            lo = info["offset"] + r0 * n_in * data.itemsize  # drop the file pages just read from our RSS
-            lo_al = lo - lo % mmap.PAGESIZE
-            self._map.madvise(mmap.MADV_DONTNEED, lo_al, info["offset"] + r1 * n_in * data.itemsize - lo_al)
+            w = self.quantized(m, r0, r1) if quant else self._data(m)[r0:r1]
+            out[:, r0:r1] = kern.matmul(kern.Weight(w), x)
+            self._drop_rows(m, r0, r1)
         return out
+
+    def _drop_rows(self, m: LazyMatrix, r0: int, r1: int) -> None:
+        """Drop the file pages of rows r0:r1 (every part) from this process's RSS (page cache untouched)."""
+        n_out = m.shape[0]
+        for info in m.entry["parts"].values():
+            per = info["nbytes"] // n_out
+            lo = info["offset"] + r0 * per
+            lo_al = lo - lo % mmap.PAGESIZE
+            self._map.madvise(mmap.MADV_DONTNEED, lo_al, info["offset"] + r1 * per - lo_al)
 
     def _file_crc(self, offset: int, nbytes: int) -> int:
         crc, buf = 0, bytearray(1 << 20)
@@ -240,18 +265,12 @@ class BudgetWeights:
             src = self._data(m)[r0:r1]
             dst = self._scratch[: (r1 - r0) * n_in].reshape(r1 - r0, n_in)
             np.copyto(dst, src, casting="unsafe")
-        else:  # other formats: dequantize the tensor (transient), take the rows
-            from ..quant import dequantize_parts
+        else:  # block-quantized (MatMulNBits layout): dequantize only these rows
+            from ..quant.formats import get_format
 
-            parts = {p: self.artifact.part(m.name, p) for p in m.entry["parts"]}
-            dst = dequantize_parts(m.entry, parts).astype(np.float32, copy=False)[r0:r1]
+            dst = get_format(fmt).dequantize(self.quantized(m, r0, r1)).astype(np.float32, copy=False)
         if self.plan.stream_globals and m.entry.get("layer") is None and self._map is not None:
-            info = m.entry["parts"]["data"]  # drop the file pages just read from our RSS
-            isz = np.dtype(info["dtype"]).itemsize
-            lo = info["offset"] + r0 * n_in * isz
-            hi = info["offset"] + r1 * n_in * isz
-            lo_al = lo - lo % mmap.PAGESIZE
-            self._map.madvise(mmap.MADV_DONTNEED, lo_al, hi - lo_al)
+            self._drop_rows(m, r0, r1)
         return dst
 
     def done(self, m: LazyMatrix) -> None:
@@ -292,6 +311,10 @@ class BudgetLLM(LLM):
         self.plan = plan_memory(ram, self.footprint, kv_bits=16 if kv_bits is None else kv_bits,
                                 kv_window=kv_window, kv_sinks=kv_sinks, prefill_chunk=prefill_chunk)  # fmt: skip
         self.plan.read_cache = read_cache
+        if threads:
+            kern = _kernels()
+            if kern is not None:
+                kern.set_num_threads(int(threads))
         self.weights = BudgetWeights(artifact, self.plan)
         self.model = model_cls(self.args, self.weights)
         if self.plan.weights == "dense":

@@ -104,3 +104,20 @@ def test_gemma3_under_40_percent_of_artifact():
     r = measure(path, budget, count_tokenizer=False)
     assert r["weights"] == "streamed"
     assert r["model_peak"] <= budget, r
+
+
+def test_gemma3_local_and_global_layers_match_reference():
+    """Gemma-3: local layers keep their own 512 window inside the ring, global layers the budget window."""
+    from edgerun.export.artifact import Artifact
+    from edgerun.runtime.api import LLM
+    from edgerun.runtime.budgeted import load_budgeted
+
+    path = _gemma3()
+    text = open("/work/shared/data/wikitext-2-test.raw", encoding="utf-8").read()[:6000]
+    m = load_budgeted(path, ram=None, kv_bits=32, kv_window=1024, prefill_chunk=64)
+    ids = m.tokenizer.encode(text)[:540]  # past the 512-token local window
+    assert m.plan.layer_windows[0] == 512 and m.plan.layer_windows[5] == 1024 and m.plan.layer_sinks[0] == 0
+    got = m.logits(ids)[-40:]
+    m.close()
+    ref = LLM(Artifact(path)).logits(ids)[-40:]  # the reference: full cache, masks by position
+    np.testing.assert_allclose(got, ref, atol=2e-3 * np.abs(ref).max())
