@@ -18,7 +18,10 @@ from .. import __version__
 from .artifact import TensorParts, layer_of, write_artifact
 from .errors import EdgerunError
 from .source import SourceModel, SourceTensor
-from .tokenizer_builder import build_tokenizer
+from .tokenizer_builder import EOG_TEXTS, build_tokenizer
+
+# Bump when the exporter's output changes, so cached artifacts are rebuilt.
+EXPORTER_REVISION = 2
 
 PLAIN_FORMATS = {"f16": np.float16, "f32": np.float32}
 
@@ -32,9 +35,6 @@ DEFAULT_CHAT_TEMPLATES = {
         "{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
     ),
 }
-
-# Extra end-of-generation tokens by architecture (the chat turn terminators).
-EXTRA_STOP_TOKENS = {"gemma3": ["<end_of_turn>"], "llama": ["<|im_end|>"], "qwen2": ["<|im_end|>", "<|endoftext|>"]}
 
 
 def read_source(source: str | os.PathLike) -> SourceModel:
@@ -96,7 +96,7 @@ def export(
     tok = build_tokenizer(src.tokenizer)
     spec = src.tokenizer
     stop_ids = [i for i in [spec.eos_token_id, *spec.extra_eos_ids] if i is not None]
-    for text in EXTRA_STOP_TOKENS.get(src.arch, []):
+    for text in EOG_TEXTS:  # chat-turn terminators, as llama.cpp's end-of-generation set
         tid = tok.token_to_id(text)
         if tid is not None and tid not in stop_ids:
             stop_ids.append(tid)
@@ -127,7 +127,7 @@ def export(
         },
         "provenance": {
             **src.provenance,
-            "exporter": f"edgerun {__version__}",
+            "exporter": f"edgerun {__version__} (exporter revision {EXPORTER_REVISION})",
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         },
         "targets": ["native"],

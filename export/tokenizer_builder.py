@@ -35,6 +35,22 @@ QWEN2_REGEX = (
 )
 
 
+# End-of-generation tokens llama.cpp recognises by text; it also forces them to control type.
+EOG_TEXTS = (
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<|eom_id|>",
+    "<EOT>",
+    "_<EOT>",
+    "<|end_of_text|>",
+    "</s>",
+    "<end_of_utterance>",
+)
+
+
 def _split(regex: str) -> pre_tokenizers.PreTokenizer:
     return pre_tokenizers.Split(Regex(regex), behavior="isolated", invert=False)
 
@@ -61,7 +77,7 @@ def _add_special_tokens(tok: Tokenizer, spec: TokenizerSpec) -> None:
     types = spec.token_types or []
     added = []
     for i, t in enumerate(types):
-        if t in (CONTROL, UNKNOWN):
+        if t in (CONTROL, UNKNOWN) or spec.tokens[i] in EOG_TEXTS:
             added.append(AddedToken(spec.tokens[i], special=True, normalized=False))
         elif t == USER_DEFINED:
             added.append(AddedToken(spec.tokens[i], special=False, normalized=False))

@@ -50,20 +50,22 @@ def _source_key(src: Path) -> str:
     st = src.stat()
     from .. import __version__
     from ..export.artifact import FORMAT_VERSION
+    from ..export.exporter import EXPORTER_REVISION
 
-    raw = json.dumps([str(src.resolve()), st.st_size, int(st.st_mtime), FORMAT_VERSION, __version__])
+    raw = json.dumps([str(src.resolve()), st.st_size, int(st.st_mtime), FORMAT_VERSION, EXPORTER_REVISION, __version__])
     return hashlib.sha256(raw.encode()).hexdigest()[:10]
 
 
-def cached_export(src: Path, progress=None, name: str | None = None) -> Path:
-    """Export `src` into the cache once (keyed by path, size, mtime and format version); return it."""
+def cached_export(src: Path, progress=None, name: str | None = None, **export_options) -> Path:
+    """Export `src` into the cache once (keyed by path, size, mtime, format and options); return it."""
     stem = name or src.stem.lower().replace(".", "-")
-    out = cache_dir() / f"{stem}-{_source_key(src)}.edge"
+    suffix = "".join(f"-{k}-{v}" for k, v in sorted(export_options.items()))
+    out = cache_dir() / f"{stem}{suffix}-{_source_key(src)}.edge"
     if (out / "manifest.json").exists():
         return out
     from ..export.exporter import export
 
-    return export(src, out, progress=progress)
+    return export(src, out, progress=progress, **export_options)
 
 
 def default_model_path(progress=None) -> Path:
