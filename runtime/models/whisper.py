@@ -156,17 +156,23 @@ def layer_norm(x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float = 1e-5) -
 
 
 def gelu(x: np.ndarray) -> np.ndarray:
-    """GELU, exact erf form when scipy is present (tanh approximation otherwise)."""
+    """GELU, exact erf form when scipy is present (tanh approximation otherwise). Overwrites x."""
     if _erf is not None:
-        return 0.5 * x * (1.0 + _erf(x * np.float32(0.7071067811865476)))
-    return 0.5 * x * (1.0 + np.tanh(0.7978845608 * (x + 0.044715 * x * x * x)))
+        t = _erf(x * np.float32(0.7071067811865476))
+    else:
+        t = np.tanh(np.float32(0.7978845608) * (x + np.float32(0.044715) * x * x * x))
+    t += 1.0
+    t *= 0.5
+    x *= t
+    return x
 
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Numerically stable softmax."""
-    m = x.max(axis=axis, keepdims=True)
-    e = np.exp(x - m)
-    return e / e.sum(axis=axis, keepdims=True)
+    """Numerically stable softmax, in place (x is overwritten and returned)."""
+    x -= x.max(axis=axis, keepdims=True)
+    np.exp(x, out=x)
+    x /= x.sum(axis=axis, keepdims=True)
+    return x
 
 
 def conv1d(x: np.ndarray, lin: Linear, k: int, stride: int) -> np.ndarray:
@@ -185,9 +191,9 @@ def conv1d(x: np.ndarray, lin: Linear, k: int, stride: int) -> np.ndarray:
 def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     """Scaled dot-product attention. q (H, Tq, D), k/v (H, Tk, D) -> (H, Tq, D)."""
     d = q.shape[-1]
-    s = (q @ k.transpose(0, 2, 1)) * np.float32(1.0 / np.sqrt(d))  # (H, Tq, Tk)
+    s = (q * np.float32(1.0 / np.sqrt(d))) @ k.transpose(0, 2, 1)  # (H, Tq, Tk)
     if mask is not None:
-        s = s + mask
+        s += mask
     return softmax(s) @ v
 
 
