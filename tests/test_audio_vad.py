@@ -59,3 +59,13 @@ def test_silence_and_noise_give_nothing():
     assert detect_speech(0.01 * rng.standard_normal(3 * 16000).astype(np.float32), 16000) == []
     vad = VAD()
     assert vad.accept_waveform(16000, np.zeros(0, np.float32)) == [] and vad.flush() == []
+
+
+def test_flush_with_resampler_tail_longer_than_a_window():
+    vad = VAD()
+    rng = np.random.default_rng(0)
+    # 44.1 kHz input whose pending 16 kHz samples + resampler tail exceed one 512-sample window
+    for n in (1400, 1415, 1419):  # 1415, 1419: 497-498 pending + 17 tail samples > 512
+        vad.reset()
+        vad.accept_waveform(44100, 0.01 * rng.standard_normal(n).astype(np.float32))
+        assert vad.flush() == []

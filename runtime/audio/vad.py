@@ -202,12 +202,13 @@ class VAD:
             tail = self._resampler.flush()
             self._pending = np.concatenate([self._pending, tail])
             self._audio = np.concatenate([self._audio, tail])
-        if len(self._pending):
-            w = np.pad(self._pending, (0, WINDOW - len(self._pending)))
+        while len(self._pending):  # the resampler tail can make more than one window
+            w = self._pending[:WINDOW]
+            w = np.pad(w, (0, WINDOW - len(w)))
             seg = self._step(self.model.prob(w))
             if seg is not None:
                 out.append(seg)
-            self._pending = np.zeros(0, np.float32)
+            self._pending = self._pending[WINDOW:]
         if self.in_speech:
             seg = self._close(self._audio_base + len(self._audio))
             if seg is not None:
