@@ -306,13 +306,13 @@ def plot_sweep(rows: list[dict], ref: dict, out, title: str = "") -> Path:
 
 
 def soak(path=None, n_tokens: int = 20000, ram=None, kv_window: int = 512, kv_bits: int = 16, every: int = 1000,
-         seed: int = 0) -> dict:  # fmt: skip
+         seed: int = 0, threads: int | None = None) -> dict:  # fmt: skip
     """Generate `n_tokens` (sampled, EOS ignored) under `ram` with a `kv_window` cache; per `every` tokens
     report RSS (current and peak, MB) and decode tok/s. The conversation never ends: the window slides."""
     from .budgeted import load_budgeted
     from .memory import peak_rss_bytes, rss_bytes
 
-    m = load_budgeted(path, ram=ram, kv_window=kv_window, kv_bits=kv_bits)
+    m = load_budgeted(path, ram=ram, kv_window=kv_window, kv_bits=kv_bits, threads=threads)
     rng = np.random.default_rng(seed)
     cache = m.new_cache()
     lg = m.prefill(m.tokenizer.encode("Once upon a time"), cache)
@@ -324,7 +324,7 @@ def soak(path=None, n_tokens: int = 20000, ram=None, kv_window: int = 512, kv_bi
         lg = m.decode_step(tok, cache)
         if i % every == 0:
             t1 = time.perf_counter()
-            seg.append({"tokens": i, "tps": every / (t1 - t0), "rss_mb": rss_bytes() / 1e6,
+            seg.append({"tokens": i, "tps": every / (t1 - t0), "rss_mb": rss_bytes() / 1e6, "window": m.plan.kv_window,
                         "peak_mb": peak_rss_bytes() / 1e6})  # fmt: skip
             t0 = t1
     m.close()
