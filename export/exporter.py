@@ -86,13 +86,23 @@ def export(
     out: str | os.PathLike,
     weights: str = "f16",
     progress: Callable[[int, int, str], None] | None = None,
+    embeddings: str | None = None,
+    output: str | None = None,
+    block_size: int | None = None,
 ) -> Path:
     """Export `source` (GGUF file or HF folder) to the artifact folder `out`; returns its path.
 
-    `progress(done, total, tensor_name)` is called after each tensor.
+    `weights` / `embeddings` / `output` / `block_size` make the recipe (export/recipe.py: f16, f32,
+    int8, int4, int4_asym, ternary, auto). `progress(done, total, tensor_name)` is called after each
+    tensor. The manifest's `quant_errors` holds each tensor's format and relative RMS error.
     """
+    from .recipe import GGUFRaw, convert, make_recipe
+
     src = read_source(source)
-    recipe = default_recipe(weights)
+    recipe = make_recipe(weights, embeddings, output, block_size)
+    reader = getattr(src, "gguf_reader", None)
+    raw = GGUFRaw(source, src.arch, src.config, reader) if reader is not None else None
+    errors: dict[str, list] = {}
     tok = build_tokenizer(src.tokenizer)
     spec = src.tokenizer
     stop_ids = [i for i in [spec.eos_token_id, *spec.extra_eos_ids] if i is not None]
@@ -104,7 +114,9 @@ def export(
 
     def stream() -> Iterator[TensorParts]:
         for i, t in enumerate(_ordered(src)):
-            yield _plain(t, recipe)
+            parts, err = convert(t, recipe, raw(t.name) if raw else None)
+            errors[t.name] = [parts.format, round(err, 7)]
+            yield parts
             if progress:
                 progress(i + 1, total, t.name)
 
@@ -115,6 +127,7 @@ def export(
         "arch": src.arch,
         "config": src.config,
         "recipe": recipe,
+        "quant_errors": errors,  # filled while the tensors stream, before the manifest is written
         "tokenizer": {
             "file": "tokenizer.json",
             "bos_token_id": spec.bos_token_id,

@@ -194,7 +194,7 @@ def read_gguf(path: str | os.PathLike, hash_source: bool = True) -> SourceModel:
                 w = unpermute_rope_rows(w, heads)
             yield SourceTensor(t.name, w, source_type=t.tensor_type.name)
 
-    return SourceModel(
+    model = SourceModel(
         arch=arch,
         config=config,
         tokenizer=tok,
@@ -208,3 +208,5 @@ def read_gguf(path: str | os.PathLike, hash_source: bool = True) -> SourceModel:
             "source_file_type": meta.get("general.file_type"),
         },
     )
+    model.gguf_reader = reader  # the parsed file, for exact block imports (export/recipe.py GGUFRaw)
+    return model

@@ -20,17 +20,21 @@ from .formats import (
     unpack_zero_points,
 )
 from .gguf_convert import from_gguf
+from .parts import dequantize_parts, dequantize_rows, quantized_from_parts
 
 __all__ = [
     "FORMATS",
     "QuantFormat",
     "QuantizedTensor",
     "dequantize",
+    "dequantize_parts",
+    "dequantize_rows",
     "from_gguf",
     "get_format",
     "pack_codes",
     "pack_zero_points",
     "quantize",
+    "quantized_from_parts",
     "unpack_codes",
     "unpack_zero_points",
 ]

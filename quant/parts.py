@@ -1,0 +1,62 @@
+"""Rebuild quantized tensors from an artifact's tensor-table entry and its stored parts.
+
+An artifact entry (see ``edgerun/export/artifact.py``) of a block-quantized tensor looks like::
+
+    {"format": "int4", "shape": [N, K], "quant": {"bits": 4, "block_size": 32, ...},
+     "parts": {"data": {...}, "scales": {...}, "zero_points": {...}?}}
+
+The parts are the MatMulNBits inputs (``data`` is MatMulNBits' ``B``; ``B`` is accepted as
+an alias), so the arrays handed in here may be read-only views of the memory-mapped
+``weights.bin``: nothing is copied until :func:`dequantize_parts` computes floats.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .formats import FORMATS, QuantizedTensor, get_format
+
+PLAIN = ("f16", "f32", "bf16")
+
+
+def codes_part(parts: dict) -> np.ndarray:
+    """The packed codes (MatMulNBits ``B``), stored under ``data`` (or ``B``)."""
+    return parts["data"] if "data" in parts else parts["B"]
+
+
+def quantized_from_parts(entry: dict, parts: dict[str, np.ndarray]) -> QuantizedTensor:
+    """A :class:`QuantizedTensor` of views over ``parts`` as the manifest ``entry`` describes it."""
+    fmt = entry["format"]
+    cls = get_format(fmt)
+    q = entry.get("quant") or {}
+    bits = int(q.get("bits", cls.bits))
+    block = int(q.get("block_size", cls.default_block))
+    n, k = (int(d) for d in entry["shape"])
+    nb = -(-k // block)
+    data = codes_part(parts).reshape(n, nb, block * bits // 8)
+    scales = parts["scales"].reshape(n, nb)
+    zp = parts.get("zero_points")
+    zp = None if zp is None else zp.reshape(n, -1)
+    return QuantizedTensor(fmt, (n, k), block, bits, data, scales, zp)
+
+
+def dequantize_parts(entry: dict, parts: dict[str, np.ndarray]) -> np.ndarray:
+    """Float32 array of the tensor described by ``entry`` (plain or block-quantized) from its parts."""
+    fmt = entry["format"]
+    if fmt in PLAIN:
+        return np.asarray(parts["data"], dtype=np.float32).reshape(entry["shape"])
+    if fmt not in FORMATS:
+        get_format(fmt)  # raises UnsupportedError naming the formats
+    return quantized_from_parts(entry, parts).dequantize()
+
+
+def dequantize_rows(entry: dict, parts: dict[str, np.ndarray], rows: np.ndarray) -> np.ndarray:
+    """Float32 rows ``rows`` (e.g. token ids of an embedding lookup) without dequantizing the rest."""
+    rows = np.asarray(rows, dtype=np.int64)
+    fmt = entry["format"]
+    if fmt in PLAIN:
+        return np.asarray(parts["data"][rows], dtype=np.float32)
+    q = quantized_from_parts(entry, parts)
+    zp = None if q.zero_points is None else q.zero_points[rows]
+    sub = QuantizedTensor(q.format, (len(rows), q.shape[1]), q.block_size, q.bits, q.data[rows], q.scales[rows], zp)
+    return sub.dequantize()

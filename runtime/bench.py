@@ -1,0 +1,199 @@
+"""Speed benchmarks: edgerun vs llama.cpp on the same weights, and kernel GB/s vs memory bandwidth.
+
+Not timed tests: these print what the machine does now (a shared machine is noisy; medians of a
+few repeats, both engines in the same process, same thread count, one after the other).
+
+    bench_model("smol-int4.edge", vs_llama_cpp="smol-q4_0.gguf", threads=2)
+    bench_kernels_report(threads=2)
+
+Also :func:`random_llama_gguf`: a random-weight llama GGUF with SmolLM2's tokenizer (dims that
+are multiples of 256, so llama.cpp's TQ2_0 covers every matrix) for the ternary comparisons.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+PROMPT = (
+    "The history of computing is a story of machines that got smaller, cheaper and faster while the "
+    "problems they solved grew. Early computers filled rooms and were programmed with cables; later "
+    "machines read punched cards, then magnetic tape, and finally programs typed at a terminal. "
+)
+
+
+def _median_time(fn, repeats: int) -> float:
+    return statistics.median(_timed(fn) for _ in range(repeats))
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def bench_edgerun(model, n_prompt: int = 128, n_decode: int = 64, threads: int | None = None,
+                  repeats: int = 3, backend: str | None = None) -> dict:
+    """Prompt-processing and decode tok/s of an edgerun model (path or loaded LLM)."""
+    from .api import load
+
+    llm = load(model, threads=threads, backend=backend) if isinstance(model, (str, os.PathLike)) else model
+    ids = (llm.tokenizer.encode(PROMPT * 8))[:n_prompt]
+
+    def prefill():
+        llm.prefill(ids, llm.new_cache())
+
+    def decode():
+        c = llm.new_cache()
+        logits = llm.prefill(ids[:8], c)
+        t0 = time.perf_counter()
+        for _ in range(n_decode):
+            logits = llm.decode_step(int(np.argmax(logits)), c)
+        decode.t = time.perf_counter() - t0
+
+    prefill()  # warm up (page-in, thread pool)
+    t_pp = _median_time(prefill, repeats)
+    ts = []
+    for _ in range(repeats):
+        decode()
+        ts.append(decode.t)
+    t_tg = statistics.median(ts)
+    return {"engine": f"edgerun ({llm.backend})", "prompt_tps": len(ids) / t_pp, "decode_tps": n_decode / t_tg,
+            "n_prompt": len(ids), "n_decode": n_decode, "ids": ids}
+
+
+def bench_llama_cpp(gguf: str | os.PathLike, ids: list[int], n_decode: int = 64, threads: int | None = None,
+                    repeats: int = 3) -> dict:
+    """The same measurement with llama.cpp (llama-cpp-python) on a GGUF, same prompt ids."""
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(gguf), n_ctx=max(512, len(ids) + n_decode + 16), n_batch=512,
+                n_threads=threads or os.cpu_count(), n_threads_batch=threads or os.cpu_count(), verbose=False)
+
+    def prefill():
+        llm.reset()
+        llm.eval(ids)
+
+    def decode():
+        llm.reset()
+        llm.eval(ids[:8])
+        t0 = time.perf_counter()
+        for _ in range(n_decode):
+            llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
+        decode.t = time.perf_counter() - t0
+
+    prefill()
+    t_pp = _median_time(prefill, repeats)
+    ts = []
+    for _ in range(repeats):
+        decode()
+        ts.append(decode.t)
+    return {"engine": "llama.cpp", "prompt_tps": len(ids) / t_pp, "decode_tps": n_decode / statistics.median(ts),
+            "n_prompt": len(ids), "n_decode": n_decode}
+
+
+def bench_model(model, vs_llama_cpp: str | os.PathLike | None = None, threads: int | None = None,
+                n_prompt: int = 128, n_decode: int = 64, repeats: int = 3, backend: str | None = None) -> dict:
+    """edgerun (and llama.cpp on `vs_llama_cpp`) prompt/decode tok/s in one run; ratios edgerun / llama.cpp."""
+    from .. import kernels
+
+    threads = threads or os.cpu_count()
+    kernels.set_num_threads(threads)
+    er = bench_edgerun(model, n_prompt, n_decode, threads, repeats, backend)
+    ids = er.pop("ids")
+    out = {"model": str(model), "threads": threads, "edgerun": er}
+    if vs_llama_cpp:
+        lc = bench_llama_cpp(vs_llama_cpp, ids, n_decode, threads, repeats)
+        out["llama_cpp"] = {**lc, "gguf": str(vs_llama_cpp)}
+        out["ratio"] = {"prompt": er["prompt_tps"] / lc["prompt_tps"], "decode": er["decode_tps"] / lc["decode_tps"]}
+    return out
+
+
+def format_bench(r: dict) -> str:
+    """A small text table of :func:`bench_model`'s result."""
+    lines = [f"{'engine':<24} {'prompt tok/s':>12} {'decode tok/s':>12}   (threads {r['threads']})"]
+    for key in ("edgerun", "llama_cpp"):
+        if key in r:
+            e = r[key]
+            lines.append(f"{e['engine']:<24} {e['prompt_tps']:>12.1f} {e['decode_tps']:>12.1f}")
+    if "ratio" in r:
+        lines.append(f"{'ratio edgerun/llama.cpp':<24} {r['ratio']['prompt']:>11.2f}x {r['ratio']['decode']:>11.2f}x")
+    return "\n".join(lines)
+
+
+def bench_kernels_report(threads: int | None = None, quick: bool = False) -> dict:
+    """Kernel GB/s (kernels/bench.py) next to this machine's measured memory bandwidth."""
+    from ..kernels import bench as kb
+
+    bw = kb.memory_bandwidth()
+    rows = kb.bench_kernels(threads=threads, quick=quick)
+    return {"bandwidth": bw, "kernels": rows}
+
+
+# ----------------------------------------------------------------------------- random llama GGUF
+
+
+def random_llama_gguf(path: str | os.PathLike, tokenizer_gguf: str | os.PathLike, dim: int = 1024,
+                      n_layers: int = 8, n_heads: int = 16, n_kv_heads: int = 4, ffn_dim: int = 2816,
+                      seed: int = 0, context_length: int = 2048) -> Path:
+    """Write a random-weight llama GGUF (F32) with the tokenizer metadata of `tokenizer_gguf`.
+
+    Weights ~ N(0, 1/sqrt(in)) (embeddings N(0, 1)), norms 1, so activations stay O(1) and the
+    logits are not flat. Dims that are multiples of 256 let TQ2_0 cover every matrix.
+    """
+    import gguf
+
+    from ..export.gguf_reader import open_gguf
+
+    path = Path(path)
+    src = open_gguf(tokenizer_gguf)
+    vocab = len(src.fields["tokenizer.ggml.tokens"].contents())
+    rng = np.random.default_rng(seed)
+    tmp = path.with_name(path.name + ".part")
+    w = gguf.GGUFWriter(str(tmp), "llama")
+    w.add_name("edgerun random llama")
+    w.add_context_length(context_length)
+    w.add_embedding_length(dim)
+    w.add_block_count(n_layers)
+    w.add_feed_forward_length(ffn_dim)
+    w.add_head_count(n_heads)
+    w.add_head_count_kv(n_kv_heads)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_freq_base(10000.0)
+    w.add_rope_dimension_count(dim // n_heads)
+    w.add_vocab_size(vocab)
+    for field in src.fields.values():
+        if not field.name.startswith("tokenizer."):
+            continue
+        vtype = field.types[0]
+        sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
+        w.add_key_value(field.name, field.contents(), vtype, sub_type=sub)
+
+    def mat(n, k, std=None):
+        return (rng.standard_normal((n, k), dtype=np.float32) * (std or 1 / np.sqrt(k))).astype(np.float32)
+
+    hd = dim // n_heads
+    w.add_tensor("token_embd.weight", mat(vocab, dim, 1.0))
+    w.add_tensor("output_norm.weight", np.ones(dim, np.float32))
+    w.add_tensor("output.weight", mat(vocab, dim))
+    for i in range(n_layers):
+        p = f"blk.{i}."
+        w.add_tensor(p + "attn_norm.weight", np.ones(dim, np.float32))
+        w.add_tensor(p + "attn_q.weight", mat(n_heads * hd, dim))
+        w.add_tensor(p + "attn_k.weight", mat(n_kv_heads * hd, dim))
+        w.add_tensor(p + "attn_v.weight", mat(n_kv_heads * hd, dim))
+        w.add_tensor(p + "attn_output.weight", mat(dim, n_heads * hd, 0.5 / np.sqrt(n_heads * hd)))
+        w.add_tensor(p + "ffn_norm.weight", np.ones(dim, np.float32))
+        w.add_tensor(p + "ffn_gate.weight", mat(ffn_dim, dim))
+        w.add_tensor(p + "ffn_up.weight", mat(ffn_dim, dim))
+        w.add_tensor(p + "ffn_down.weight", mat(dim, ffn_dim, 0.5 / np.sqrt(ffn_dim)))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    tmp.rename(path)
+    return path
