@@ -155,8 +155,12 @@ class Assistant:
     # ------------------------------------------------------------------ live
     def run_live(self, input_device=None, output_device=None, max_turns: int | None = None,
                  seconds: float | None = None, barge_in: bool = True, echo: Callable[[str], object] = print,
-                 block_ms: int = 100) -> list[Turn]:
-        """Talk through sounddevice until Ctrl-C, `max_turns` replies, or `seconds` of wall time."""
+                 block_ms: int = 100, barge_in_ms: int = 200) -> list[Turn]:
+        """Talk through sounddevice until Ctrl-C, `max_turns` replies, or `seconds` of wall time.
+
+        Barge-in: once the VAD has heard `barge_in_ms` of speech while a reply is being generated or played,
+        playback stops and the reply is abandoned (short clicks and coughs do not interrupt). There is no
+        echo cancellation: with loudspeakers near the microphone use headphones or `barge_in=False`."""
         sd = import_sounddevice()
         in_rate = _device_rate(sd, input_device, "input", 16000)
         out_rate = _device_rate(sd, output_device, "output", self.tts.sample_rate)
@@ -207,7 +211,8 @@ class Assistant:
                 except queue.Empty:
                     continue
                 results = stream.accept_waveform(in_rate, block)
-                if barge_in and stream.in_speech and (player.busy or (worker is not None and worker.is_alive())):
+                talking = stream.in_speech and stream.vad.time - (stream.vad.speech_start or 0.0) >= barge_in_ms / 1000
+                if barge_in and talking and (player.busy or (worker is not None and worker.is_alive())):
                     cancel.set()  # barge-in: the user talks over the reply
                     if player.stop():
                         echo("(barge-in: playback stopped)")
