@@ -78,7 +78,9 @@ class _ArtifactWeights:
 class LLM:
     """A loaded language model: tokenizer + model + generation loop."""
 
-    def __init__(self, artifact: Artifact, threads: int | None = None):
+    def __init__(self, artifact: Artifact, threads: int | None = None, backend: str | None = None):
+        from .backends import build_model, resolve_backend
+
         self.artifact = artifact
         self.path = artifact.path
         self.arch = artifact.arch
@@ -86,8 +88,11 @@ class LLM:
         model_cls, args_cls = get_model_class(self.arch)
         self.args = args_cls.from_dict(artifact.config)
         self.tokenizer = Tokenizer(artifact.tokenizer_json(), artifact.manifest["tokenizer"])
+        self.backend = resolve_backend(artifact, backend)
         self.model = model_cls(self.args, _ArtifactWeights(artifact))
-        self.model.load_all(artifact.tensors)  # verify checksums + convert once, up front
+        if self.backend == "reference":
+            self.model.load_all(artifact.tensors)  # verify checksums + convert once, up front
+        self.model = build_model(artifact, self.backend, self.model, threads)
 
     # --- low level (gpt-fast style)
     def new_cache(self):
@@ -177,6 +182,7 @@ class LLM:
             "arch": self.arch,
             "config": m["config"],
             "recipe": m.get("recipe"),
+            "backend": getattr(self, "backend", None),
             "weights_bytes": m["files"]["weights.bin"]["nbytes"],
             "tensors": len(m["tensors"]),
             "provenance": m.get("provenance"),
@@ -201,6 +207,11 @@ def resolve_model(path: str | os.PathLike | None, progress=None) -> Path:
     return p  # let Artifact() say precisely what is wrong
 
 
-def load(path: str | os.PathLike | None = None, threads: int | None = None, progress=None) -> LLM:
-    """Load a model: an artifact folder, a .gguf, a HF folder, or None for the packaged default."""
-    return LLM(Artifact(resolve_model(path, progress)), threads=threads)
+def load(path: str | os.PathLike | None = None, threads: int | None = None, progress=None,
+         backend: str | None = None) -> LLM:
+    """Load a model: an artifact folder, a .gguf, a HF folder, or None for the packaged default.
+
+    backend: "auto" (default: "native" C kernels for quantized artifacts, else "reference"),
+    "reference" (numpy), "native", or "onnxruntime" (the artifact's model.onnx).
+    """
+    return LLM(Artifact(resolve_model(path, progress)), threads=threads, backend=backend)

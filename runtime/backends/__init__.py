@@ -1,0 +1,43 @@
+"""Backends that run an artifact's decoder: ``reference`` (numpy), ``native`` (C kernels), ``onnxruntime``.
+
+Each builds an object with the reference Transformer's interface (``args``, ``window(layer)``,
+``new_cache()``, ``forward(tokens, cache, last_only)``), so :class:`edgerun.runtime.api.LLM`
+drives all of them the same way.
+"""
+
+from __future__ import annotations
+
+from ...export.errors import EdgerunError
+
+BACKENDS = ("auto", "reference", "native", "onnxruntime")
+PLAIN = ("f16", "f32", "bf16")
+
+
+def is_quantized(artifact) -> bool:
+    """Whether any tensor of the artifact is block-quantized (the table decides, not file names)."""
+    return any(e["format"] not in PLAIN for e in artifact.tensors.values())
+
+
+def resolve_backend(artifact, backend: str | None) -> str:
+    """`auto`/None -> `native` for quantized artifacts, `reference` for plain float ones."""
+    backend = backend or "auto"
+    if backend not in BACKENDS:
+        raise EdgerunError(f"unknown backend '{backend}'; choose one of: {', '.join(BACKENDS)}")
+    if backend == "auto":
+        return "native" if is_quantized(artifact) else "reference"
+    return backend
+
+
+def build_model(artifact, backend: str, ref_model, threads: int | None = None):
+    """The model object for `backend` (`ref_model` is the reference model, used for its hooks)."""
+    if backend == "reference":
+        return ref_model
+    if backend == "native":
+        from .native import NativeModel
+
+        return NativeModel(artifact, ref_model, threads=threads)
+    if backend == "onnxruntime":
+        from .onnxruntime import OrtModel
+
+        return OrtModel(artifact, ref_model, threads=threads)
+    raise EdgerunError(f"unknown backend '{backend}'; choose one of: {', '.join(BACKENDS)}")
