@@ -190,8 +190,17 @@ def conv1d(x: np.ndarray, lin: Linear, k: int, stride: int) -> np.ndarray:
 
 def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     """Scaled dot-product attention. q (H, Tq, D), k/v (H, Tk, D) -> (H, Tq, D)."""
-    d = q.shape[-1]
-    s = (q * np.float32(1.0 / np.sqrt(d))) @ k.transpose(0, 2, 1)  # (H, Tq, Tk)
+    h, tq, d = q.shape
+    q = q * np.float32(1.0 / np.sqrt(d))
+    if tq * k.shape[1] > 1 << 18:  # long (encoder) attention: one head at a time keeps the scores small
+        out = np.empty((h, tq, v.shape[-1]), np.float32)
+        for i in range(h):
+            s = q[i] @ k[i].T  # (Tq, Tk)
+            if mask is not None:
+                s += mask
+            np.matmul(softmax(s), v[i], out=out[i])
+        return out
+    s = q @ k.transpose(0, 2, 1)  # (H, Tq, Tk)
     if mask is not None:
         s += mask
     return softmax(s) @ v
