@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from edgerun.export.errors import EdgerunError
 from edgerun.runtime.audio.features import N_SAMPLES, SAMPLE_RATE, log_mel
-from edgerun.runtime.audio.resample import StreamResampler, resample
+from edgerun.runtime.audio.resample import resample
 from edgerun.runtime.audio.vad import VAD, SileroModel, SpeechSegment, detect_speech
 from edgerun.runtime.audio.wavio import check_rate, to_mono
 from edgerun.runtime.models.whisper import Whisper, load_whisper
@@ -351,4 +351,4 @@ def _merge_segments(segs: list[SpeechSegment], x: np.ndarray, max_s: float = 28.
     return wins
 
 
-__all__ = ["ASR", "ASRResult", "ASRStream", "Transcript", "default_asr_model", "StreamResampler"]
+__all__ = ["ASR", "ASRResult", "ASRStream", "Transcript", "default_asr_model"]
