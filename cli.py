@@ -98,14 +98,24 @@ def _load(model: str | None, threads: int | None):
 def export(
     source: Annotated[str, typer.Argument(help="A .gguf file or a Hugging Face checkpoint folder.")],
     out: Annotated[str, typer.Option("-o", "--out", help="Artifact folder to write (NAME.edge).")],
-    weights: Annotated[str, typer.Option(help="Weight format for matrices: f16 or f32.")] = "f16",
+    weights: Annotated[str, typer.Option(
+        help="Matrices: f16, f32, int8, int4, int4_asym, ternary, auto (keep GGUF Q8_0/Q4_0/TQ*).")] = "f16",
+    embeddings: Annotated[str | None, typer.Option(help="Embedding format (default int8 when quantized).")] = None,
+    output: Annotated[str | None, typer.Option(help="Output head format (default: as embeddings).")] = None,
+    block_size: Annotated[int | None, typer.Option(help="Quantization block size (default per format).")] = None,
 ):
     """Export a real model to an edgerun artifact (manifest.json + weights.bin + tokenizer.json)."""
+    import json
+
     from .export.exporter import export as do_export
+    from .export.recipe import format_error_table
 
     with _Progress("exporting") as bar:
-        path = do_export(source, out, weights=weights, progress=bar)
+        path = do_export(source, out, weights=weights, progress=bar, embeddings=embeddings, output=output,
+                         block_size=block_size)
     size = (Path(path) / "weights.bin").stat().st_size
+    errors = json.loads((Path(path) / "manifest.json").read_text()).get("quant_errors", {})
+    typer.echo(format_error_table(errors))
     typer.echo(f"wrote {path} ({size / 1e6:.1f} MB of weights)")
 
 
@@ -266,6 +276,45 @@ def assistant(
 
     _assistant(input=input, output=output, model=model, max_tokens=max_tokens, input_device=dev(input_device),
                output_device=dev(output_device), seconds=seconds, echo=typer.echo)
+
+
+# ---- benchmarks (runtime/bench.py) -------------------------------------------------------------
+
+
+@app.command()
+@user_errors
+def bench(
+    model: ModelArg = None,
+    vs_llama_cpp: Annotated[str | None, typer.Option("--vs-llama-cpp", help="GGUF to run in llama.cpp.")] = None,
+    kernels: Annotated[bool, typer.Option("--kernels", help="Kernel GB/s vs memory bandwidth.")] = False,
+    threads: int | None = None,
+    n_prompt: int = 128,
+    n_decode: int = 64,
+    backend: str | None = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+):
+    """Prompt and decode tok/s of edgerun (and llama.cpp on the same weights); or --kernels."""
+    import json
+
+    from .runtime import bench as rb
+
+    if kernels:
+        r = rb.bench_kernels_report(threads=threads)
+        if as_json:
+            typer.echo(json.dumps(r, indent=1))
+        else:
+            from .kernels.bench import _print
+
+            bw = r["bandwidth"]
+            typer.echo(f"memory: copy {bw['copy_gbs']:.1f} GB/s, read {bw['read_gbs']:.1f} GB/s")
+            _print(r["kernels"])
+        return
+    from .runtime.api import resolve_model
+
+    path = resolve_model(model)
+    r = rb.bench_model(path, vs_llama_cpp=vs_llama_cpp, threads=threads, n_prompt=n_prompt, n_decode=n_decode,
+                       backend=backend)
+    typer.echo(json.dumps(r, indent=1) if as_json else rb.format_bench(r))
 
 
 def main():

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import edgerun
 import numpy as np
 import pytest
-
-import edgerun
 from edgerun.runtime import evaluate as ev
 
 pytestmark = pytest.mark.model
