@@ -152,6 +152,7 @@ class BudgetWeights:
         size = os.path.getsize(artifact.weights_path)
         self._map = mmap.mmap(self._fd, size, prot=mmap.PROT_READ) if size else None
         self._scratch = np.empty(ROW_CHUNK_BYTES // 4, np.float32)  # the one dequantization scratch
+        self._scratch.fill(0)  # touched now: counted from load, never grown later
         self._verified: set[str] = set()
         self.streamer = None
         if plan.weights == "streamed":

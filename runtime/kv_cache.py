@@ -36,6 +36,13 @@ from edgerun.quant import kv as kvq
 Rope = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (n, T, hd), (T,) -> (n, T, hd)
 
 
+def _alloc(shape, dtype) -> np.ndarray:
+    """A zeroed buffer whose pages are touched now, so RSS holds it from the start (not as tokens arrive)."""
+    a = np.empty(shape, dtype)
+    a.fill(0)
+    return a
+
+
 @dataclass(frozen=True)
 class LayerSpec:
     """One attention layer's cache shape: heads, head size, window W (incl. the current token), sinks S."""
@@ -68,29 +75,29 @@ class _LayerKV:
         n_kv, hd, s, w = spec.n_kv, spec.head_dim, spec.sinks, spec.window
         self.spec, self.bits, self.S, self.W = spec, bits, s, w
         fdt = np.float32 if bits == 32 else np.float16
-        self.sink_k = np.zeros((n_kv, s, hd), fdt)  # (n_kv, S, hd)
-        self.sink_v = np.zeros((n_kv, s, hd), fdt)
+        self.sink_k = _alloc((n_kv, s, hd), fdt)  # (n_kv, S, hd)
+        self.sink_v = _alloc((n_kv, s, hd), fdt)
         self.sink_pos = np.full(s, -1, np.int64)
         self.quant = bits < 16
         if not self.quant:
-            self.win_k = np.zeros((n_kv, w, hd), fdt)  # (n_kv, W, hd)
-            self.win_v = np.zeros((n_kv, w, hd), fdt)
+            self.win_k = _alloc((n_kv, w, hd), fdt)  # (n_kv, W, hd)
+            self.win_v = _alloc((n_kv, w, hd), fdt)
             self.win_pos = np.full(w, -1, np.int64)
             return
         g = group
         self.G = g
         self.vgroup = min(kvq.DEFAULT_GROUP, hd)
         self.nb = -(-w // g)  # quantized groups kept: with r < G residual tokens, ceil(W/G) groups hold the rest
-        self.res_k = np.zeros((n_kv, g, hd), np.float16)  # (n_kv, G, hd) newest, not yet quantized
-        self.res_v = np.zeros((n_kv, g, hd), np.float16)
+        self.res_k = _alloc((n_kv, g, hd), np.float16)  # (n_kv, G, hd) newest, not yet quantized
+        self.res_v = _alloc((n_kv, g, hd), np.float16)
         self.res_pos = np.full(g, -1, np.int64)
         pb = hd * bits // 8
-        self.qk = np.zeros((self.nb, n_kv, g, pb), np.uint8)  # (nb, n_kv, G, hd*bits/8)
-        self.qk_scale = np.zeros((self.nb, n_kv, 1, hd), np.float16)
-        self.qk_min = np.zeros((self.nb, n_kv, 1, hd), np.float16)
-        self.qv = np.zeros((self.nb, n_kv, g, pb), np.uint8)
-        self.qv_scale = np.zeros((self.nb, n_kv, g, hd // self.vgroup), np.float16)
-        self.qv_min = np.zeros((self.nb, n_kv, g, hd // self.vgroup), np.float16)
+        self.qk = _alloc((self.nb, n_kv, g, pb), np.uint8)  # (nb, n_kv, G, hd*bits/8)
+        self.qk_scale = _alloc((self.nb, n_kv, 1, hd), np.float16)
+        self.qk_min = _alloc((self.nb, n_kv, 1, hd), np.float16)
+        self.qv = _alloc((self.nb, n_kv, g, pb), np.uint8)
+        self.qv_scale = _alloc((self.nb, n_kv, g, hd // self.vgroup), np.float16)
+        self.qv_min = _alloc((self.nb, n_kv, g, hd // self.vgroup), np.float16)
         self.qpos = np.full((self.nb, g), -1, np.int64)  # (nb, G)
 
     @property
@@ -198,11 +205,11 @@ class SinkWindowKVCache:
         rows = max(sp.n_heads // sp.n_kv for sp in self.specs) * chunk
         keys = max(sp.sinks for sp in self.specs) + cap + chunk
         # scratch shared by all layers: gathered keys/values/positions, scores, output
-        self._kall = np.zeros((n_kv, keys, hd), np.float32)  # (n_kv, S + cap + chunk, hd)
-        self._vall = np.zeros((n_kv, keys, hd), np.float32)
+        self._kall = _alloc((n_kv, keys, hd), np.float32)  # (n_kv, S + cap + chunk, hd)
+        self._vall = _alloc((n_kv, keys, hd), np.float32)
         self._pall = np.full(keys, -1, np.int64)
-        self._scores = np.zeros(n_kv * rows * keys, np.float32)  # viewed as (n_kv, n_rep*T, n_keys)
-        self._out = np.zeros(n_kv * rows * hd, np.float32)  # viewed as (n_kv, n_rep*T, hd)
+        self._scores = _alloc(n_kv * rows * keys, np.float32)  # viewed as (n_kv, n_rep*T, n_keys)
+        self._out = _alloc(n_kv * rows * hd, np.float32)  # viewed as (n_kv, n_rep*T, hd)
         self.seen = [0] * len(self.layers)  # tokens written per layer (next absolute position)
         self.length = 0  # tokens of the sequence so far (the models' cache protocol: length / advance)
 
