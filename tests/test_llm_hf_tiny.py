@@ -27,7 +27,7 @@ def test_hf_checkpoint_matches_llama_cpp(arch, tiny_dir, smollm2_gguf, llama_cpp
     ids = m.tokenizer.encode(text)
     assert len(ids) > 16  # longer than gemma3's tiny sliding window (8)
     ours = m.logits(ids)
-    peer = ev.llama_cpp_scorer(gguf_path, 64, threads=2, flash_attn=False, type_k=0, type_v=0)
+    peer = ev.llama_cpp_scorer(gguf_path, 64, threads=1, flash_attn=False, type_k=0, type_v=0)
     theirs = peer(ids)
     assert np.array_equal(ours.argmax(-1), theirs.argmax(-1))
     np.testing.assert_allclose(ours, theirs, atol=2e-3 * np.abs(theirs).max())
