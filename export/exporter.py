@@ -89,12 +89,14 @@ def export(
     embeddings: str | None = None,
     output: str | None = None,
     block_size: int | None = None,
+    onnx: bool = True,
 ) -> Path:
     """Export `source` (GGUF file or HF folder) to the artifact folder `out`; returns its path.
 
     `weights` / `embeddings` / `output` / `block_size` make the recipe (export/recipe.py: f16, f32,
     int8, int4, int4_asym, ternary, auto). `progress(done, total, tensor_name)` is called after each
     tensor. The manifest's `quant_errors` holds each tensor's format and relative RMS error.
+    `onnx`: for quantized recipes, also write `model.onnx` over the same weights.bin (export/onnx_graph.py).
     """
     from .recipe import GGUFRaw, convert, make_recipe
 
@@ -145,4 +147,10 @@ def export(
         },
         "targets": ["native"],
     }
-    return write_artifact(out, manifest, stream(), tok.to_str())
+    path = write_artifact(out, manifest, stream(), tok.to_str())
+    if onnx and recipe["weights"] not in PLAIN_FORMATS:
+        from .onnx_graph import SUPPORTED_ARCHS, build_onnx
+
+        if src.arch in SUPPORTED_ARCHS:
+            build_onnx(path)
+    return path
