@@ -15,20 +15,42 @@ def matmul(w: QuantizedTensor | np.ndarray, x: np.ndarray) -> np.ndarray:
     return (np.asarray(x, np.float64) @ wf.astype(np.float64).T).astype(np.float32)
 
 
-def quantize_activations(x: np.ndarray, kp: int) -> tuple[np.ndarray, np.ndarray]:
-    """The kernels' on-the-fly int8 activations: per 32 values ``d = amax/127``, ``q = rint(x/d)``.
+def quantize_activations(x: np.ndarray, kp: int, q8k: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The kernels' on-the-fly int8 activations, as llama.cpp's CPU path quantizes them.
+
+    Default (llama.cpp ``quantize_row_q8_0``): per 32 values ``d = fp16(amax/127)`` (the dot uses the
+    fp16-rounded d), ``q = round_half_even(x * 127/amax)``.
+    ``q8k`` (llama.cpp ``quantize_row_q8_K``, the activations of its TQ2_0 dot; the kernels use it for
+    2-bit weights in blocks of 256): per 256 values ``iscale = -127/max`` with ``max`` the value of largest
+    magnitude, ``q = min(127, round_half_even(iscale * x))``, ``d = 1/iscale`` in f32, repeated over the
+    8 sub-blocks of 32.
 
     x (M, K) -> q int32 (M, kp) in natural order (zero-padded), d float32 (M, kp/32).
     """
     m, k = x.shape
     xp = np.zeros((m, kp), np.float32)
     xp[:, :k] = x
+    if q8k:
+        xb = xp.reshape(m, -1, 256)
+        i = np.abs(xb).argmax(axis=-1)[..., None]  # first index of the largest magnitude
+        mx = np.take_along_axis(xb, i, axis=-1)[..., 0]  # (M, kp/256) signed
+        with np.errstate(divide="ignore"):
+            iscale = np.where(mx != 0, np.float32(-127) / mx, 0).astype(np.float32)
+            d = np.where(mx != 0, np.float32(1) / iscale, 0).astype(np.float32)
+        q = np.clip(np.rint(xb * iscale[..., None]), -127, 127).astype(np.int32)
+        return q.reshape(m, kp), np.repeat(d, 8, axis=1)
     xb = xp.reshape(m, -1, 32)
-    d = (np.abs(xb).max(axis=-1) / np.float32(127)).astype(np.float32)
+    amax = np.abs(xb).max(axis=-1)  # (M, kp/32)
+    d = (amax / np.float32(127)).astype(np.float16).astype(np.float32)
     with np.errstate(divide="ignore"):
-        inv = np.where(d > 0, np.float32(1) / d, 0).astype(np.float32)
+        inv = np.where(amax > 0, np.float32(127) / amax, 0).astype(np.float32)
     q = np.clip(np.rint(xb * inv[..., None]), -127, 127).astype(np.int32)
     return q.reshape(m, kp), d
+
+
+def uses_q8k(w: QuantizedTensor) -> bool:
+    """Whether the kernels quantize activations for `w` the Q8_K way (2-bit codes, blocks of 256)."""
+    return w.bits == 2 and w.block_size % 256 == 0
 
 
 def matmul_q8(w: QuantizedTensor, x: np.ndarray) -> np.ndarray:
@@ -39,7 +61,7 @@ def matmul_q8(w: QuantizedTensor, x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, np.float32).reshape(-1, w.shape[1])
     n = w.shape[0]
     kp = w.n_blocks * w.block_size
-    q, d = quantize_activations(x, kp)  # (M, kp), (M, kp/32)
+    q, d = quantize_activations(x, kp, uses_q8k(w))  # (M, kp), (M, kp/32)
     codes = unpack_codes(w.data, w.bits).reshape(n, kp).astype(np.int64)
     zp = np.repeat(get_format(w.format).zero_point_array(w), w.block_size, axis=1)  # (N, kp)
     cz = (codes - zp).reshape(n, -1, 32)  # (N, kp/32, 32)
@@ -50,11 +72,12 @@ def matmul_q8(w: QuantizedTensor, x: np.ndarray) -> np.ndarray:
 
 
 def matmul_q8_error_bound(w: QuantizedTensor, x: np.ndarray) -> np.ndarray:
-    """Bound on |matmul_q8 - matmul|: activation rounding moves each x by <= d/2, so
-    |dy[n]| <= sum_k |W[n,k]| * d(k) / 2  (M, N)."""
+    """Bound on |matmul_q8 - matmul|: activation rounding moves each x by <= d/2, plus |q| <= 127 times
+    the fp16 rounding of d (<= 2^-11 d), so |dy[n]| <= sum_k |W[n,k]| * |d(k)| * (1/2 + 127/2048)  (M, N)."""
     x = np.asarray(x, np.float32).reshape(-1, w.shape[1])
     kp = w.n_blocks * w.block_size
-    _, d = quantize_activations(x, kp)
+    _, d = quantize_activations(x, kp, uses_q8k(w))
+    d = np.abs(d.astype(np.float64)) * (1 + 127 / 1024)
     wa = np.zeros((w.shape[0], kp), np.float64)
     wa[:, : w.shape[1]] = np.abs(dequantize(w))
     return (np.repeat(d.astype(np.float64), 32, axis=1) / 2) @ wa.T

@@ -51,27 +51,65 @@ typedef struct {
     int32_t zshift[8] __attribute__((aligned(32))); /* (t / per) * bits: zero-point field shifts */
 } actq;
 
-static void quantize_act_row(const float *x, int64_t k, int bits, int64_t nsub, int64_t nmain, int8_t *q,
-                             float *sx, int32_t *isum) {
-    for (int64_t t = 0; t < nsub; t++) {
-        float v[SUB];
-        float amax = 0.0f;
-        for (int i = 0; i < SUB; i++) {
-            int64_t idx = t * SUB + i;
+/* llama.cpp's quantize_row_q8_0 per sub-block of 32: d = amax/127 stored as fp16 (the dot uses the
+ * fp16-rounded d), id = 127/amax, q = round-half-even(x * id). */
+static void quantize_sub_q8_0(const float *v, float *d_out, float *id_out) {
+    float amax = 0.0f;
+    for (int i = 0; i < SUB; i++) {
+        float a = fabsf(v[i]);
+        amax = a > amax ? a : amax;
+    }
+    *d_out = er_f16_to_f32(er_f32_to_f16(amax / 127.0f));
+    *id_out = amax != 0.0f ? 127.0f / amax : 0.0f;
+}
+
+/* llama.cpp's quantize_row_q8_K_ref on 256 values (the activation type of its TQ2_0 dot): max = the
+ * value of largest magnitude (first one on ties), iscale = -127/max, q = min(127, nearest(iscale*x)),
+ * d = 1/iscale in f32. */
+static void quantize_blk_q8_k(const float *v, float *d_out, float *id_out) {
+    float amax = 0.0f, max = 0.0f;
+    for (int i = 0; i < 256; i++) {
+        float a = fabsf(v[i]);
+        if (a > amax) {
+            amax = a;
+            max = v[i];
+        }
+    }
+    if (amax == 0.0f) {
+        *d_out = 0.0f;
+        *id_out = 0.0f;
+        return;
+    }
+    const float iscale = -127.0f / max;
+    *d_out = 1.0f / iscale;
+    *id_out = iscale;
+}
+
+/* One activation row: per-32 Q8_0 scales, or (q8k) one Q8_K scale per 256 values repeated over its
+ * 8 sub-blocks (k padded to kp = nsub * 32, a multiple of 256 in that mode). */
+static void quantize_act_row(const float *x, int64_t k, int bits, int64_t nsub, int64_t nmain, int q8k,
+                             int8_t *q, float *sx, int32_t *isum) {
+    const int span = q8k ? 256 : SUB;
+    float v[256];
+    for (int64_t t0 = 0; t0 < nsub; t0 += span / SUB) {
+        for (int i = 0; i < span; i++) {
+            int64_t idx = t0 * SUB + i;
             v[i] = idx < k ? x[idx] : 0.0f;
-            float a = fabsf(v[i]);
-            amax = a > amax ? a : amax;
         }
-        float d = amax / 127.0f, id = d > 0.0f ? 1.0f / d : 0.0f;
-        int s = 0;
-        for (int i = 0; i < SUB; i++) {
-            int r = (int)lrintf(v[i] * id);
-            r = r > 127 ? 127 : (r < -127 ? -127 : r);
-            q[q_index(bits, nmain, t, i)] = (int8_t)r;
-            s += r;
+        float d, id;
+        if (q8k) quantize_blk_q8_k(v, &d, &id);
+        else quantize_sub_q8_0(v, &d, &id);
+        for (int64_t t = t0; t < t0 + span / SUB; t++) {
+            int s = 0;
+            for (int i = 0; i < SUB; i++) {
+                int r = (int)lrintf(v[(t - t0) * SUB + i] * id); /* default mode: nearest even */
+                r = r > 127 ? 127 : (r < -127 ? -127 : r);
+                q[q_index(bits, nmain, t, i)] = (int8_t)r;
+                s += r;
+            }
+            sx[t] = d;
+            isum[t] = s;
         }
-        sx[t] = d;
-        isum[t] = s;
     }
 }
 
@@ -392,8 +430,10 @@ int er_matmul(const er_weight *w, const float *x, float *y, int64_t m) {
         c.a.nsub = nsub;
         c.a.nmain = nsub - nsub % 8;
         for (int t = 0; t < 8; t++) c.a.zshift[t] = (t / (bs / SUB)) * bits;
+        /* 2-bit (ternary) weights in blocks of 256: llama.cpp's TQ2_0 x Q8_K activations */
+        const int q8k = bits == 2 && bs % 256 == 0;
         for (int64_t t = 0; t < m; t++)
-            quantize_act_row(x + t * w->k, w->k, bits, nsub, c.a.nmain, c.a.q + t * kp, c.a.sx + t * nsub,
+            quantize_act_row(x + t * w->k, w->k, bits, nsub, c.a.nmain, q8k, c.a.q + t * kp, c.a.sx + t * nsub,
                              c.a.isum + t * nsub);
     } else if (w->type != ER_W_F32 && w->type != ER_W_F16) {
         return -2;
