@@ -128,13 +128,23 @@ def test_corrupt_onnx_is_reported(tiny, tmp_path):
         edgerun.load(art, backend="onnxruntime")
 
 
+SMOL_PROMPTS = ["Once upon a time, in a small village, there lived ", "def fibonacci(n):",
+                "The capital of France is Paris. The capital of Germany is", "Water boils at a temperature of",
+                "The capital of France is", "Hello, my name is"]
+
+
 @pytest.mark.model
 def test_smollm2_int4_onnxruntime_greedy_equals_native(tmp_path_factory, smollm2_gguf):
+    """16 greedy tokens equal to the native backend's; the last two prompts part at step 0 or 1 on a
+    near-tie (France: native 13.52 vs 13.59, reference 13.77 vs 13.74 on max |logit| 20.6), which
+    `_same_greedy` accepts only when the native margin is < 2% of the largest logit."""
     from edgerun.export.exporter import export
 
     art = export(smollm2_gguf, tmp_path_factory.mktemp("smol") / "smollm2-int4.edge", weights="int4")
     nat = edgerun.load(art, backend="native", threads=2)
     ort = edgerun.load(art, backend="onnxruntime", threads=2)
-    for p in PROMPTS:
+    for p in SMOL_PROMPTS[:4]:
         ids = nat.tokenizer.encode(p)
         assert ev.greedy(ort, ids, 16) == ev.greedy(nat, ids, 16), p
+    for p in SMOL_PROMPTS[4:]:
+        _same_greedy(ort, nat, nat.tokenizer.encode(p), 16)
