@@ -1,8 +1,9 @@
 """Every matmul variant (scalar, avx2, ...) against the numpy references, random + edge shapes.
 
-Tolerances: quantized kernels quantize x to int8 per 32 values (rounding moves each x_k by at most
-d/2, d = amax/127 of its 32-group), so against the exact float product the error is bounded by
-sum_k |W[n,k]| d(k)/2 (reference.matmul_q8_error_bound). Against ``reference.matmul_q8`` (the same
+Tolerances: quantized kernels quantize x to int8 as llama.cpp does (per 32 values d = fp16(amax/127);
+Q8_K per 256 for 2-bit weights in blocks of 256): rounding moves each x_k by at most d/2 plus the fp16
+rounding of d, so against the exact float product the error is bounded by
+sum_k |W[n,k]| d(k) (1/2 + 127/2048) (reference.matmul_q8_error_bound). Against ``reference.matmul_q8`` (the same
 integer arithmetic in float64) only float32 summation order differs: ~1e-5 of sum |terms|.
 """
 
