@@ -1,7 +1,9 @@
 /* Matmul kernels: y (m, N) = x (m, K) @ W^T for f32, f16 and block-quantized (MatMulNBits) W.
  *
  * Quantized path (the q8-activation scheme of llama.cpp's ggml_vec_dot_q4_0_q8_0):
- *   1. x is quantized per 32 values ("sub-block" t): sx[t] = amax/127, xq = rint(x/sx[t]),
+ *   1. x is quantized per 32 values ("sub-block" t) as llama.cpp's quantize_row_q8_0 does:
+ *      sx[t] = fp16(amax/127), xq = round_half_even(x * 127/amax); for 2-bit weights in blocks of
+ *      256 as its quantize_row_q8_K (one f32 scale per 256, the activations of its TQ2_0 dot);
  *      isum[t] = sum(xq), stored in the ORDER the weight codes come out of a register unpack
  *      (see q_index: low/high nibbles of 32 bytes, 2-bit fields of 32 bytes), so no shuffles.
  *   2. y = sum_t sw[b(t)] * sx[t] * (dot_int(codes_t, xq_t) - z[b(t)] * isum[t])
