@@ -27,6 +27,12 @@ ModelArg = Annotated[
     typer.Argument(help="Artifact folder, .gguf file or HF checkpoint folder (default: packaged SmolLM2)."),
 ]
 
+# RAM budget options (runtime/memory.py, docs/memory.md), shared by every command that loads an LLM
+RamOpt = Annotated[str | None, typer.Option("--ram", help="RAM budget for the model, e.g. 300MB, 1.5GB.")]
+KvWindowOpt = Annotated[int | None, typer.Option("--kv-window", help="KV sliding window (tokens).")]
+KvSinksOpt = Annotated[int | None, typer.Option("--kv-sinks", help="Attention-sink tokens kept (default 4).")]
+KvBitsOpt = Annotated[int | None, typer.Option("--kv-bits", help="KV cache bits: 16, 8, 4 or 2.")]
+
 
 def _fail(message: str, code: int = 1):
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
@@ -86,11 +92,12 @@ class _Progress:
             self.progress.stop()
 
 
-def _load(model: str | None, threads: int | None):
+def _load(model: str | None, threads: int | None, ram=None, kv_window=None, kv_sinks=None, kv_bits=None):
     from .runtime.api import load
 
     with _Progress("preparing model") as bar:
-        return load(model, threads=threads, progress=bar)
+        return load(model, threads=threads, progress=bar, ram=ram, kv_window=kv_window, kv_sinks=kv_sinks,
+                    kv_bits=kv_bits)
 
 
 @app.command()
@@ -131,13 +138,17 @@ def run(
     seed: Annotated[int | None, typer.Option("--seed", "-s")] = None,
     threads: int | None = None,
     stats: Annotated[bool, typer.Option(help="Print speed and memory on stderr at the end.")] = False,
+    ram: RamOpt = None,
+    kv_window: KvWindowOpt = None,
+    kv_sinks: KvSinksOpt = None,
+    kv_bits: KvBitsOpt = None,
 ):
     """Continue a raw prompt; streams only the generated text to stdout."""
     if prompt is None:  # `edgerun run "prompt"`: the single argument is the prompt
         if model is None:
             _fail("give a prompt: edgerun run [MODEL] PROMPT")
         model, prompt = None, model
-    m = _load(model, threads)
+    m = _load(model, threads, ram, kv_window, kv_sinks, kv_bits)
     last = None
     for r in m.stream(prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed):
         sys.stdout.write(r.text)
@@ -161,9 +172,13 @@ def chat(
     temperature: Annotated[float, typer.Option("--temperature", "-t")] = 0.0,
     seed: Annotated[int | None, typer.Option("--seed", "-s")] = None,
     threads: int | None = None,
+    ram: RamOpt = None,
+    kv_window: KvWindowOpt = None,
+    kv_sinks: KvSinksOpt = None,
+    kv_bits: KvBitsOpt = None,
 ):
     """Interactive chat using the model's chat template (empty line or Ctrl-D to quit)."""
-    m = _load(model, threads)
+    m = _load(model, threads, ram, kv_window, kv_sinks, kv_bits)
     messages = [{"role": "system", "content": system}] if system else []
     interactive = sys.stdin.isatty()
     while True:

@@ -200,6 +200,8 @@ def resolve_model(path: str | os.PathLike | None, progress=None) -> Path:
     if path is None:
         return default_model_path(progress)
     p = Path(path).expanduser()
+    if not p.exists():
+        raise EdgerunError(f"{p}: not found; give an artifact folder (NAME.edge), a .gguf file or a HF folder")
     if p.is_dir() and (p / "manifest.json").exists():
         return p
     if p.exists() and (p.suffix == ".gguf" or (p.is_dir() and (p / "config.json").exists())):
@@ -207,11 +209,20 @@ def resolve_model(path: str | os.PathLike | None, progress=None) -> Path:
     return p  # let Artifact() say precisely what is wrong
 
 
-def load(path: str | os.PathLike | None = None, threads: int | None = None, progress=None,
+def load(path: str | os.PathLike | None = None, threads: int | None = None, progress=None, ram=None,
+         kv_window: int | None = None, kv_sinks: int | None = None, kv_bits: int | None = None,
          backend: str | None = None) -> LLM:
     """Load a model: an artifact folder, a .gguf, a HF folder, or None for the packaged default.
 
+    ram ("300MB", "1.5GB", bytes) keeps the model's resident memory under that budget for any
+    conversation length; kv_window / kv_sinks / kv_bits (16, 8, 4, 2) set the sink + window KV cache
+    (defaults derived from the budget). See docs/memory.md.
     backend: "auto" (default: "native" C kernels for quantized artifacts, else "reference"),
     "reference" (numpy), "native", or "onnxruntime" (the artifact's model.onnx).
     """
+    if ram is not None or kv_window is not None or kv_sinks is not None or kv_bits is not None:
+        from .budgeted import load_budgeted
+
+        return load_budgeted(path, ram=ram, kv_window=kv_window, kv_sinks=kv_sinks, kv_bits=kv_bits,
+                             threads=threads, progress=progress)
     return LLM(Artifact(resolve_model(path, progress)), threads=threads, backend=backend)
