@@ -282,6 +282,7 @@ def assistant(
     input_device: Annotated[str | None, typer.Option(help="sounddevice input device (name or index).")] = None,
     output_device: Annotated[str | None, typer.Option(help="sounddevice output device.")] = None,
     seconds: Annotated[float | None, typer.Option(help="Stop the live loop after this many seconds.")] = None,
+    ram: RamOpt = None,
 ):
     """Voice assistant: mic -> VAD -> ASR -> LLM -> TTS -> speaker, with barge-in; or --input/--output files."""
     from .runtime.assistant import assistant as _assistant
@@ -290,7 +291,7 @@ def assistant(
         return int(d) if d is not None and d.isdigit() else d
 
     _assistant(input=input, output=output, model=model, max_tokens=max_tokens, input_device=dev(input_device),
-               output_device=dev(output_device), seconds=seconds, echo=typer.echo)
+               output_device=dev(output_device), seconds=seconds, echo=typer.echo, ram=ram)
 
 
 # ---- benchmarks (runtime/bench.py) -------------------------------------------------------------
@@ -307,11 +308,26 @@ def bench(
     n_decode: int = 64,
     backend: str | None = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    ram: Annotated[
+        list[str] | None, typer.Option("--ram", help="Sweep these RAM budgets (repeat --ram); 'auto' picks a sweep.")
+    ] = None,
+    plot: Annotated[str, typer.Option(help="PNG written by the --ram sweep.")] = "bench_ram.png",
 ):
-    """Prompt and decode tok/s of edgerun (and llama.cpp on the same weights); or --kernels."""
+    """Prompt and decode tok/s of edgerun (and llama.cpp on the same weights); --kernels; or a --ram sweep."""
     import json
 
     from .runtime import bench as rb
+
+    if ram:
+        from .runtime.bench_ram import bench_ram
+
+        budgets = None if ram == ["auto"] else ram
+        r = bench_ram(model, ram=budgets, out=plot, threads=threads)
+        typer.echo(json.dumps(r, indent=1, default=str) if as_json else f"wrote {r['png']}")
+        if not as_json:
+            for row in r["rows"]:
+                typer.echo(json.dumps(row, default=str))
+        return
 
     if kernels:
         r = rb.bench_kernels_report(threads=threads)

@@ -296,14 +296,22 @@ def _device_rate(sd, device, kind: str, preferred: int) -> int:
 def assistant(input: str | None = None, output: str | None = None, model: str | None = None,
               asr_model: str | None = None, voice: str | None = None, max_tokens: int = 80,
               input_device=None, output_device=None, max_turns: int | None = None, seconds: float | None = None,
-              echo: Callable[[str], object] = print) -> list[Turn]:
-    """`edgerun assistant`: live with the microphone and speaker, or headless with --input/--output files."""
+              echo: Callable[[str], object] = print, ram: str | int | None = None) -> list[Turn]:
+    """`edgerun assistant`: live with the microphone and speaker, or headless with --input/--output files.
+
+    `ram` bounds the language model's resident memory (see docs/memory.md); the ASR and TTS models
+    are not yet counted in it.
+    """
     if (input is None) != (output is None):
         raise EdgerunError("headless mode needs both --input question.wav and --output reply.wav")
     if input is None:  # fail fast, before loading models, when audio I/O is missing
         sd = import_sounddevice()
         _device_rate(sd, input_device, "input", 16000)
         _device_rate(sd, output_device, "output", 22050)
+    if ram is not None:
+        import edgerun
+
+        model = edgerun.load(model, ram=ram)
     a = Assistant(llm=model, asr=asr_model, tts=voice, max_tokens=max_tokens)
     if input is not None:
         turns = a.run_files(input, output)
