@@ -81,6 +81,15 @@ class LLM:
     def __init__(self, artifact: Artifact, threads: int | None = None, backend: str | None = None):
         from .backends import build_model, resolve_backend
 
+        model_cls = self._open(artifact, threads)
+        self.backend = resolve_backend(artifact, backend)
+        self.model = model_cls(self.args, _ArtifactWeights(artifact))
+        if self.backend == "reference":
+            self.model.load_all(artifact.tensors)  # verify checksums + convert once, up front
+        self.model = build_model(artifact, self.backend, self.model, threads)
+
+    def _open(self, artifact: Artifact, threads: int | None):
+        """Set what every LLM has (artifact, arch, args, tokenizer); return the architecture's Model class."""
         self.artifact = artifact
         self.path = artifact.path
         self.arch = artifact.arch
@@ -88,11 +97,7 @@ class LLM:
         model_cls, args_cls = get_model_class(self.arch)
         self.args = args_cls.from_dict(artifact.config)
         self.tokenizer = Tokenizer(artifact.tokenizer_json(), artifact.manifest["tokenizer"])
-        self.backend = resolve_backend(artifact, backend)
-        self.model = model_cls(self.args, _ArtifactWeights(artifact))
-        if self.backend == "reference":
-            self.model.load_all(artifact.tensors)  # verify checksums + convert once, up front
-        self.model = build_model(artifact, self.backend, self.model, threads)
+        return model_cls
 
     # --- low level (gpt-fast style)
     def new_cache(self):

@@ -28,8 +28,6 @@ from .api import LLM, resolve_model
 from .kv_cache import SinkWindowKVCache
 from .layer_stream import LayerStreamer
 from .memory import AttnLayer, MemoryPlan, ModelFootprint, kv_specs, plan_memory, rss_bytes
-from .models import get_model_class
-from .tokenizer import Tokenizer
 
 ROW_CHUNK_BYTES = 4 << 20  # float32 scratch for one chunk of matrix rows
 GLOBAL_STREAM_MIN = 16 << 20  # globals larger than this may be streamed (embedding / tied head)
@@ -296,13 +294,7 @@ class BudgetLLM(LLM):
                  kv_bits=None, prefill_chunk: int = 64, read_cache: str = "drop",
                  count_tokenizer: bool = True):  # fmt: skip
         self.baseline_rss = rss_bytes()
-        self.artifact = artifact
-        self.path = artifact.path
-        self.arch = artifact.arch
-        self.threads = threads
-        model_cls, args_cls = get_model_class(self.arch)
-        self.args = args_cls.from_dict(artifact.config)
-        self.tokenizer = Tokenizer(artifact.tokenizer_json(), artifact.manifest["tokenizer"])
+        model_cls = self._open(artifact, threads)
         probe = model_cls(self.args, None)  # only for window(layer): no weights touched
         self.tokenizer_rss = max(0, rss_bytes() - self.baseline_rss)  # measured, e.g. ~400 MB for Gemma-3's
         if not count_tokenizer:  # budget the model alone (weights, KV, scratch); the tokenizer is reported
