@@ -12,8 +12,6 @@ import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import numpy as np
-
 from .. import __version__
 from .artifact import TensorParts, layer_of, write_artifact
 from .errors import EdgerunError
@@ -22,8 +20,6 @@ from .tokenizer_builder import EOG_TEXTS, build_tokenizer
 
 # Bump when the exporter's output changes, so cached artifacts are rebuilt.
 EXPORTER_REVISION = 2
-
-PLAIN_FORMATS = {"f16": np.float16, "f32": np.float32}
 
 # Chat templates for models whose file carries none (llama.cpp has the same built in).
 DEFAULT_CHAT_TEMPLATES = {
@@ -49,19 +45,6 @@ def read_source(source: str | os.PathLike) -> SourceModel:
     from .gguf_reader import read_gguf
 
     return read_gguf(p)
-
-
-def default_recipe(weights: str = "f16") -> dict:
-    """The recipe for plain float weights: matrices in `weights`, vectors (norms, biases) in f32."""
-    if weights not in PLAIN_FORMATS:
-        raise EdgerunError(f"weights format '{weights}' is not available; choose one of: {', '.join(PLAIN_FORMATS)}")
-    return {"weights": weights, "vectors": "f32"}
-
-
-def _plain(t: SourceTensor, recipe: dict) -> TensorParts:
-    fmt = recipe["vectors"] if t.data.ndim == 1 else recipe["weights"]
-    arr = np.asarray(t.data, dtype=PLAIN_FORMATS[fmt])
-    return TensorParts(t.name, fmt, tuple(arr.shape), {"data": arr})
 
 
 def _sort_key(name: str) -> tuple[int, str]:
@@ -98,7 +81,7 @@ def export(
     tensor. The manifest's `quant_errors` holds each tensor's format and relative RMS error.
     `onnx`: for quantized recipes, also write `model.onnx` over the same weights.bin (export/onnx_graph.py).
     """
-    from .recipe import GGUFRaw, convert, make_recipe
+    from .recipe import PLAIN, GGUFRaw, convert, make_recipe
 
     src = read_source(source)
     recipe = make_recipe(weights, embeddings, output, block_size)
@@ -148,7 +131,7 @@ def export(
         "targets": ["native"],
     }
     path = write_artifact(out, manifest, stream(), tok.to_str())
-    if onnx and recipe["weights"] not in PLAIN_FORMATS:
+    if onnx and recipe["weights"] not in PLAIN:
         from .onnx_graph import SUPPORTED_ARCHS, build_onnx
 
         if src.arch in SUPPORTED_ARCHS:

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..export.artifact import Artifact
 from ..export.errors import EdgerunError
+from .memory import peak_rss_bytes
 from .models import get_model_class
 from .sampling import Sampler, SamplingParams
 from .tokenizer import StreamDecoder, Tokenizer
@@ -49,17 +50,8 @@ class GenerationResult:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (VmHWM), in MB."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak resident memory of this process so far (VmHWM), in MiB."""
+    return peak_rss_bytes() / (1 << 20)
 
 
 class _ArtifactWeights:
