@@ -123,3 +123,41 @@ def test_bad_arguments():
         matmul(w, np.zeros(9, np.float32))
     with pytest.raises(TypeError):
         matmul(w, np.zeros(8, np.float64))
+
+
+def _one_hot(fmt: str, k: int, bs: int | None = None):
+    """(k, k) weight whose row i is nonzero only at column i: y[i] is one product sw * sx * (code - z) * q[i]."""
+    return Weight(quantize(np.eye(k, dtype=np.float32), fmt, bs))
+
+
+def _tricky_activations(k: int, rng) -> np.ndarray:
+    """Rows that hit the quantizer's corner cases: halves after scaling (round half to even), exact
+    extremes, a tie between +max and -max (Q8_K takes the first), zeros, huge range, a short tail."""
+    rows = [rng.standard_normal(k), np.zeros(k)]
+    h = (np.arange(k) % 254 - 127).astype(np.float64)  # amax 127: x * 127/amax hits every half below
+    rows.append(h + 0.5 * (np.arange(k) % 2))
+    t = rng.standard_normal(k)
+    t[::37] = 3.0
+    t[5::37] = -3.0  # -max before +max in some 256-blocks, after in others
+    rows.append(t)
+    rows.append(np.r_[[1e4], np.full(k - 1, 1e-3)])
+    return np.asarray(rows, np.float32)
+
+
+@pytest.mark.parametrize("fmt,bs", [("int8", 32), ("int4", 32), ("int4", 64), ("int4_asym", 32),
+                                    ("ternary", 256), ("ternary", 64), ("ternary", 32)])
+@pytest.mark.parametrize("k", [256, 576, 800])
+def test_activation_quantization_identical_across_variants(fmt, bs, k):
+    # one-hot rows make each output a single rounded product of the quantized activation, so any
+    # difference in the int8 activations or their scales between variants shows as a bit difference
+    if len(ISAS) < 2:
+        pytest.skip("only the scalar variant runs on this CPU")
+    rng = np.random.default_rng(k + bs)
+    wt = _one_hot(fmt, k, bs)
+    x = _tricky_activations(k, rng)
+    ys = []
+    for isa in ISAS:
+        with use_isa(isa):
+            ys.append(matmul(wt, x))
+    for y in ys[1:]:
+        np.testing.assert_array_equal(y, ys[0])

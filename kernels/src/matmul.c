@@ -25,9 +25,12 @@
 
 /* ---- activation quantization ------------------------------------------------------------- */
 
+/* Sub-blocks one 32-byte load of weight codes covers ("unit"): 1 (8-bit), 2 (4-bit), 4 (2-bit). */
+static inline int unit_subs(int bits) { return bits == 8 ? 1 : bits == 4 ? 2 : 4; }
+
 /* Index in the quantized activation row of natural element i (0..31) of sub-block t.
- * Sub-blocks t < nmain (whole groups of 8 = 256 values) use the wide layouts the AVX2 group
- * kernel unpacks into; the tail uses 32-wide layouts. Scalar code uses the same layout. */
+ * Sub-blocks t < nmain (whole units) use the layouts a register unpack of one 32-byte load of codes
+ * produces; the (at most 3) tail sub-blocks use 32-wide layouts. Scalar code uses the same layout. */
 static inline int64_t q_index(int bits, int64_t nmain, int64_t t, int i) {
     if (bits == 8) return t * SUB + i;
     if (t < nmain) {
@@ -45,12 +48,29 @@ static inline int64_t q_index(int bits, int64_t nmain, int64_t t, int i) {
     return t * SUB + (i & 3) * 8 + (i >> 2);
 }
 
+/* The AVX2 4-/2-bit kernels reduce a chunk of 8 sub-blocks (CH) into one int32 vector whose lane l
+ * holds sub-block LANE[l] of the chunk; the activation scales and sums they need are stored in that
+ * order (sxl, isl; zisl = default zero point * isl). */
+#define CH 8
+static const int LANE4[8] = {0, 2, 4, 6, 1, 3, 5, 7};
+static const int LANE2[8] = {0, 1, 4, 5, 2, 3, 6, 7};
+static inline int lane_slot(int bits, int64_t t) { /* lane of sub-block t inside its chunk */
+    int j = (int)(t & 7);
+    if (bits == 4) return (j & 1) ? 4 + (j >> 1) : (j >> 1);
+    return (j == 2 || j == 3) ? j + 2 : (j == 4 || j == 5) ? j - 2 : j;
+}
+
 typedef struct {
     int8_t *q;     /* (m, kp) */
-    float *sx;     /* (m, nsub) */
-    int32_t *isum; /* (m, nsub) */
-    int64_t kp, nsub, nmain;
-    int32_t zshift[8] __attribute__((aligned(32))); /* (t / per) * bits: zero-point field shifts */
+    float *sx;     /* (m, nsub) natural order */
+    int32_t *isum; /* (m, nsub) natural order */
+    float *sxl;    /* (m, nch * 8) lane order, main sub-blocks only (0 elsewhere) */
+    int32_t *isl;  /* (m, nch * 8) */
+    int32_t *zisl; /* (m, nch * 8): zdef * isl */
+    int64_t kp, nsub, nmain, n8, nch;
+    int32_t zshift[8] __attribute__((aligned(32))); /* natural: (t / per) * bits (8-bit kernel) */
+    int32_t zshl[8] __attribute__((aligned(32)));   /* lane order: (LANE[l] / per) * bits */
+    int32_t sidx[8] __attribute__((aligned(32)));   /* lane order: LANE[l] / per (scale permute) */
 } actq;
 
 /* llama.cpp's quantize_row_q8_0 per sub-block of 32: d = amax/127 stored as fp16 (the dot uses the
@@ -88,9 +108,9 @@ static void quantize_blk_q8_k(const float *v, float *d_out, float *id_out) {
 }
 
 /* One activation row: per-32 Q8_0 scales, or (q8k) one Q8_K scale per 256 values repeated over its
- * 8 sub-blocks (k padded to kp = nsub * 32, a multiple of 256 in that mode). */
-static void quantize_act_row(const float *x, int64_t k, int bits, int64_t nsub, int64_t nmain, int q8k,
-                             int8_t *q, float *sx, int32_t *isum) {
+ * 8 sub-blocks (k padded to kp = nsub * 32, a multiple of 256 in that mode). Scalar version. */
+static void quantize_act_row_scalar(const float *x, int64_t k, int bits, int64_t nsub, int64_t nmain, int q8k,
+                                    int8_t *q, float *sx, int32_t *isum) {
     const int span = q8k ? 256 : SUB;
     float v[256];
     for (int64_t t0 = 0; t0 < nsub; t0 += span / SUB) {
@@ -113,6 +133,118 @@ static void quantize_act_row(const float *x, int64_t k, int bits, int64_t nsub, 
             isum[t] = s;
         }
     }
+}
+
+#if ER_X86
+/* The same quantization with AVX2 (bit-identical: IEEE mul/div, cvtps rounds half to even as lrintf
+ * does in the default mode, F16C rounds to nearest even as er_f32_to_f16). */
+ER_AVX2 static inline __m256i quant8(const float *v, __m256 id) { /* 8 values -> 8 int32 in [-127, 127] */
+    __m256i r = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(v), id));
+    return _mm256_max_epi32(_mm256_min_epi32(r, _mm256_set1_epi32(127)), _mm256_set1_epi32(-127));
+}
+
+/* 32 values -> 32 int8 in natural order; *s = their sum */
+ER_AVX2 static inline __m256i quant32(const float *v, __m256 id, int32_t *s) {
+    __m256i a = quant8(v, id), b = quant8(v + 8, id), c = quant8(v + 16, id), d = quant8(v + 24, id);
+    __m256i t = _mm256_add_epi32(_mm256_add_epi32(a, b), _mm256_add_epi32(c, d));
+    __m128i t4 = _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
+    t4 = _mm_hadd_epi32(t4, t4);
+    t4 = _mm_hadd_epi32(t4, t4);
+    *s = _mm_cvtsi128_si32(t4);
+    __m256i ab = _mm256_packs_epi32(a, b), cd = _mm256_packs_epi32(c, d); /* lanes interleaved */
+    __m256i p = _mm256_packs_epi16(ab, cd);
+    return _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
+ER_AVX2 static inline float amax32(const float *v) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(v)),
+                                           _mm256_andnot_ps(sign, _mm256_loadu_ps(v + 8))),
+                             _mm256_max_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(v + 16)),
+                                           _mm256_andnot_ps(sign, _mm256_loadu_ps(v + 24))));
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_max_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* natural 32 int8 -> the 32-wide 4-bit layout [even 16 | odd 16] */
+ER_AVX2 static inline __m256i lay4(__m256i v) {
+    const __m256i sh = _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15, 0, 2, 4, 6, 8, 10, 12,
+                                        14, 1, 3, 5, 7, 9, 11, 13, 15);
+    return _mm256_permute4x64_epi64(_mm256_shuffle_epi8(v, sh), 0xd8); /* (0, 2, 1, 3) */
+}
+
+/* natural 32 int8 -> the 32-wide 2-bit layout: field f (element i % 4 == f) at bytes 8f..8f+7 */
+ER_AVX2 static inline __m256i lay2(__m256i v) {
+    const __m256i sh = _mm256_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15, 0, 4, 8, 12, 1, 5, 9,
+                                        13, 2, 6, 10, 14, 3, 7, 11, 15);
+    return _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(v, sh), _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
+ER_AVX2 static void quantize_act_row_avx2(const float *x, int64_t k, int bits, int64_t nsub, int64_t nmain,
+                                          int q8k, int8_t *q, float *sx, int32_t *isum) {
+    const int per_span = q8k ? 8 : 1; /* sub-blocks per activation scale */
+    float pad[256];
+    __m256i r[4];
+    float d = 0.0f, idf = 0.0f;
+    for (int64_t t = 0; t < nsub; t++) {
+        const float *v = x + t * SUB;
+        if ((t + 1) * SUB > k || (q8k && (t & 7) == 0 && (t + 8) * SUB > k)) { /* zero-padded copy */
+            int64_t base = q8k ? (t & ~(int64_t)7) * SUB : t * SUB, n = q8k ? 256 : SUB;
+            for (int64_t i = 0; i < n; i++) pad[i] = base + i < k ? x[base + i] : 0.0f;
+            v = pad + (q8k ? (t & 7) * SUB : 0);
+            if (q8k && (t & 7) == 0) quantize_blk_q8_k(pad, &d, &idf);
+        } else if (q8k && (t & 7) == 0) {
+            quantize_blk_q8_k(v, &d, &idf);
+        }
+        if (!q8k) {
+            float amax = amax32(v);
+            d = _cvtsh_ss(_cvtss_sh(amax / 127.0f, 0));
+            idf = amax != 0.0f ? 127.0f / amax : 0.0f;
+        }
+        (void)per_span;
+        int32_t s;
+        __m256i qv = quant32(v, _mm256_set1_ps(idf), &s);
+        sx[t] = d;
+        isum[t] = s;
+        if (bits == 8) {
+            _mm256_storeu_si256((__m256i *)(q + t * SUB), qv);
+        } else if (t >= nmain) {
+            _mm256_storeu_si256((__m256i *)(q + t * SUB), bits == 4 ? lay4(qv) : lay2(qv));
+        } else if (bits == 4) { /* pair: [sub0 even | sub1 even | sub0 odd | sub1 odd] */
+            r[t & 1] = lay4(qv);
+            if (t & 1) {
+                _mm256_storeu_si256((__m256i *)(q + (t - 1) * SUB), _mm256_permute2x128_si256(r[0], r[1], 0x20));
+                _mm256_storeu_si256((__m256i *)(q + (t - 1) * SUB + 32), _mm256_permute2x128_si256(r[0], r[1], 0x31));
+            }
+        } else { /* quad: field f = [sub0 f (8) | sub1 f | sub2 f | sub3 f] */
+            r[t & 3] = lay2(qv);
+            if ((t & 3) == 3) {
+                __m256i a01 = _mm256_unpacklo_epi64(r[0], r[1]), b01 = _mm256_unpackhi_epi64(r[0], r[1]);
+                __m256i a23 = _mm256_unpacklo_epi64(r[2], r[3]), b23 = _mm256_unpackhi_epi64(r[2], r[3]);
+                /* a01 = [r0.f0 r1.f0 | r0.f2 r1.f2], b01 = [r0.f1 r1.f1 | r0.f3 r1.f3] */
+                int8_t *o = q + (t - 3) * SUB;
+                _mm256_storeu_si256((__m256i *)o, _mm256_permute2x128_si256(a01, a23, 0x20));
+                _mm256_storeu_si256((__m256i *)(o + 32), _mm256_permute2x128_si256(b01, b23, 0x20));
+                _mm256_storeu_si256((__m256i *)(o + 64), _mm256_permute2x128_si256(a01, a23, 0x31));
+                _mm256_storeu_si256((__m256i *)(o + 96), _mm256_permute2x128_si256(b01, b23, 0x31));
+            }
+        }
+    }
+}
+#endif
+
+static void quantize_act_row(const float *x, int64_t k, int bits, int64_t nsub, int64_t nmain, int q8k, int isa,
+                             int8_t *q, float *sx, int32_t *isum) {
+#if ER_X86
+    if (isa == ER_ISA_AVX2) {
+        quantize_act_row_avx2(x, k, bits, nsub, nmain, q8k, q, sx, isum);
+        return;
+    }
+#endif
+    (void)isa;
+    quantize_act_row_scalar(x, k, bits, nsub, nmain, q8k, q, sx, isum);
 }
 
 static inline int zero_point(const uint8_t *zprow, int bits, int64_t b) {
@@ -151,7 +283,7 @@ static float qdot_row_scalar(const er_weight *w, int64_t n, const actq *a, int64
     return acc;
 }
 
-/* ---- AVX2 quantized row dot --------------------------------------------------------------- */
+/* ---- AVX2 quantized dots ------------------------------------------------------------------ */
 #if ER_X86
 
 ER_AVX2 static ER_INLINE __m256i unpack32(const uint8_t *p, int bits) { /* tail sub-blocks */
@@ -184,39 +316,8 @@ ER_AVX2 static inline float hsum256(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-/* integer dots of 8 consecutive sub-blocks (256 weights) -> lane t = dot of sub-block t */
-ER_AVX2 static ER_INLINE __m256i group_dots(const uint8_t *p, const int8_t *q, int bits) {
-    if (bits == 4) { /* 128 bytes: 4 pairs; each pair -> lanes 0-3 sub0, 4-7 sub1 */
-        const __m256i m = _mm256_set1_epi8(0x0f);
-        __m256i v[4];
-        for (int j = 0; j < 4; j++) {
-            __m256i b = _mm256_loadu_si256((const __m256i *)(p + 32 * j));
-            __m256i lo = _mm256_and_si256(b, m), hi = _mm256_and_si256(_mm256_srli_epi16(b, 4), m);
-            v[j] = _mm256_add_epi32(dot_u8s8(lo, _mm256_loadu_si256((const __m256i *)(q + 64 * j))),
-                                    dot_u8s8(hi, _mm256_loadu_si256((const __m256i *)(q + 64 * j + 32))));
-        }
-        __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
-        /* h = [s0 s2 s4 s6 | s1 s3 s5 s7] */
-        return _mm256_permutevar8x32_epi32(h, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-    }
-    if (bits == 2) { /* 64 bytes: 2 quads; a quad -> lanes (0,1) sub0 ... (6,7) sub3 */
-        const __m256i m = _mm256_set1_epi8(3);
-        __m256i v[2];
-        for (int j = 0; j < 2; j++) {
-            __m256i b = _mm256_loadu_si256((const __m256i *)(p + 32 * j));
-            const int8_t *qq = q + 128 * j;
-            __m256i s0 = dot_u8s8(_mm256_and_si256(b, m), _mm256_loadu_si256((const __m256i *)qq));
-            __m256i s1 = dot_u8s8(_mm256_and_si256(_mm256_srli_epi16(b, 2), m),
-                                  _mm256_loadu_si256((const __m256i *)(qq + 32)));
-            __m256i s2 = dot_u8s8(_mm256_and_si256(_mm256_srli_epi16(b, 4), m),
-                                  _mm256_loadu_si256((const __m256i *)(qq + 64)));
-            __m256i s3 = dot_u8s8(_mm256_and_si256(_mm256_srli_epi16(b, 6), m),
-                                  _mm256_loadu_si256((const __m256i *)(qq + 96)));
-            v[j] = _mm256_add_epi32(_mm256_add_epi32(s0, s1), _mm256_add_epi32(s2, s3));
-        }
-        __m256i h = _mm256_hadd_epi32(v[0], v[1]); /* [a0 a1 b0 b1 | a2 a3 b2 b3] */
-        return _mm256_permutevar8x32_epi32(h, _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7));
-    }
+/* 8-bit: integer dots of 8 consecutive sub-blocks (256 weights) -> lane t = dot of sub-block t */
+ER_AVX2 static ER_INLINE __m256i group_dots8(const uint8_t *p, const int8_t *q) {
     const __m256i x80 = _mm256_set1_epi8((char)0x80);
     __m256i v[8];
     for (int j = 0; j < 8; j++) {
@@ -241,41 +342,27 @@ ER_AVX2 static ER_INLINE __m256 group_scales(const uint16_t *s, int per) {
     return _mm256_set1_ps(_cvtsh_ss(s[0]));
 }
 
-ER_AVX2 static ER_INLINE float qdot_row_avx2(const er_weight *w, int64_t n, const actq *a, int64_t tok,
-                                           const int bits) {
-    const int bs = w->block_size, per = bs / SUB, sub_bytes = SUB * bits / 8;
-    const int64_t nb = (w->k + bs - 1) / bs, nsub = a->nsub, nmain = a->nmain;
-    const int64_t zp_bytes = (nb * bits + 7) / 8;
-    const uint8_t *row = (const uint8_t *)w->data + n * nb * (bs * bits / 8);
+/* 8-bit row dot (natural sub-block order, groups of 8 sub-blocks + tail) */
+ER_AVX2 static float qdot_row_avx2_b8(const er_weight *w, int64_t n, const actq *a, int64_t tok) {
+    const int bits = 8, bs = w->block_size, per = bs / SUB, sub_bytes = SUB;
+    const int64_t nb = (w->k + bs - 1) / bs, nsub = a->nsub, n8 = a->n8;
+    const int64_t zp_bytes = nb;
+    const uint8_t *row = (const uint8_t *)w->data + n * nb * bs;
     const uint16_t *srow = w->scales + n * nb;
     const uint8_t *zprow = w->zero_points ? w->zero_points + n * zp_bytes : NULL;
     const int8_t *q = a->q + tok * a->kp;
     const float *sx = a->sx + tok * nsub;
     const int32_t *isum = a->isum + tok * nsub;
-    const int zadj = bits == 8 ? 128 : 0;
     __m256 acc = _mm256_setzero_ps();
-    __m256i zdef = _mm256_set1_epi32((1 << (bits - 1)) - zadj);
-    /* shift of sub-block t's zero point inside a 32-bit load at the group's first block */
-    const __m256i zshift = _mm256_load_si256((const __m256i *)a->zshift), zmask = _mm256_set1_epi32((1 << bits) - 1);
-    for (int64_t t0 = 0; t0 < nmain; t0 += 8) {
+    const __m256i zdef = _mm256_set1_epi32(0);
+    for (int64_t t0 = 0; t0 < n8; t0 += 8) {
         const int64_t b0 = t0 / per;
-        __m256i dots = group_dots(row + t0 * sub_bytes, q + t0 * SUB, bits);
+        __m256i dots = group_dots8(row + t0 * sub_bytes, q + t0 * SUB);
         __m256i z = zdef;
         if (zprow) {
-            if (per >= 8) {
-                z = _mm256_set1_epi32(zero_point(zprow, bits, b0) - zadj);
-            } else if (bits == 8) {
-                int32_t zz[8];
-                for (int t = 0; t < 8; t++) zz[t] = zero_point(zprow, bits, (t0 + t) / per) - zadj;
-                z = _mm256_loadu_si256((const __m256i *)zz);
-            } else {
-                int64_t bit = b0 * bits, byte = bit >> 3;
-                uint32_t word = 0;
-                if (byte + 4 <= zp_bytes) memcpy(&word, zprow + byte, 4); /* one load */
-                else for (int64_t i = byte; i < zp_bytes; i++) word |= (uint32_t)zprow[i] << (8 * (i - byte));
-                __m256i sh = _mm256_add_epi32(zshift, _mm256_set1_epi32((int)(bit & 7)));
-                z = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)word), sh), zmask);
-            }
+            int32_t zz[8];
+            for (int t = 0; t < 8; t++) zz[t] = zero_point(zprow, bits, (t0 + t) / per) - 128;
+            z = _mm256_loadu_si256((const __m256i *)zz);
         }
         __m256i isv = _mm256_loadu_si256((const __m256i *)(isum + t0));
         __m256i idot = _mm256_sub_epi32(dots, _mm256_mullo_epi32(z, isv));
@@ -283,30 +370,260 @@ ER_AVX2 static ER_INLINE float qdot_row_avx2(const er_weight *w, int64_t n, cons
         acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(idot), scale, acc);
     }
     float y = hsum256(acc);
-    for (int64_t t = nmain; t < nsub; t++) { /* tail: fewer than 8 sub-blocks */
+    for (int64_t t = n8; t < nsub; t++) { /* tail: fewer than 8 sub-blocks */
         const int64_t b = t / per;
         __m256i c = unpack32(row + t * sub_bytes, bits);
-        __m256i qa = _mm256_loadu_si256((const __m256i *)(q + t * SUB));
-        __m256i d = bits == 8 ? dot_s8s8(c, qa) : dot_u8s8(c, qa);
+        __m256i d = dot_s8s8(c, _mm256_loadu_si256((const __m256i *)(q + t * SUB)));
         __m128i d4 = _mm_add_epi32(_mm256_castsi256_si128(d), _mm256_extracti128_si256(d, 1));
         d4 = _mm_hadd_epi32(d4, d4);
         d4 = _mm_hadd_epi32(d4, d4);
-        int z = zero_point(zprow, bits, b) - zadj;
+        int z = zero_point(zprow, bits, b) - 128;
         y += _cvtsh_ss(srow[b]) * sx[t] * (float)(_mm_cvtsi128_si32(d4) - z * isum[t]);
     }
     return y;
 }
 
-ER_AVX2 static float qdot_row_avx2_b2(const er_weight *w, int64_t n, const actq *a, int64_t t) {
-    return qdot_row_avx2(w, n, a, t, 2);
-}
-ER_AVX2 static float qdot_row_avx2_b4(const er_weight *w, int64_t n, const actq *a, int64_t t) {
-    return qdot_row_avx2(w, n, a, t, 4);
-}
-ER_AVX2 static float qdot_row_avx2_b8(const er_weight *w, int64_t n, const actq *a, int64_t t) {
-    return qdot_row_avx2(w, n, a, t, 8);
+/* ---- 4-bit and 2-bit: chunks of 8 sub-blocks, R rows x T tokens per call ------------------
+ * A chunk is 4 pairs (4-bit) or 2 quads (2-bit) of sub-blocks, one 32-byte load of codes each.
+ * Codes are unpacked once per row and chunk (shifts and masks) and dotted against every token
+ * (maddubs, unsigned codes x int8 activations; int16 partial sums of one sub-block are added
+ * before the one madd that widens them); the chunk reduces to lane l = sub-block LANE[l], then
+ *   acc += float(dot - z * isum) * (sw * sx)        (one FMA per 256 weights per row and token)
+ * With 2-bit codes and Q8_K activations (blocks of 256: one scale for the whole chunk) the chunk
+ * is added up in int16 and widened once. */
+
+typedef struct {
+    const uint8_t *row;
+    const uint16_t *srow;
+    const uint8_t *zprow;
+} qrow;
+
+ER_AVX2 static ER_INLINE void unpack_chunk(const uint8_t *p, int bits, int nu, __m256i u[8]) {
+    if (bits == 4) {
+        const __m256i m = _mm256_set1_epi8(0x0f);
+        for (int j = 0; j < 4; j++) {
+            if (j >= nu) break;
+            __m256i b = _mm256_loadu_si256((const __m256i *)(p + 32 * j));
+            u[2 * j] = _mm256_and_si256(b, m);
+            u[2 * j + 1] = _mm256_and_si256(_mm256_srli_epi16(b, 4), m);
+        }
+    } else {
+        const __m256i m = _mm256_set1_epi8(3);
+        for (int j = 0; j < 2; j++) {
+            if (j >= nu) break;
+            __m256i b = _mm256_loadu_si256((const __m256i *)(p + 32 * j));
+            u[4 * j] = _mm256_and_si256(b, m);
+            u[4 * j + 1] = _mm256_and_si256(_mm256_srli_epi16(b, 2), m);
+            u[4 * j + 2] = _mm256_and_si256(_mm256_srli_epi16(b, 4), m);
+            u[4 * j + 3] = _mm256_and_si256(_mm256_srli_epi16(b, 6), m);
+        }
+    }
 }
 
+#define LDQ(o) _mm256_loadu_si256((const __m256i *)(q + (o)))
+ER_AVX2 static ER_INLINE __m256i chunk_dots(const __m256i u[8], const int8_t *q, int bits, int nu, int q8k) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    if (bits == 4) {
+        __m256i v[4];
+        for (int j = 0; j < 4; j++) {
+            if (j < nu) {
+                __m256i s = _mm256_add_epi16(_mm256_maddubs_epi16(u[2 * j], LDQ(64 * j)),
+                                             _mm256_maddubs_epi16(u[2 * j + 1], LDQ(64 * j + 32)));
+                v[j] = _mm256_madd_epi16(s, ones); /* lanes 0-3: sub 2j, 4-7: sub 2j+1 */
+            } else {
+                v[j] = _mm256_setzero_si256();
+            }
+        }
+        __m256i t0 = _mm256_add_epi32(_mm256_unpacklo_epi32(v[0], v[1]), _mm256_unpackhi_epi32(v[0], v[1]));
+        __m256i t1 = _mm256_add_epi32(_mm256_unpacklo_epi32(v[2], v[3]), _mm256_unpackhi_epi32(v[2], v[3]));
+        return _mm256_add_epi32(_mm256_unpacklo_epi64(t0, t1), _mm256_unpackhi_epi64(t0, t1));
+    }
+    __m256i s[2];
+    for (int j = 0; j < 2; j++) {
+        if (j < nu) {
+            s[j] = _mm256_add_epi16(
+                _mm256_add_epi16(_mm256_maddubs_epi16(u[4 * j], LDQ(128 * j)),
+                                 _mm256_maddubs_epi16(u[4 * j + 1], LDQ(128 * j + 32))),
+                _mm256_add_epi16(_mm256_maddubs_epi16(u[4 * j + 2], LDQ(128 * j + 64)),
+                                 _mm256_maddubs_epi16(u[4 * j + 3], LDQ(128 * j + 96))));
+        } else {
+            s[j] = _mm256_setzero_si256();
+        }
+    }
+    if (q8k) return _mm256_madd_epi16(_mm256_add_epi16(s[0], s[1]), ones); /* one scale per chunk */
+    /* quad j: lanes (0,1) sub 4j ... (6,7) sub 4j+3 -> [0 1 4 5 | 2 3 6 7] */
+    return _mm256_hadd_epi32(_mm256_madd_epi16(s[0], ones), _mm256_madd_epi16(s[1], ones));
+}
+#undef LDQ
+
+/* weight scales (lane order) of chunk c of one row; nbl = blocks left in the row from the chunk's first */
+ER_AVX2 static ER_INLINE __m256 chunk_wscales(const uint16_t *s, int per, int64_t nbl, __m256i sidx) {
+    if (per >= 8) return _mm256_set1_ps(_cvtsh_ss(s[0]));
+    const int ns = 8 / per;
+    __m128i h;
+    if (nbl >= ns) {
+        if (ns == 8) h = _mm_loadu_si128((const __m128i *)s);
+        else if (ns == 4) h = _mm_loadl_epi64((const __m128i *)s);
+        else {
+            int32_t v;
+            memcpy(&v, s, 4);
+            h = _mm_cvtsi32_si128(v);
+        }
+    } else {
+        uint16_t tmp[8] = {0};
+        memcpy(tmp, s, (size_t)nbl * 2);
+        h = _mm_loadu_si128((const __m128i *)tmp);
+    }
+    return _mm256_permutevar8x32_ps(_mm256_cvtph_ps(h), sidx);
+}
+
+/* zero points (lane order) of a chunk whose first block is b0 */
+ER_AVX2 static ER_INLINE __m256i chunk_zp(const uint8_t *zprow, int64_t zp_bytes, int bits, int64_t b0,
+                                          __m256i zshl) {
+    int64_t bit = b0 * bits, byte = bit >> 3;
+    uint32_t word = 0;
+    if (byte + 4 <= zp_bytes) memcpy(&word, zprow + byte, 4);
+    else for (int64_t i = byte; i < zp_bytes; i++) word |= (uint32_t)zprow[i] << (8 * (i - byte));
+    __m256i sh = _mm256_add_epi32(zshl, _mm256_set1_epi32((int)(bit & 7)));
+    return _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)word), sh), _mm256_set1_epi32((1 << bits) - 1));
+}
+
+/* tail sub-blocks (t >= nmain, at most 3) of one row and token */
+ER_AVX2 static float qtail_avx2(const er_weight *w, const qrow *r, const actq *a, int64_t tok) {
+    const int bits = w->bits, per = w->block_size / SUB, sub_bytes = SUB * bits / 8;
+    const int8_t *q = a->q + tok * a->kp;
+    const float *sx = a->sx + tok * a->nsub;
+    const int32_t *isum = a->isum + tok * a->nsub;
+    float y = 0.0f;
+    for (int64_t t = a->nmain; t < a->nsub; t++) {
+        const int64_t b = t / per;
+        __m256i d = dot_u8s8(unpack32(r->row + t * sub_bytes, bits), _mm256_loadu_si256((const __m256i *)(q + t * SUB)));
+        __m128i d4 = _mm_add_epi32(_mm256_castsi256_si128(d), _mm256_extracti128_si256(d, 1));
+        d4 = _mm_hadd_epi32(d4, d4);
+        d4 = _mm_hadd_epi32(d4, d4);
+        int z = zero_point(r->zprow, bits, b);
+        y += _cvtsh_ss(r->srow[b]) * sx[t] * (float)(_mm_cvtsi128_si32(d4) - z * isum[t]);
+    }
+    return y;
+}
+
+#ifndef ER_PF
+#define ER_PF 0
+#endif
+#define QT_MAXT 32 /* tokens per tile */
+#define QT_MAXR 4  /* rows per tile */
+
+/* weight-side vectors of chunk c of one row: scales (lane order) and zero points (lane order) */
+ER_AVX2 static ER_INLINE __m256 chunk_wscales_full(const uint16_t *s, int per, __m256i sidx) {
+    switch (per) {
+    case 1: return _mm256_permutevar8x32_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)s)), sidx);
+    case 2: return _mm256_permutevar8x32_ps(_mm256_cvtph_ps(_mm_loadl_epi64((const __m128i *)s)), sidx);
+    case 4: {
+        int32_t v;
+        memcpy(&v, s, 4);
+        return _mm256_permutevar8x32_ps(_mm256_cvtph_ps(_mm_cvtsi32_si128(v)), sidx);
+    }
+    default: return _mm256_set1_ps(_cvtsh_ss(s[0]));
+    }
+}
+
+/* one chunk (nu units) of R rows against T tokens */
+ER_AVX2 static ER_INLINE void qchunk(const qrow *rw, const actq *a, int64_t c, int nu, int full, const int R,
+                                     int64_t t0, const int T, const int bits, int per, int lp, int asym, int q8k,
+                                     int64_t nb, int64_t zp_bytes, __m256i sidx, __m256i zshl,
+                                     const uint16_t *send, __m256 pmask, __m256 acc[QT_MAXR][QT_MAXT]) {
+    const int64_t s0 = c * CH, b0 = s0 >> lp, nch = a->nch;
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++) {
+        __m256i u[8];
+        const uint8_t *wp = rw[r].row + s0 * (SUB * bits / 8);
+        if (ER_PF) _mm_prefetch((const char *)wp + ER_PF, _MM_HINT_T0);
+        unpack_chunk(wp, bits, nu, u);
+        __m256 swv;
+        if (full) swv = chunk_wscales_full(rw[r].srow + b0, per, sidx);
+        else if (rw[r].srow + b0 + 8 <= send) /* over-read the next row's scales, lanes masked off */
+            swv = _mm256_and_ps(chunk_wscales_full(rw[r].srow + b0, per, sidx), pmask);
+        else swv = chunk_wscales(rw[r].srow + b0, per, nb - b0, sidx);
+        __m256i zv = asym ? chunk_zp(rw[r].zprow, zp_bytes, bits, b0, zshl) : _mm256_setzero_si256();
+        for (int t = 0; t < T; t++) {
+            const int64_t tok = t0 + t, lo = tok * nch * CH + s0;
+            const int8_t *q = a->q + tok * a->kp + s0 * SUB;
+            __m256i d = chunk_dots(u, q, bits, nu, q8k);
+            __m256i zi = asym ? _mm256_mullo_epi32(zv, _mm256_loadu_si256((const __m256i *)(a->isl + lo)))
+                              : _mm256_loadu_si256((const __m256i *)(a->zisl + lo));
+            __m256 sc = _mm256_mul_ps(swv, _mm256_loadu_ps(a->sxl + lo));
+            acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(d, zi)), sc, acc[r][t]);
+        }
+    }
+}
+
+/* y[t * ldy + r] for rows n0..n0+R-1 and tokens t0..t0+T-1 */
+ER_AVX2 static ER_INLINE void qtile_avx2(const er_weight *w, const actq *a, int64_t n0, const int R, int64_t t0,
+                                         const int T, float *y, int64_t ldy, const int bits) {
+    const int bs = w->block_size, per = bs / SUB, units = CH / unit_subs(bits);
+    const int lp = __builtin_ctz((unsigned)per);
+    const int64_t nb = (w->k + bs - 1) / bs, nmain = a->nmain;
+    const int64_t zp_bytes = (nb * bits + 7) / 8, row_bytes = nb * (bs * bits / 8);
+    const int q8k = bits == 2 && per >= 8;
+    const int asym = w->zero_points != NULL;
+    const __m256i sidx = _mm256_load_si256((const __m256i *)a->sidx);
+    const __m256i zshl = _mm256_load_si256((const __m256i *)a->zshl);
+    qrow rw[QT_MAXR];
+    for (int r = 0; r < R; r++) {
+        rw[r].row = (const uint8_t *)w->data + (n0 + r) * row_bytes;
+        rw[r].srow = w->scales + (n0 + r) * nb;
+        rw[r].zprow = asym ? w->zero_points + (n0 + r) * zp_bytes : NULL;
+    }
+    __m256 acc[QT_MAXR][QT_MAXT];
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < T; t++) acc[r][t] = _mm256_setzero_ps();
+    const int64_t nfull = nmain / CH; /* chunks with all units present */
+    for (int64_t c = 0; c < nfull; c++)
+        qchunk(rw, a, c, units, 1, R, t0, T, bits, per, lp, asym, q8k, nb, zp_bytes, sidx, zshl, NULL,
+               _mm256_setzero_ps(), acc);
+    if (nfull * CH < nmain) {
+        int nu = (int)((nmain - nfull * CH) / unit_subs(bits));
+        const int *lane = bits == 4 ? LANE4 : LANE2;
+        int32_t mk[8];
+        for (int l = 0; l < 8; l++) mk[l] = nfull * CH + lane[l] < nmain ? -1 : 0;
+        __m256 pmask = _mm256_castsi256_ps(_mm256_loadu_si256((const __m256i *)mk));
+        const uint16_t *send = w->scales + w->n * nb;
+        qchunk(rw, a, nfull, nu, 0, R, t0, T, bits, per, lp, asym, q8k, nb, zp_bytes, sidx, zshl, send, pmask,
+               acc);
+    }
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < T; t++) {
+            float v = hsum256(acc[r][t]);
+            if (nmain < a->nsub) v += qtail_avx2(w, &rw[r], a, t0 + t);
+            y[(int64_t)t * ldy + r] = v;
+        }
+}
+
+ER_AVX2 static void qtile_b4_r4t1(const er_weight *w, const actq *a, int64_t n0, int64_t t0, float *y, int64_t ldy) {
+    qtile_avx2(w, a, n0, 4, t0, 1, y, ldy, 4);
+}
+ER_AVX2 static void qtile_b2_r4t1(const er_weight *w, const actq *a, int64_t n0, int64_t t0, float *y, int64_t ldy) {
+    qtile_avx2(w, a, n0, 4, t0, 1, y, ldy, 2);
+}
+ER_AVX2 static void qtile_b4_r1t1(const er_weight *w, const actq *a, int64_t n0, int64_t t0, float *y, int64_t ldy) {
+    qtile_avx2(w, a, n0, 1, t0, 1, y, ldy, 4);
+}
+ER_AVX2 static void qtile_b2_r1t1(const er_weight *w, const actq *a, int64_t n0, int64_t t0, float *y, int64_t ldy) {
+    qtile_avx2(w, a, n0, 1, t0, 1, y, ldy, 2);
+}
+ER_AVX2 static void qtile_b4_gemm(const er_weight *w, const actq *a, int64_t n0, int R, int64_t t0, int T, float *y,
+                                  int64_t ldy) {
+    if (R == 4) qtile_avx2(w, a, n0, 4, t0, T, y, ldy, 4);
+    else qtile_avx2(w, a, n0, 1, t0, T, y, ldy, 4);
+}
+ER_AVX2 static void qtile_b2_gemm(const er_weight *w, const actq *a, int64_t n0, int R, int64_t t0, int T, float *y,
+                                  int64_t ldy) {
+    if (R == 4) qtile_avx2(w, a, n0, 4, t0, T, y, ldy, 2);
+    else qtile_avx2(w, a, n0, 1, t0, T, y, ldy, 2);
+}
+#endif /* ER_X86 */
+
+#if ER_X86
 /* ---- AVX2 float rows ---------------------------------------------------------------------- */
 
 ER_AVX2 static inline __m256 load8(const void *base, int f16, int64_t i) {
@@ -385,16 +702,35 @@ static void mm_task(void *vctx, int64_t start, int64_t end, int tid) {
     mm_ctx *c = (mm_ctx *)vctx;
     const er_weight *w = c->w;
     const int64_t N = w->n;
+#if ER_X86
+    if (w->type == ER_W_Q && w->bits != 8 && c->isa == ER_ISA_AVX2) {
+        const int b4 = w->bits == 4;
+        if (c->m == 1) {
+            int64_t n = start;
+            for (; n + 4 <= end; n += 4) (b4 ? qtile_b4_r4t1 : qtile_b2_r4t1)(w, &c->a, n, 0, c->y + n, N);
+            for (; n < end; n++) (b4 ? qtile_b4_r1t1 : qtile_b2_r1t1)(w, &c->a, n, 0, c->y + n, N);
+            return;
+        }
+        /* GEMM: a tile of 4 rows stays in L1 while it meets every token, QT_MAXT tokens at a time */
+        for (int64_t n = start; n < end;) {
+            int R = (end - n >= 4) ? 4 : 1;
+            for (int64_t t = 0; t < c->m; t += QT_MAXT) {
+                int T = (int)(c->m - t < QT_MAXT ? c->m - t : QT_MAXT);
+                (b4 ? qtile_b4_gemm : qtile_b2_gemm)(w, &c->a, n, R, t, T, c->y + t * N + n, N);
+            }
+            n += R;
+        }
+        return;
+    }
+#endif
     for (int64_t n = start; n < end;) {
         int R = (end - n >= 4) ? 4 : 1;
         for (int64_t t = 0; t < c->m; t++) {
             float *yt = c->y + t * N + n;
             if (w->type == ER_W_Q) {
 #if ER_X86
-                if (c->isa == ER_ISA_AVX2) {
-                    float (*f)(const er_weight *, int64_t, const actq *, int64_t) =
-                        w->bits == 2 ? qdot_row_avx2_b2 : w->bits == 4 ? qdot_row_avx2_b4 : qdot_row_avx2_b8;
-                    for (int r = 0; r < R; r++) yt[r] = f(w, n + r, &c->a, t);
+                if (c->isa == ER_ISA_AVX2) { /* 8-bit */
+                    for (int r = 0; r < R; r++) yt[r] = qdot_row_avx2_b8(w, n + r, &c->a, t);
                     continue;
                 }
 #endif
@@ -414,34 +750,82 @@ static void mm_task(void *vctx, int64_t start, int64_t end, int tid) {
     }
 }
 
+/* Per-thread scratch for the quantized activations, kept between calls (decode makes hundreds of
+ * calls per token; an allocation each was measurable). */
+static _Thread_local void *scratch = NULL;
+static _Thread_local size_t scratch_size = 0;
+
+static void *get_scratch(size_t n) {
+    if (n > scratch_size) {
+        free(scratch);
+        n = (n + 4095) & ~(size_t)4095;
+        scratch = aligned_alloc(64, n);
+        scratch_size = scratch ? n : 0;
+    }
+    return scratch;
+}
+
 int er_matmul(const er_weight *w, const float *x, float *y, int64_t m) {
     if (!w || !x || !y || m < 1 || w->n < 1 || w->k < 1 || !w->data) return -1;
     mm_ctx c = {.w = w, .x = x, .y = y, .m = m, .isa = er_get_isa()};
-    void *buf = NULL;
     if (w->type == ER_W_Q) {
         const int bits = w->bits, bs = w->block_size;
         if (!(bits == 2 || bits == 4 || bits == 8) || bs < SUB || (bs & (bs - 1)) || !w->scales) return -2;
-        int64_t nb = (w->k + bs - 1) / bs, kp = nb * bs, nsub = kp / SUB;
+        const int per = bs / SUB;
+        int64_t nb = (w->k + bs - 1) / bs, kp = nb * bs, nsub = kp / SUB, nch = (nsub + CH - 1) / CH;
         size_t qbytes = (size_t)(m * kp + 63) & ~(size_t)63;
-        buf = aligned_alloc(64, qbytes + 2 * sizeof(float) * (size_t)(m * nsub) + 64);
+        size_t nat = (size_t)(m * nsub), lane = (size_t)(m * nch * CH);
+        char *buf = get_scratch(qbytes + 2 * sizeof(float) * nat + 3 * sizeof(float) * lane + 256);
         if (!buf) return -3;
         c.a.q = (int8_t *)buf;
-        c.a.sx = (float *)((char *)buf + qbytes);
-        c.a.isum = (int32_t *)(c.a.sx + m * nsub);
+        c.a.sx = (float *)(buf + qbytes);
+        c.a.isum = (int32_t *)(c.a.sx + nat);
+        c.a.sxl = (float *)(c.a.isum + nat);
+        c.a.isl = (int32_t *)(c.a.sxl + lane);
+        c.a.zisl = c.a.isl + lane;
         c.a.kp = kp;
         c.a.nsub = nsub;
-        c.a.nmain = nsub - nsub % 8;
-        for (int t = 0; t < 8; t++) c.a.zshift[t] = (t / (bs / SUB)) * bits;
+        c.a.nmain = bits == 8 ? nsub : nsub - nsub % unit_subs(bits);
+        c.a.n8 = nsub - nsub % 8;
+        c.a.nch = nch;
+        for (int l = 0; l < 8; l++) {
+            int s = bits == 4 ? LANE4[l] : LANE2[l];
+            c.a.zshift[l] = (l / per) * bits;
+            c.a.zshl[l] = (s / per) * bits;
+            c.a.sidx[l] = per >= 8 ? 0 : s / per;
+        }
         /* 2-bit (ternary) weights in blocks of 256: llama.cpp's TQ2_0 x Q8_K activations */
         const int q8k = bits == 2 && bs % 256 == 0;
-        for (int64_t t = 0; t < m; t++)
-            quantize_act_row(x + t * w->k, w->k, bits, nsub, c.a.nmain, q8k, c.a.q + t * kp, c.a.sx + t * nsub,
-                             c.a.isum + t * nsub);
+        const int zdef = 1 << (bits - 1);
+        for (int64_t t = 0; t < m; t++) {
+            float *sx = c.a.sx + t * nsub;
+            int32_t *is = c.a.isum + t * nsub;
+            quantize_act_row(x + t * w->k, w->k, bits, nsub, c.a.nmain, q8k, c.isa, c.a.q + t * kp, sx, is);
+            if (bits == 8) continue;
+            float *sxl = c.a.sxl + t * nch * CH;
+            int32_t *isl = c.a.isl + t * nch * CH, *zisl = c.a.zisl + t * nch * CH;
+            for (int64_t s = 0; s < nch * CH; s++) {
+                int64_t sl = (s & ~(int64_t)7) | lane_slot(bits, s);
+                int main_sub = s < c.a.nmain;
+                sxl[sl] = main_sub ? sx[s] : 0.0f;
+                isl[sl] = main_sub ? is[s] : 0;
+            }
+            if (q8k) { /* one scale per chunk: lane l sums bytes 4l..4l+3 of each 32-byte piece, as the dot */
+                const int8_t *qt = c.a.q + t * kp;
+                for (int64_t ch = 0; ch < nch; ch++)
+                    for (int l = 0; l < 8; l++) {
+                        int32_t v = 0;
+                        for (int p = 0; p < 8; p++)
+                            for (int b = 0; b < 4; b++) v += qt[ch * 256 + p * 32 + 4 * l + b];
+                        isl[ch * CH + l] = v;
+                    }
+            }
+            for (int64_t s = 0; s < nch * CH; s++) zisl[s] = zdef * isl[s];
+        }
     } else if (w->type != ER_W_F32 && w->type != ER_W_F16) {
         return -2;
     }
     /* grain 16 rows: whole cache lines of y per thread */
     er_parallel_for(w->n, 16, mm_task, &c);
-    free(buf);
     return 0;
 }
