@@ -161,7 +161,7 @@ print("RESULT " + json.dumps(out))
 
 
 def measure_budget(
-    path, ram, n_tokens: int = 16, kv_bits: int = 16, prompt: str | None = None, read_cache: str = "drop",
+    path, ram, n_tokens: int = 16, kv_bits: int = 16, prompt: str | None = None, read_cache: str = "direct",
     count_tokenizer: bool = True, threads: int | None = None,
 ) -> dict:  # fmt: skip
     """Run one budget in a fresh process (so nothing else's memory counts); returns speeds, RSS and reads."""
@@ -215,7 +215,7 @@ def _source_gguf(path) -> str | None:
 
 
 def bench_ram(model=None, ram=None, out: str | os.PathLike = "bench_ram.png", n_tokens: int = 16,
-              kv_bits: int = 16, llama_cpp: bool = True, read_cache: str = "drop", threads: int | None = None,
+              kv_bits: int = 16, llama_cpp: bool = True, read_cache: str = "direct", threads: int | None = None,
               progress=None) -> dict:  # fmt: skip
     """Sweep RAM budgets for `model` and write a PNG of decode tok/s and peak RSS against the budget.
 

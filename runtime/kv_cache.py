@@ -75,15 +75,23 @@ class _LayerKV:
         n_kv, hd, s, w = spec.n_kv, spec.head_dim, spec.sinks, spec.window
         self.spec, self.bits, self.S, self.W = spec, bits, s, w
         fdt = np.float32 if bits == 32 else np.float16
-        self.sink_k = _alloc((n_kv, s, hd), fdt)  # (n_kv, S, hd)
-        self.sink_v = _alloc((n_kv, s, hd), fdt)
+        self.dtype = fdt
+        self.sink_k = _alloc((n_kv, s, hd), fdt)  # (n_kv, S, hd) rotated at their own positions
         self.sink_pos = np.full(s, -1, np.int64)
         self.quant = bits < 16
         if not self.quant:
-            self.win_k = _alloc((n_kv, w, hd), fdt)  # (n_kv, W, hd)
-            self.win_v = _alloc((n_kv, w, hd), fdt)
+            # One contiguous block per kv head, [sinks | window ring], that the C attention kernel reads
+            # in one call: kv_k[:, :S] holds the sink keys as the current query sees them (rotated by
+            # `sink_shift` more, see `shift_sinks`), kv_k[:, S:] is the window ring itself.
+            self.kv_k = _alloc((n_kv, s + w, hd), fdt)  # (n_kv, S + W, hd)
+            self.kv_v = _alloc((n_kv, s + w, hd), fdt)
+            self.sink_v = self.kv_v[:, :s]  # values need no shift: views
+            self.win_k, self.win_v = self.kv_k[:, s:], self.kv_v[:, s:]  # (n_kv, W, hd) views
             self.win_pos = np.full(w, -1, np.int64)
+            self.sink_shift = -1  # extra rotation applied to kv_k[:, :S]; -1 = stale
+            self._sink_f32 = _alloc((n_kv * s, hd), np.float32)  # (n_kv * S, hd) scratch of `store_decode`
             return
+        self.sink_v = _alloc((n_kv, s, hd), fdt)
         g = group
         self.G = g
         self.vgroup = min(kvq.DEFAULT_GROUP, hd)
@@ -106,14 +114,15 @@ class _LayerKV:
         return self.W if not self.quant else self.nb * self.G + self.G
 
     def nbytes(self) -> int:
-        """Bytes of all buffers of this layer."""
-        return sum(a.nbytes for a in vars(self).values() if isinstance(a, np.ndarray))
+        """Bytes of all buffers of this layer (views into another buffer not counted twice)."""
+        return sum(a.nbytes for a in vars(self).values() if isinstance(a, np.ndarray) and a.base is None)
 
     def reset(self) -> None:
         """Forget every token (buffers kept)."""
         for a in vars(self).values():
             if isinstance(a, np.ndarray) and a.dtype == np.int64:
                 a.fill(-1)
+        self.sink_shift = -1
 
     def write(self, k: np.ndarray, v: np.ndarray, pos: np.ndarray) -> None:
         """Store rotated keys k (n_kv, T, hd) and values v at absolute positions pos (T,), ascending."""
@@ -124,6 +133,7 @@ class _LayerKV:
             self.sink_k[:, idx] = k[:, sink]
             self.sink_v[:, idx] = v[:, sink]
             self.sink_pos[idx] = idx
+            self.sink_shift = -1
         rest = np.nonzero(~sink)[0]
         if rest.size == 0:
             return
@@ -148,6 +158,39 @@ class _LayerKV:
             if r0 + n == g:
                 self._flush((p0 - s) // g)
             i += n
+
+    def store_decode(self, k: np.ndarray, v: np.ndarray, pos: int, rotate: Callable[[np.ndarray, int], None]) -> int:
+        """Decode fast path of the float layouts: store one token, return how many keys of kv_k/kv_v are valid.
+
+        k (n_kv, hd) rotated at absolute `pos`, v (n_kv, hd). Afterwards the query at `pos` (rotated at
+        `pos`) attends kv_k/kv_v[:, :n] in one call: the ring fills from slot 0, and the sink keys in
+        kv_k[:, :S] carry an extra rotation by delta = pos - p_cache (p_cache = min(pos, S + W - 1)),
+        since R(pos)q . R(a + delta)k = R(p_cache)q . R(a)k: the StreamingLLM in-cache position.
+        rotate(x, delta) rotates x (rows, hd) float32 in place by delta positions (the layer's RoPE).
+        """
+        s, w = self.S, self.W
+        if pos < s:
+            self.sink_k[:, pos] = k
+            self.sink_v[:, pos] = v
+            self.sink_pos[pos] = pos
+            self.sink_shift = -1
+            n = pos + 1
+        else:
+            slot = (pos - s) % w
+            self.win_k[:, slot] = k
+            self.win_v[:, slot] = v
+            self.win_pos[slot] = pos
+            n = s + min(w, pos - s + 1)
+        if s:
+            delta = max(0, pos - (s + w - 1))
+            if self.sink_shift != delta:
+                x = self._sink_f32
+                x.reshape(self.sink_k.shape)[:] = self.sink_k
+                if delta:
+                    rotate(x, delta)
+                self.kv_k[:, :s] = x.reshape(self.sink_k.shape)
+                self.sink_shift = delta
+        return n
 
     def _flush(self, group_index: int) -> None:
         b = group_index % self.nb
@@ -224,7 +267,8 @@ class SinkWindowKVCache:
         for sp in specs:
             fb = 4 if bits == 32 else 2
             total += 2 * sp.n_kv * sp.sinks * sp.head_dim * fb + 8 * sp.sinks
-            if bits >= 16:
+            if bits >= 16:  # + the shifted sink keys in the [sinks | window] block
+                total += sp.n_kv * sp.sinks * sp.head_dim * (fb + 4)  # and their float32 scratch
                 total += 2 * sp.n_kv * sp.window * sp.head_dim * fb + 8 * sp.window
             else:
                 nb = -(-sp.window // group)

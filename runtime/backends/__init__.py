@@ -18,13 +18,24 @@ def is_quantized(artifact) -> bool:
     return any(e["format"] not in PLAIN for e in artifact.tensors.values())
 
 
+def kernels_available() -> bool:
+    """Whether edgerun's compiled C kernels load on this machine."""
+    try:
+        from ... import kernels
+
+        kernels.get_num_threads()
+        return True
+    except Exception:  # noqa: BLE001 - no compiled library (e.g. a source tree never built): numpy only
+        return False
+
+
 def resolve_backend(artifact, backend: str | None) -> str:
-    """`auto`/None -> `native` for quantized artifacts, `reference` for plain float ones."""
+    """`auto`/None -> `native` (the C kernels, any weight format) when they load, else `reference`."""
     backend = backend or "auto"
     if backend not in BACKENDS:
         raise EdgerunError(f"unknown backend '{backend}'; choose one of: {', '.join(BACKENDS)}")
     if backend == "auto":
-        return "native" if is_quantized(artifact) else "reference"
+        return "native" if kernels_available() else "reference"
     return backend
 
 

@@ -13,6 +13,11 @@ prefill (T > 1): the same matmuls as GEMMs (M = T), RoPE and causal attention in
 
 The numpy reference (``runtime/models``) defines the math; this file follows its hooks
 (``rope_theta``, ``rope_scale``, ``window``, ``attn_scale``) so llama, qwen2 and gemma3 run here.
+
+Two caches: :class:`NativeKVCache` (full context, the default) and the RAM-budgeted
+:class:`edgerun.runtime.kv_cache.SinkWindowKVCache` (sinks + window ring; float layouts attend in
+one kernel call over [sinks | ring], KIVI layouts through the cache's own numpy attention).
+Weights come from :class:`WeightSource`: the file map, or the layer streamer under a memory plan.
 """
 
 from __future__ import annotations
@@ -22,10 +27,9 @@ import math
 import numpy as np
 
 from ...export.artifact import Artifact
-from ...quant.parts import dequantize_rows, quantized_from_parts
+from ..kv_cache import SinkWindowKVCache
 from ..models.base import apply_rope, attention, rope_tables
-
-PLAIN = ("f16", "f32")
+from .native_weights import WeightSource
 
 
 def _ptr(a: np.ndarray) -> int:
@@ -76,9 +80,11 @@ class NativeModel:
     """Forward of a decoder-only model on the C kernels; same interface as the reference Transformer.
 
     `ref` is the reference model object (its hooks give RoPE bases, windows, scales); it holds no weights.
+    `plan` (a :class:`edgerun.runtime.memory.MemoryPlan`) streams layers and globals as it says;
+    None keeps every weight mapped. `read_cache` is the streamer's page-cache policy.
     """
 
-    def __init__(self, artifact: Artifact, ref, threads: int | None = None):
+    def __init__(self, artifact: Artifact, ref, threads: int | None = None, plan=None, read_cache: str = "drop"):
         from ... import kernels
         from ...kernels._lib import lib
 
@@ -91,20 +97,11 @@ class NativeModel:
         self.args = a = ref.args
         self.arch = artifact.arch
         self.gemma = self.arch == "gemma3"
-        self.W: dict[str, object] = {}  # matrices: kernels.Weight
-        self.V: dict[str, np.ndarray] = {}  # vectors: float32
-        for name, entry in artifact.tensors.items():
-            parts = {p: artifact.part(name, p) for p in entry["parts"]}  # verifies checksums once
-            if len(entry["shape"]) == 1:
-                self.V[name] = np.ascontiguousarray(parts["data"], dtype=np.float32)
-                continue
-            if entry["format"] in PLAIN:
-                self.W[name] = kernels.Weight(parts["data"])
-            else:
-                self.W[name] = kernels.Weight(quantized_from_parts(entry, parts))
-        self._embd_entry = artifact.tensors["token_embd.weight"]
-        self._embd_parts = {p: artifact.part("token_embd.weight", p) for p in self._embd_entry["parts"]}
-        self.head_name = "token_embd.weight" if a.tie_embeddings or "output.weight" not in self.W else "output.weight"
+        self.src = WeightSource(artifact, a.n_layers, plan, read_cache)
+        self.V = self.src.vectors  # norms, biases: float32
+        tied = a.tie_embeddings or "output.weight" not in artifact.tensors
+        self.head_name = "token_embd.weight" if tied else "output.weight"
+        self.head = None if self.src.stream_globals else self.src.global_weight(self.head_name)
         self._build_decode()
 
     # --- hooks shared with the reference
@@ -116,14 +113,18 @@ class NativeModel:
         return NativeKVCache(a.n_layers, a.n_kv_heads, a.head_dim, limit=a.context_length)
 
     def embed(self, tokens: np.ndarray) -> np.ndarray:
-        x = dequantize_rows(self._embd_entry, self._embd_parts, tokens)  # (T, dim)
+        x = self.src.embed_rows("token_embd.weight", tokens)  # (T, dim)
         if self.gemma:
             x = x * np.float32(math.sqrt(self.args.dim))
         return np.ascontiguousarray(x, np.float32)
 
+    def close(self) -> None:
+        """Stop layer streaming (if any)."""
+        self.src.close()
+
     # --- decode (T = 1): preallocated buffers and cached addresses
     def _build_decode(self) -> None:
-        a = self.args
+        a, lib = self.args, self.lib
         qd, kvd = a.n_heads * a.head_dim, a.n_kv_heads * a.head_dim
         b = self.buf = {
             "x": np.zeros(a.dim, np.float32), "h": np.zeros(a.dim, np.float32),
@@ -131,46 +132,48 @@ class NativeModel:
             "att": np.zeros(qd, np.float32), "o": np.zeros(a.dim, np.float32),
             "g": np.zeros(a.ffn_dim, np.float32), "u": np.zeros(a.ffn_dim, np.float32),
             "logits": np.zeros(a.vocab_size, np.float32),
-        }
+        }  # fmt: skip
         self.p = {n: _ptr(arr) for n, arr in b.items()}
         self.layers = []
+        hd = a.head_dim
         for i in range(a.n_layers):
             pre = f"blk.{i}."
+            theta, rs = float(self.ref.rope_theta(i)), float(self.ref.rope_scale(i))
             L = {
-                "wq": self.W[pre + "attn_q.weight"]._ref, "wk": self.W[pre + "attn_k.weight"]._ref,
-                "wv": self.W[pre + "attn_v.weight"]._ref, "wo": self.W[pre + "attn_output.weight"]._ref,
-                "wg": self.W[pre + "ffn_gate.weight"]._ref, "wu": self.W[pre + "ffn_up.weight"]._ref,
-                "wd": self.W[pre + "ffn_down.weight"]._ref,
                 "attn_norm": _ptr(self.V[pre + "attn_norm.weight"]), "ffn_norm": _ptr(self.V[pre + "ffn_norm.weight"]),
-                "theta": float(self.ref.rope_theta(i)), "fscale": 1.0 / float(self.ref.rope_scale(i)),
-                "window": self.ref.window(i),
+                "theta": theta, "fscale": 1.0 / rs, "window": self.ref.window(i),
                 "bias": [self.V.get(pre + f"attn_{t}.bias") for t in "qkv"],
-            }
+                # RoPE by delta positions in place on (rows, hd) float32 (sink keys of the ring cache)
+                "rotate": lambda x, d, t=theta, f=1.0 / rs: lib.er_rope_neox(_ptr(x), x.shape[0], hd, d, t, f),
+                # numpy RoPE at absolute positions (the cache's own attention: prefill, KIVI layouts)
+                "rope": lambda x, p, t=theta, r=rs: apply_rope(x, *rope_tables(p, hd, t, r)),
+            }  # fmt: skip
             if self.gemma:
                 for n in ("attn_q_norm", "attn_k_norm", "post_attention_norm", "post_ffw_norm"):
                     L[n] = _ptr(self.V[pre + n + ".weight"])
             self.layers.append(L)
         self.out_norm = _ptr(self.V["output_norm.weight"])
-        self.head_ref = self.W[self.head_name]._ref
         self.scale = float(self.ref.attn_scale())
 
-    def _decode(self, token: int, cache: NativeKVCache) -> np.ndarray:
+    def _decode(self, token: int, cache) -> np.ndarray:
         """One token through every layer with the C kernels; returns logits (vocab,) (a fresh array)."""
         a, lib, b, p = self.args, self.lib, self.buf, self.p
-        mm, norm, rope, attn = lib.er_matmul, lib.er_rmsnorm, lib.er_rope_neox, lib.er_attention
+        mm, norm, rope = lib.er_matmul, lib.er_rmsnorm, lib.er_rope_neox
         eps, hd, nh, nkv, dim = a.norm_eps, a.head_dim, a.n_heads, a.n_kv_heads, a.dim
         pos = cache.length
-        cache.reserve(pos + 1)
+        ring = isinstance(cache, SinkWindowKVCache)
+        if not ring:
+            cache.reserve(pos + 1)
         b["x"][:] = self.embed(np.array([token]))[0]
         x, o = b["x"], b["o"]
         px, ph, pq, pk, pv, patt, po, pg, pu = (p[n] for n in ("x", "h", "q", "k", "v", "att", "o", "g", "u"))
-        k3, v3 = b["k"].reshape(nkv, hd), b["v"].reshape(nkv, hd)
         ffn_mul = lib.er_gelu_mul if self.gemma else lib.er_silu_mul
         for i, L in enumerate(self.layers):
+            wq, wk, wv, wo, wg, wu, wd = self.src.layer(i)["refs"]
             norm(px, L["attn_norm"], ph, 1, dim, eps)
-            mm(L["wq"], ph, pq, 1)
-            mm(L["wk"], ph, pk, 1)
-            mm(L["wv"], ph, pv, 1)
+            mm(wq, ph, pq, 1)
+            mm(wk, ph, pk, 1)
+            mm(wv, ph, pv, 1)
             if L["bias"][0] is not None:
                 b["q"] += L["bias"][0]
                 b["k"] += L["bias"][1]
@@ -178,44 +181,73 @@ class NativeModel:
             if self.gemma:
                 norm(pq, L["attn_q_norm"], pq, nh, hd, eps)
                 norm(pk, L["attn_k_norm"], pk, nkv, hd, eps)
-            rope(pq, nh, hd, pos, L["theta"], L["fscale"])
-            rope(pk, nkv, hd, pos, L["theta"], L["fscale"])
-            ck, cv = cache.k[i], cache.v[i]
-            ck[:, pos] = k3
-            cv[:, pos] = v3
-            w = L["window"]
-            start = 0 if w is None else max(0, pos + 1 - w)
-            off = start * hd * 4
-            attn(pq, cache.k_ptr[i] + off, cache.v_ptr[i] + off, patt, nh, nkv, hd, pos + 1 - start,
-                 cache.capacity, 0, self.scale, 0.0)
-            mm(L["wo"], patt, po, 1)
+            if ring and cache.layers[i].quant:  # KIVI layouts: the cache's attention (rotates q/k itself)
+                att = cache.attend(i, b["q"].reshape(nh, 1, hd), b["k"].reshape(nkv, 1, hd),
+                                   b["v"].reshape(nkv, 1, hd), L["rope"], pos, self.scale)  # fmt: skip
+                b["att"][:] = att.reshape(-1)
+            else:
+                rope(pq, nh, hd, pos, L["theta"], L["fscale"])
+                rope(pk, nkv, hd, pos, L["theta"], L["fscale"])
+                if ring:
+                    self._attend_ring(i, L, cache, pos)
+                else:
+                    self._attend_full(i, L, cache, pos)
+            mm(wo, patt, po, 1)
             if self.gemma:
                 norm(po, L["post_attention_norm"], po, 1, dim, eps)
             x += o
             norm(px, L["ffn_norm"], ph, 1, dim, eps)
-            mm(L["wg"], ph, pg, 1)
-            mm(L["wu"], ph, pu, 1)
+            mm(wg, ph, pg, 1)
+            mm(wu, ph, pu, 1)
             ffn_mul(pg, pu, pg, a.ffn_dim)
-            mm(L["wd"], pg, po, 1)
+            mm(wd, pg, po, 1)
+            self.src.release(i)
             if self.gemma:
                 norm(po, L["post_ffw_norm"], po, 1, dim, eps)
             x += o
         cache.advance(1)
         norm(px, self.out_norm, ph, 1, dim, eps)
-        mm(self.head_ref, ph, p["logits"], 1)
+        if self.head is not None:
+            mm(self.head._ref, ph, p["logits"], 1)
+        else:
+            self.src.streamed_matmul(self.head_name, b["h"][None], b["logits"][None])
         return b["logits"].copy()
 
+    def _attend_full(self, i: int, L: dict, cache: NativeKVCache, pos: int) -> None:
+        """Store k/v at pos in the full cache; attention over [start, pos] (start from the layer's window)."""
+        a, b, p = self.args, self.buf, self.p
+        hd, nkv = a.head_dim, a.n_kv_heads
+        cache.k[i][:, pos] = b["k"].reshape(nkv, hd)
+        cache.v[i][:, pos] = b["v"].reshape(nkv, hd)
+        w = L["window"]
+        start = 0 if w is None else max(0, pos + 1 - w)
+        off = start * hd * 4
+        self.lib.er_attention(p["q"], cache.k_ptr[i] + off, cache.v_ptr[i] + off, p["att"], a.n_heads, nkv, hd,
+                              pos + 1 - start, cache.capacity, 0, self.scale, 0.0)  # fmt: skip
+
+    def _attend_ring(self, i: int, L: dict, cache: SinkWindowKVCache, pos: int) -> None:
+        """Store k/v at pos in the sink + window ring; one kernel call over [sinks | ring]."""
+        a, b, p = self.args, self.buf, self.p
+        lay = cache.layers[i]
+        nkv, hd = a.n_kv_heads, a.head_dim
+        n = lay.store_decode(b["k"].reshape(nkv, hd), b["v"].reshape(nkv, hd), pos, L["rotate"])
+        f16 = 1 if lay.kv_k.dtype == np.float16 else 0
+        self.lib.er_attention(p["q"], _ptr(lay.kv_k), _ptr(lay.kv_v), p["att"], a.n_heads, nkv, hd, n,
+                              lay.S + lay.W, f16, self.scale, 0.0)  # fmt: skip
+        cache.seen[i] = pos + 1
+
     # --- prefill (T > 1): GEMMs on the kernels, RoPE/attention in numpy
-    def _mm(self, name: str, x: np.ndarray) -> np.ndarray:
-        return self.k.matmul(self.W[name], x)
+    def _mm(self, w, x: np.ndarray) -> np.ndarray:
+        return self.k.matmul(w, x)
 
     def _norm(self, x: np.ndarray, name: str) -> np.ndarray:
         return self.k.rmsnorm(np.ascontiguousarray(x), self.V[name], self.args.norm_eps)
 
-    def _block(self, i: int, x: np.ndarray, cache: NativeKVCache, pos: np.ndarray) -> np.ndarray:
+    def _block(self, i: int, x: np.ndarray, cache, pos: np.ndarray) -> np.ndarray:
         a, pre, T = self.args, f"blk.{i}.", x.shape[0]
+        W = self.src.layer(i)
         h = self._norm(x, pre + "attn_norm.weight")
-        q, k, v = (self._mm(pre + f"attn_{t}.weight", h) for t in "qkv")
+        q, k, v = (self._mm(W[n], h) for n in ("wq", "wk", "wv"))
         if pre + "attn_q.bias" in self.V:
             q, k, v = (m + self.V[pre + f"attn_{t}.bias"] for m, t in zip((q, k, v), "qkv", strict=True))
         q = q.reshape(T, a.n_heads, a.head_dim).transpose(1, 0, 2)  # (n_heads, T, hd)
@@ -224,37 +256,44 @@ class NativeModel:
         if self.gemma:
             q = self._norm(q, pre + "attn_q_norm.weight")
             k = self._norm(k, pre + "attn_k_norm.weight")
-        cos, sin = rope_tables(pos, a.head_dim, self.ref.rope_theta(i), self.ref.rope_scale(i))
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        n0, n1 = int(pos[0]), int(pos[-1]) + 1
-        cache.k[i][:, n0:n1] = k
-        cache.v[i][:, n0:n1] = v
-        o = attention(q, cache.k[i][:, :n1], cache.v[i][:, :n1], pos, np.arange(n1), self.scale, self.window(i))
+        if isinstance(cache, SinkWindowKVCache):  # rotates q/k itself, attends sinks + window + block
+            o = cache.attend(i, q, k, v, self.layers[i]["rope"], pos, self.scale)
+        else:
+            cos, sin = rope_tables(pos, a.head_dim, self.ref.rope_theta(i), self.ref.rope_scale(i))
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            n0, n1 = int(pos[0]), int(pos[-1]) + 1
+            cache.k[i][:, n0:n1] = k
+            cache.v[i][:, n0:n1] = v
+            o = attention(q, cache.k[i][:, :n1], cache.v[i][:, :n1], pos, np.arange(n1), self.scale, self.window(i))
         o = np.ascontiguousarray(o.transpose(1, 0, 2).reshape(T, a.n_heads * a.head_dim))
-        o = self._mm(pre + "attn_output.weight", o)
+        o = self._mm(W["wo"], o)
         if self.gemma:
             o = self._norm(o, pre + "post_attention_norm.weight")
         x = x + o
         h = self._norm(x, pre + "ffn_norm.weight")
-        g, u = self._mm(pre + "ffn_gate.weight", h), self._mm(pre + "ffn_up.weight", h)
+        g, u = self._mm(W["wg"], h), self._mm(W["wu"], h)
         f = self.k.gelu_mul(g, u) if self.gemma else self.k.silu_mul(g, u)
-        o = self._mm(pre + "ffn_down.weight", f)
+        o = self._mm(W["wd"], f)
+        self.src.release(i)
         if self.gemma:
             o = self._norm(o, pre + "post_ffw_norm.weight")
         return x + o
 
-    def forward(self, tokens, cache: NativeKVCache, last_only: bool = False) -> np.ndarray:
+    def forward(self, tokens, cache, last_only: bool = False) -> np.ndarray:
         """Run tokens (T,) at positions cache.length..; returns logits (T, vocab) or (1, vocab)."""
         tokens = np.asarray(tokens, dtype=np.int64)
         if len(tokens) == 1 and last_only:
             return self._decode(int(tokens[0]), cache)[None, :]
         pos = np.arange(cache.length, cache.length + len(tokens))
-        cache.reserve(int(pos[-1]) + 1)
+        if not isinstance(cache, SinkWindowKVCache):
+            cache.reserve(int(pos[-1]) + 1)
         x = self.embed(tokens)  # (T, dim)
         for i in range(self.args.n_layers):
             x = self._block(i, x, cache, pos)
         cache.advance(len(tokens))
         if last_only:
             x = x[-1:]
-        h = self._norm(x, "output_norm.weight")
-        return self.k.matmul(self.W[self.head_name], np.ascontiguousarray(h))
+        h = np.ascontiguousarray(self._norm(x, "output_norm.weight"))
+        if self.head is not None:
+            return self.k.matmul(self.head, h)
+        return self.src.streamed_matmul(self.head_name, h, np.empty((h.shape[0], self.args.vocab_size), np.float32))

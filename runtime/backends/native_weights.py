@@ -1,0 +1,217 @@
+"""Where the native backend's weights live: the weights.bin map, or the layer streamer's fixed buffers.
+
+Every matrix becomes a :class:`edgerun.kernels.Weight` over read-only views of the stored bytes
+(quantized parts or f16/f32 data, never copied); vectors (norms, biases) are small float32 copies.
+
+```
+no plan / plan "resident":  every layer    -> views of the weights.bin map (pages counted once touched)
+plan "streamed":            pinned layers  -> views of the streamer's resident buffers (read once)
+                            other layers   -> views of one of k prefetch buffers, valid between
+                                              layer(i) and release(i); Weights cached per (layer, buffer)
+plan.stream_globals:        the embedding / head is read through the map row chunk by row chunk and
+                            its pages dropped from RSS after each chunk (madvise DONTNEED)
+```
+
+Checksums: each tensor part is verified once, on first use (streamed layers: in the buffer the
+first time they are read; streamed globals: through a small read buffer, so RSS stays flat).
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import zlib
+
+import numpy as np
+
+from ...export.artifact import Artifact
+from ...export.errors import CorruptFileError
+from ...quant.parts import dequantize_rows, quantized_from_parts
+
+PLAIN = ("f16", "f32")
+LAYER_MATRICES = {
+    "wq": "attn_q.weight", "wk": "attn_k.weight", "wv": "attn_v.weight", "wo": "attn_output.weight",
+    "wg": "ffn_gate.weight", "wu": "ffn_up.weight", "wd": "ffn_down.weight",
+}  # fmt: skip
+ROW_CHUNK_BYTES = 4 << 20  # bytes of a streamed global read per matmul chunk
+
+
+def _addr(a) -> int:
+    return np.frombuffer(a, np.uint8, 1).__array_interface__["data"][0]
+
+
+def _weight(entry: dict, parts: dict[str, np.ndarray]):
+    from ... import kernels
+
+    if entry["format"] in PLAIN:
+        return kernels.Weight(parts["data"])
+    return kernels.Weight(quantized_from_parts(entry, parts))
+
+
+class WeightSource:
+    """The native model's matrices and vectors under an optional memory plan (see the module doc).
+
+    layer(i) -> {"wq", "wk", "wv", "wo", "wg", "wu", "wd"} as kernels.Weight; call release(i) after
+    the layer's compute (a no-op for resident layers). Streamed layers must be asked in order.
+    """
+
+    def __init__(self, artifact: Artifact, n_layers: int, plan=None, read_cache: str = "drop"):
+        self.artifact = artifact
+        self.tensors = artifact.tensors
+        self.n_layers = n_layers
+        self.stream_globals = bool(plan is not None and plan.stream_globals)
+        self.streamer = None
+        if plan is not None and plan.weights == "streamed":
+            from ..layer_stream import LayerStreamer
+
+            self.streamer = LayerStreamer(artifact.weights_path, artifact.manifest["layers"], plan.n_buffers,
+                                          plan.pinned, cache=read_cache)  # fmt: skip
+        self._fd = os.open(artifact.weights_path, os.O_RDONLY)
+        size = os.path.getsize(artifact.weights_path)
+        self._map = mmap.mmap(self._fd, size, prot=mmap.PROT_READ) if size else None
+        self._verified: set[str] = set()
+        self._by_layer: dict[int, list[str]] = {i: [] for i in range(n_layers)}
+        for name, e in self.tensors.items():
+            if e.get("layer") is not None and len(e["shape"]) == 2:
+                self._by_layer[e["layer"]].append(name)
+        self._resident: dict[int, dict] = {}
+        self._streamed_cache: dict[tuple[int, int], dict] = {}  # (layer, buffer address) -> Weights
+        for i in range(n_layers):
+            if self.streamer is None:
+                self._resident[i] = self._layer_weights(i, self._map_parts)
+            elif i in self.streamer.pinned:
+                buf = self.streamer.get(i)
+                self._resident[i] = self._layer_weights(i, lambda n, b=buf, i=i: self._buffer_parts(n, i, b))
+        self.vectors = {n: self._vector(n) for n, e in self.tensors.items() if len(e["shape"]) == 1}
+
+    # --- parts
+    def _check(self, name: str, part: str, data, info: dict) -> None:
+        key = f"{name}:{part}"
+        if key in self._verified:
+            return
+        crc = zlib.crc32(data) if data is not None else self._file_crc(info["offset"], info["nbytes"])
+        if crc != info["crc32"]:
+            raise CorruptFileError(
+                f"{self.artifact.weights_path}: checksum mismatch in tensor {name} ({part}) at byte "
+                f"{info['offset']}; the file is corrupt, export again"
+            )
+        self._verified.add(key)
+
+    def _map_parts(self, name: str, verify: str = "map") -> dict[str, np.ndarray]:
+        """Views of a tensor's parts in the file map (verify: "map" through the map, "file" via pread)."""
+        out = {}
+        for part, info in self.tensors[name]["parts"].items():
+            raw = np.frombuffer(self._map, np.uint8, info["nbytes"], info["offset"])
+            self._check(name, part, raw if verify == "map" else None, info)
+            out[part] = raw.view(info["dtype"]).reshape(info["shape"])
+        return out
+
+    def _buffer_parts(self, name: str, layer: int, buf) -> dict[str, np.ndarray]:
+        """Views of a tensor's parts inside the streamer buffer that holds `layer`."""
+        base = self.streamer.layers[layer][0]
+        out = {}
+        for part, info in self.tensors[name]["parts"].items():
+            raw = np.frombuffer(buf, np.uint8, info["nbytes"], info["offset"] - base)
+            self._check(name, part, raw, info)
+            out[part] = raw.view(info["dtype"]).reshape(info["shape"])
+        return out
+
+    def _layer_weights(self, i: int, parts_of) -> dict:
+        prefix = f"blk.{i}."
+        out = {}
+        for short, suffix in LAYER_MATRICES.items():
+            name = prefix + suffix
+            if name not in self.tensors:
+                raise CorruptFileError(f"{self.artifact.path}/manifest.json: tensor {name!r} is missing")
+            out[short] = _weight(self.tensors[name], parts_of(name))
+        out["refs"] = tuple(out[short]._ref for short in LAYER_MATRICES)  # what the decode loop passes to C
+        return out
+
+    def _vector(self, name: str) -> np.ndarray:
+        return np.array(self._map_parts(name)["data"], dtype=np.float32)
+
+    def _file_crc(self, offset: int, nbytes: int) -> int:
+        crc, buf = 0, bytearray(1 << 20)
+        mv = memoryview(buf)
+        done = 0
+        while done < nbytes:
+            got = os.preadv(self._fd, [mv[: min(len(buf), nbytes - done)]], offset + done)
+            if got <= 0:
+                break
+            crc = zlib.crc32(mv[:got], crc)
+            done += got
+        return crc
+
+    # --- layers
+    def layer(self, i: int) -> dict:
+        """Layer i's matrices as kernels.Weight (streamed: blocks until its buffer is loaded)."""
+        w = self._resident.get(i)
+        if w is not None:
+            return w
+        buf = self.streamer.get(i)
+        key = (i, _addr(buf))
+        w = self._streamed_cache.get(key)
+        if w is None:
+            w = self._streamed_cache[key] = self._layer_weights(i, lambda n: self._buffer_parts(n, i, buf))
+        return w
+
+    def release(self, i: int) -> None:
+        """Done with layer i: a streamed layer's buffer may be refilled."""
+        if i not in self._resident:
+            self.streamer.release(i)
+
+    # --- globals
+    def global_weight(self, name: str):
+        """A resident global matrix (the head when it is not streamed)."""
+        return _weight(self.tensors[name], self._map_parts(name))
+
+    def embed_rows(self, name: str, tokens: np.ndarray) -> np.ndarray:
+        """Rows `tokens` of the embedding as float32 (T, dim); streamed globals drop their pages after."""
+        entry = self.tensors[name]
+        parts = self._map_parts(name, verify="file" if self.stream_globals else "map")
+        x = dequantize_rows(entry, parts, tokens)
+        if self.stream_globals:
+            for t in np.asarray(tokens).reshape(-1):
+                self._drop_rows(entry, int(t), int(t) + 1)
+        return x
+
+    def streamed_matmul(self, name: str, x: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """out (M, N) = x (M, K) @ W.T, W read from the map in row chunks whose pages are dropped after."""
+        from ... import kernels
+
+        entry = self.tensors[name]
+        parts = self._map_parts(name, verify="file")
+        n_out = entry["shape"][0]
+        row_bytes = sum(p["nbytes"] for p in entry["parts"].values()) / n_out
+        step = max(1, int(ROW_CHUNK_BYTES // row_bytes))
+        for r0 in range(0, n_out, step):
+            r1 = min(n_out, r0 + step)
+            sub = {p: a[r0:r1] for p, a in parts.items()}
+            out[:, r0:r1] = kernels.matmul(_weight(_rows_entry(entry, r1 - r0), sub), x)
+            self._drop_rows(entry, r0, r1)
+        return out
+
+    def _drop_rows(self, entry: dict, r0: int, r1: int) -> None:
+        """Drop the map pages of rows r0:r1 (every part) from this process's RSS (page cache untouched)."""
+        n_out = entry["shape"][0]
+        for info in entry["parts"].values():
+            per = info["nbytes"] // n_out
+            lo = info["offset"] + r0 * per
+            lo_al = lo - lo % mmap.PAGESIZE
+            self._map.madvise(mmap.MADV_DONTNEED, lo_al, info["offset"] + r1 * per - lo_al)
+
+    def close(self) -> None:
+        """Stop the streamer thread; the map goes when the last view does."""
+        if self.streamer is not None:
+            self.streamer.close()
+            self.streamer = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _rows_entry(entry: dict, rows: int) -> dict:
+    """The manifest entry of the first `rows` rows of a matrix (for views of a row chunk)."""
+    sub = dict(entry)
+    sub["shape"] = [rows, entry["shape"][1]]
+    return sub
