@@ -19,7 +19,7 @@ from .source import SourceModel, SourceTensor
 from .tokenizer_builder import EOG_TEXTS, build_tokenizer
 
 # Bump when the exporter's output changes, so cached artifacts are rebuilt.
-EXPORTER_REVISION = 2
+EXPORTER_REVISION = 3
 
 # Chat templates for models whose file carries none (llama.cpp has the same built in).
 DEFAULT_CHAT_TEMPLATES = {
