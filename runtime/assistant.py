@@ -293,14 +293,51 @@ def _device_rate(sd, device, kind: str, preferred: int) -> int:
         return int(info["default_samplerate"])
 
 
+def load_within_budget(ram, model=None, asr=None, voice=None) -> tuple[object, object, object, dict]:
+    """Load ASR and TTS, measure what they hold while working, and give the language model the rest of `ram`.
+
+    The speech models' working set is measured, not assumed: a warm-up runs the Whisper encoder on a
+    full 30-s window plus a short decode, and synthesizes one phrase; their peak RSS growth is what the
+    language model's budget (:func:`edgerun.load` with ``ram=``) must leave room for.
+    Returns (llm, asr, tts, report). Raises EdgerunError with the total minimum when `ram` is too small.
+    """
+    import edgerun
+    from edgerun.runtime.audio.asr import ASR
+    from edgerun.runtime.audio.tts import TTS
+
+    from .memory import fmt_bytes, parse_budget, peak_rss_bytes, reset_peak_rss, rss_bytes
+
+    budget = parse_budget(ram)
+    base = rss_bytes()
+    exact_peak = reset_peak_rss()  # the kernel's high-water mark from here, where the system allows it
+    asr = asr if asr is not None and not isinstance(asr, str) else ASR(asr, final_full_window=False)
+    tts = voice if voice is not None and not isinstance(voice, str) else TTS(voice)
+    asr.decode(np.zeros(16000, np.float32), max_new_tokens=4)  # the encoder on a full 30-s window
+    tts.generate("Hello there, I am your assistant, and this phrase is twelve words long.")  # a longest phrase
+    speech = (peak_rss_bytes() if exact_peak else rss_bytes()) - base
+    rest = budget - speech
+    try:
+        llm = edgerun.load(model, ram=max(rest, 1))  # too small: fails at once, stating its own minimum
+    except EdgerunError as e:
+        m = re.search(r"at least ([0-9.]+ ?[kMG]?B)", str(e))
+        need = speech + (parse_budget(m.group(1).replace(" ", "")) if m else 0)
+        raise EdgerunError(
+            f"ram budget {fmt_bytes(budget)} is below the assistant's minimum: speech recognition and voice hold "
+            f"{fmt_bytes(speech, up=True)} at work" + (f", the language model needs {m.group(1)}" if m else "")
+            + f"; use ram of at least {fmt_bytes(need, up=True)}"
+        ) from None
+    report = {"budget": budget, "speech": speech, "llm_budget": rest, "baseline": base}
+    return llm, asr, tts, report
+
+
 def assistant(input: str | None = None, output: str | None = None, model: str | None = None,
               asr_model: str | None = None, voice: str | None = None, max_tokens: int = 80,
               input_device=None, output_device=None, max_turns: int | None = None, seconds: float | None = None,
               echo: Callable[[str], object] = print, ram: str | int | None = None) -> list[Turn]:
     """`edgerun assistant`: live with the microphone and speaker, or headless with --input/--output files.
 
-    `ram` bounds the language model's resident memory (see docs/memory.md); the ASR and TTS models
-    are not yet counted in it.
+    `ram` bounds the resident memory of all three models together: ASR and TTS are loaded and measured
+    at work first, the language model gets the rest (see :func:`load_within_budget`, docs/memory.md).
     """
     if (input is None) != (output is None):
         raise EdgerunError("headless mode needs both --input question.wav and --output reply.wav")
@@ -308,10 +345,9 @@ def assistant(input: str | None = None, output: str | None = None, model: str | 
         sd = import_sounddevice()
         _device_rate(sd, input_device, "input", 16000)
         _device_rate(sd, output_device, "output", 22050)
+    budget = None
     if ram is not None:
-        import edgerun
-
-        model = edgerun.load(model, ram=ram)
+        model, asr_model, voice, budget = load_within_budget(ram, model, asr_model, voice)
     a = Assistant(llm=model, asr=asr_model, tts=voice, max_tokens=max_tokens)
     if input is not None:
         turns = a.run_files(input, output)
@@ -323,5 +359,16 @@ def assistant(input: str | None = None, output: str | None = None, model: str | 
             echo(f"latency: first reply audio {t.first_audio_seconds * 1000:.0f} ms after the end-of-speech "
                  f"endpoint (ASR final {t.asr_final_seconds * 1000:.0f} ms, LLM first phrase "
                  f"{t.first_text_seconds * 1000:.0f} ms) + {t.endpoint_wait_seconds * 1000:.0f} ms VAD silence")
+        if budget is not None:
+            echo(_memory_line(budget))
         return turns
     return a.run_live(input_device, output_device, max_turns=max_turns, seconds=seconds, echo=echo)
+
+
+def _memory_line(budget: dict) -> str:
+    """One line: the models' peak resident memory against the budget, and how it was split."""
+    from .memory import fmt_bytes, peak_rss_bytes
+
+    peak = peak_rss_bytes() - budget["baseline"]
+    return (f"memory: peak {fmt_bytes(peak)} of the {fmt_bytes(budget['budget'])} budget (speech models "
+            f"{fmt_bytes(budget['speech'])}, language model budget {fmt_bytes(budget['llm_budget'])})")

@@ -140,7 +140,7 @@ with PeakRSS() as p:
     t0 = time.perf_counter()
     lg = m.prefill(ids, c)
     t1 = time.perf_counter()
-    st = m.weights.streamer.stats if m.weights.streamer else None
+    st = m.model.src.streamer.stats if m.model.src.streamer else None
     r0, b0 = (st.read_s, st.bytes_read) if st else (0.0, 0)
     times = []
     for _ in range(a["n_tokens"]):
@@ -183,7 +183,7 @@ from llama_cpp import Llama
 from edgerun.runtime.memory import PeakRSS
 a = json.loads(sys.argv[1])
 with PeakRSS() as p:
-    llm = Llama(model_path=a["gguf"], n_ctx=2048, n_threads=a["threads"], verbose=False)
+    llm = Llama(model_path=a["gguf"], n_ctx=512, n_threads=a["threads"], verbose=False)
     ids = llm.tokenize(a["prompt"].encode())[:400]
     llm.eval(ids)
     t = time.perf_counter()
@@ -198,7 +198,7 @@ print("RESULT " + json.dumps({"decode_tps": a["n_tokens"] / dt, "peak_rss": p.pe
 
 def llama_cpp_reference(gguf_path, n_tokens: int = 64, prompt: str | None = None, threads: int | None = None) -> dict:
     """llama.cpp's decode tok/s and peak RSS on `gguf_path` in a fresh process ({} when unavailable)."""
-    arg = {"gguf": str(gguf_path), "n_tokens": n_tokens, "prompt": prompt or _text(None)[:2000],
+    arg = {"gguf": str(gguf_path), "n_tokens": n_tokens, "prompt": prompt or _text(None)[:400],
            "threads": threads or os.cpu_count()}  # fmt: skip
     out = subprocess.run([sys.executable, "-c", _LLAMA_WORKER, json.dumps(arg)], capture_output=True, text=True)
     for line in out.stdout.splitlines():

@@ -1,6 +1,7 @@
 """Voice assistant: phrase grouping, headless files, and the live loop through a fake ALSA device."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -128,3 +129,50 @@ def test_missing_device_one_line(tmp_path):
     assert r.returncode == 1
     err = r.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and "Traceback" not in r.stderr
+
+
+ASSISTANT_UNDER_BUDGET = r"""
+import sys
+from edgerun.runtime.memory import peak_rss_bytes, reset_peak_rss, rss_bytes
+from edgerun.runtime.assistant import assistant
+base = rss_bytes()
+reset_peak_rss()
+lines = []
+assistant(input=sys.argv[1], output=sys.argv[2], ram=sys.argv[3], max_tokens=24, echo=lines.append)
+print("\n".join(lines))
+print("GROWTH", peak_rss_bytes() - base)
+"""
+
+
+@pytest.mark.model
+def test_headless_under_one_budget_for_all_models(question_wav, tmp_path):
+    """--ram covers ASR + TTS + LLM: the speech models are measured at work, the LLM gets the rest."""
+    import subprocess
+    import sys
+
+    from edgerun.runtime.memory import parse_budget
+
+    ram = "500MB"
+    out = subprocess.run([sys.executable, "-c", ASSISTANT_UNDER_BUDGET, question_wav, str(tmp_path / "r.wav"), ram],
+                         capture_output=True, text=True)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "capital" in out.stdout.lower()
+    mem = [s for s in out.stdout.splitlines() if s.startswith("memory: peak")]
+    assert mem and "speech models" in mem[0], out.stdout
+    growth = int(out.stdout.split("GROWTH")[-1])
+    assert 0 < growth <= parse_budget(ram), out.stdout
+
+
+@pytest.mark.model
+def test_budget_below_speech_models_fails_in_one_line(question_wav, tmp_path):
+    """In a fresh process (what a user runs): one line, exit code 1, the total minimum stated."""
+    import shutil
+    import subprocess
+
+    exe = shutil.which("edgerun")
+    out = subprocess.run([exe, "assistant", "--input", question_wav, "--output", str(tmp_path / "r.wav"),
+                          "--ram", "200MB"], capture_output=True, text=True)  # fmt: skip
+    assert out.returncode == 1, out.stderr[-2000:]
+    msg = (out.stdout + out.stderr).strip()
+    assert "\n" not in msg and "Traceback" not in msg, msg
+    assert re.search(r"below the assistant's minimum: .* use ram of at least", msg), msg
