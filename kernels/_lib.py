@@ -24,7 +24,7 @@ class ErWeight(ctypes.Structure):
         ("n", c_int64),
         ("k", c_int64),
         ("block_size", c_int32),
-        ("reserved", c_int32),
+        ("zp_hint", c_int32),
         ("data", c_void_p),
         ("scales", c_void_p),
         ("zero_points", c_void_p),

@@ -87,6 +87,16 @@ def set_spin_us(us: int) -> None:
 # ---- matmul ---------------------------------------------------------------------------------------
 
 
+def _zp_hint(w: QuantizedTensor) -> int:
+    """``1 + z`` when every zero point of ``w`` is ``z`` (ternary: always 1), else 0 (C ``er_weight.zp_hint``)."""
+    if w.zero_points is None:
+        return 0
+    from edgerun.quant import get_format
+
+    z = get_format(w.format).zero_point_array(w)  # (N, n_blocks)
+    return int(z.flat[0]) + 1 if z.size and np.all(z == z.flat[0]) else 0
+
+
 class Weight:
     """A weight ready for :func:`matmul`: f32/f16 ``(N, K)`` array or a :class:`QuantizedTensor`.
 
@@ -102,7 +112,7 @@ class Weight:
             self.shape = tuple(w.shape)
             self.quantized = w
             self._keep = (*parts, zp)
-            self._c = ErWeight(W_Q, w.bits, w.shape[0], w.shape[1], w.block_size, 0, _ptr(parts[0]),
+            self._c = ErWeight(W_Q, w.bits, w.shape[0], w.shape[1], w.block_size, _zp_hint(w), _ptr(parts[0]),
                                _ptr(parts[1]), None if zp is None else _ptr(zp))
         else:
             a = np.asarray(w)

@@ -161,3 +161,36 @@ def test_activation_quantization_identical_across_variants(fmt, bs, k):
             ys.append(matmul(wt, x))
     for y in ys[1:]:
         np.testing.assert_array_equal(y, ys[0])
+
+
+def _random_codes(fmt: str, bs: int, n: int, k: int, rng):
+    """A tensor of ``fmt`` with every code value and random (non-uniform) zero points."""
+    q = quantize(rng.standard_normal((n, k)).astype(np.float32), fmt, bs)
+    q.data = rng.integers(0, 256, q.data.shape, dtype=np.uint8)
+    q.zero_points = rng.integers(0, 256, q.zero_points.shape, dtype=np.uint8)
+    return q
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("fmt,bs", [("ternary", 256), ("ternary", 64), ("ternary", 32), ("int4_asym", 64)])
+@pytest.mark.parametrize("k", [576, 1024, 1100])
+def test_non_uniform_zero_points(isa, fmt, bs, k):
+    # ternary files hold zero point 1 everywhere (zp_hint lets the kernels skip them); any zero points work
+    rng = np.random.default_rng(k + bs)
+    q = _random_codes(fmt, bs, 13, k, rng)
+    wt = Weight(q)
+    assert wt._c.zp_hint == 0
+    x = rng.standard_normal((3, k)).astype(np.float32)
+    with use_isa(isa):
+        _check_q(q, x, matmul(wt, x))
+        _check_q(q, x[:1], matmul(wt, x[0])[None])
+
+
+def test_zero_point_hint():
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((8, 512)).astype(np.float32)
+    assert Weight(quantize(w, "ternary"))._c.zp_hint == 2  # zero point 1 everywhere
+    assert Weight(quantize(w, "int4"))._c.zp_hint == 0  # none stored
+    q = _random_codes("int4_asym", 32, 8, 512, rng)
+    q.zero_points[:] = 0x33
+    assert Weight(q)._c.zp_hint == 4

@@ -44,7 +44,7 @@ typedef struct er_weight {
     int32_t bits;         /* ER_W_Q: 2, 4 or 8 */
     int64_t n, k;
     int32_t block_size;   /* ER_W_Q: power of two, >= 32 */
-    int32_t reserved;
+    int32_t zp_hint;      /* ER_W_Q: 0, or 1 + z when every zero point equals z (kernels then skip them) */
     const void *data;
     const uint16_t *scales;       /* ER_W_Q: f16 (N, n_blocks) */
     const uint8_t *zero_points;   /* ER_W_Q: packed, or NULL */

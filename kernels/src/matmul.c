@@ -508,7 +508,7 @@ ER_AVX2 static float qtail_avx2(const er_weight *w, const qrow *r, const actq *a
 }
 
 #ifndef ER_PF
-#define ER_PF 0
+#define ER_PF 1
 #endif
 #define QT_MAXT 32 /* tokens per tile */
 #define QT_MAXR 4  /* rows per tile */
@@ -531,13 +531,17 @@ ER_AVX2 static ER_INLINE __m256 chunk_wscales_full(const uint16_t *s, int per, _
 ER_AVX2 static ER_INLINE void qchunk(const qrow *rw, const actq *a, int64_t c, int nu, int full, const int R,
                                      int64_t t0, const int T, const int bits, int per, int lp, int asym, int q8k,
                                      int64_t nb, int64_t zp_bytes, __m256i sidx, __m256i zshl,
-                                     const uint16_t *send, __m256 pmask, __m256 acc[QT_MAXR][QT_MAXT]) {
+                                     const uint16_t *send, __m256 pmask, int64_t pf_next, __m256 *acc,
+                                     const int TS) {
     const int64_t s0 = c * CH, b0 = s0 >> lp, nch = a->nch;
 #pragma GCC unroll 4
     for (int r = 0; r < R; r++) {
         __m256i u[8];
         const uint8_t *wp = rw[r].row + s0 * (SUB * bits / 8);
-        if (ER_PF) _mm_prefetch((const char *)wp + ER_PF, _MM_HINT_T0);
+        if (pf_next) { /* the same chunk of the next tile of rows: keeps the DRAM stream ahead */
+            _mm_prefetch((const char *)wp + pf_next, _MM_HINT_T0);
+            if (bits == 4) _mm_prefetch((const char *)wp + pf_next + 64, _MM_HINT_T0);
+        }
         unpack_chunk(wp, bits, nu, u);
         __m256 swv;
         if (full) swv = chunk_wscales_full(rw[r].srow + b0, per, sidx);
@@ -552,7 +556,7 @@ ER_AVX2 static ER_INLINE void qchunk(const qrow *rw, const actq *a, int64_t c, i
             __m256i zi = asym ? _mm256_mullo_epi32(zv, _mm256_loadu_si256((const __m256i *)(a->isl + lo)))
                               : _mm256_loadu_si256((const __m256i *)(a->zisl + lo));
             __m256 sc = _mm256_mul_ps(swv, _mm256_loadu_ps(a->sxl + lo));
-            acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(d, zi)), sc, acc[r][t]);
+            acc[r * TS + t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(d, zi)), sc, acc[r * TS + t]);
         }
     }
 }
@@ -565,22 +569,27 @@ ER_AVX2 static ER_INLINE void qtile_avx2(const er_weight *w, const actq *a, int6
     const int64_t nb = (w->k + bs - 1) / bs, nmain = a->nmain;
     const int64_t zp_bytes = (nb * bits + 7) / 8, row_bytes = nb * (bs * bits / 8);
     const int q8k = bits == 2 && per >= 8;
-    const int asym = w->zero_points != NULL;
+    const int asym = w->zero_points != NULL && w->zp_hint <= 0; /* uniform zero points: in zisl */
     const __m256i sidx = _mm256_load_si256((const __m256i *)a->sidx);
     const __m256i zshl = _mm256_load_si256((const __m256i *)a->zshl);
     qrow rw[QT_MAXR];
     for (int r = 0; r < R; r++) {
         rw[r].row = (const uint8_t *)w->data + (n0 + r) * row_bytes;
         rw[r].srow = w->scales + (n0 + r) * nb;
-        rw[r].zprow = asym ? w->zero_points + (n0 + r) * zp_bytes : NULL;
+        rw[r].zprow = w->zero_points ? w->zero_points + (n0 + r) * zp_bytes : NULL;
     }
-    __m256 acc[QT_MAXR][QT_MAXT];
+    /* accumulators: registers for GEMV (T == 1 is a constant there), an L1 array for GEMM tiles */
+    const int TS = T == 1 ? 1 : QT_MAXT;
+    __m256 acc1[QT_MAXR], accT[T == 1 ? 1 : QT_MAXR * QT_MAXT];
+    __m256 *acc = T == 1 ? acc1 : accT;
     for (int r = 0; r < R; r++)
-        for (int t = 0; t < T; t++) acc[r][t] = _mm256_setzero_ps();
+        for (int t = 0; t < T; t++) acc[r * TS + t] = _mm256_setzero_ps();
     const int64_t nfull = nmain / CH; /* chunks with all units present */
+    /* GEMV: prefetch the next tile (R rows further) while this one is computed, unless it is the last */
+    const int64_t pf_next = (ER_PF && T == 1 && n0 + 2 * R <= w->n) ? R * row_bytes : 0;
     for (int64_t c = 0; c < nfull; c++)
         qchunk(rw, a, c, units, 1, R, t0, T, bits, per, lp, asym, q8k, nb, zp_bytes, sidx, zshl, NULL,
-               _mm256_setzero_ps(), acc);
+               _mm256_setzero_ps(), pf_next, acc, TS);
     if (nfull * CH < nmain) {
         int nu = (int)((nmain - nfull * CH) / unit_subs(bits));
         const int *lane = bits == 4 ? LANE4 : LANE2;
@@ -588,12 +597,17 @@ ER_AVX2 static ER_INLINE void qtile_avx2(const er_weight *w, const actq *a, int6
         for (int l = 0; l < 8; l++) mk[l] = nfull * CH + lane[l] < nmain ? -1 : 0;
         __m256 pmask = _mm256_castsi256_ps(_mm256_loadu_si256((const __m256i *)mk));
         const uint16_t *send = w->scales + w->n * nb;
-        qchunk(rw, a, nfull, nu, 0, R, t0, T, bits, per, lp, asym, q8k, nb, zp_bytes, sidx, zshl, send, pmask,
-               acc);
+#define QCHUNK_PART(NU) \
+    qchunk(rw, a, nfull, NU, 0, R, t0, T, bits, per, lp, asym, q8k, nb, zp_bytes, sidx, zshl, send, pmask, pf_next, \
+           acc, TS)
+        if (nu == 1) QCHUNK_PART(1); /* constant unit counts: the unused lanes fold away */
+        else if (nu == 2) QCHUNK_PART(2);
+        else QCHUNK_PART(3);
+#undef QCHUNK_PART
     }
     for (int r = 0; r < R; r++)
         for (int t = 0; t < T; t++) {
-            float v = hsum256(acc[r][t]);
+            float v = hsum256(acc[r * TS + t]);
             if (nmain < a->nsub) v += qtail_avx2(w, &rw[r], a, t0 + t);
             y[(int64_t)t * ldy + r] = v;
         }
@@ -796,7 +810,7 @@ int er_matmul(const er_weight *w, const float *x, float *y, int64_t m) {
         }
         /* 2-bit (ternary) weights in blocks of 256: llama.cpp's TQ2_0 x Q8_K activations */
         const int q8k = bits == 2 && bs % 256 == 0;
-        const int zdef = 1 << (bits - 1);
+        const int zdef = w->zero_points && w->zp_hint > 0 ? w->zp_hint - 1 : 1 << (bits - 1);
         for (int64_t t = 0; t < m; t++) {
             float *sx = c.a.sx + t * nsub;
             int32_t *is = c.a.isum + t * nsub;
