@@ -9,6 +9,14 @@ HF tensor names are mapped to edgerun's canonical (GGUF-style) names, and HF con
 to the architecture's `ModelArgs` keys. HF Q/K rows already use rotate-half RoPE,
 edgerun's convention, so no permutation is needed. Gemma norms store `w - 1`; we add 1
 (as llama.cpp's converter does).
+
+BitNet b1.58 weights (config `quantization_config.quant_method == "bitnet"`, or a
+`*.weight_scale` companion) are read as ternary: packed uint8 weights are unpacked the way
+transformers' `integrations/bitnet.py` packs them, and the value of each weight is
+`t / weight_scale` (`linear_class` "bitlinear", transformers' default) or `t * weight_scale`
+("autobitlinear"). Such tensors come out with `source_type` "TERNARY" and the recipe keeps them
+ternary without loss (export/recipe.py `exact_ternary`). bf16 master weights with
+`quantization_mode` "online" are quantized here as BitNet does at run time (absmean per tensor).
 """
 
 from __future__ import annotations
@@ -32,7 +40,9 @@ ARCH_FROM_HF = {
     "Gemma3ForConditionalGeneration": "gemma3",
 }
 
-_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F64": np.float64}
+_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F64": np.float64, "U8": np.uint8,
+           "I8": np.int8}
+BITNET_VALUES_PER_BYTE = 4  # transformers integrations/bitnet.py VALUES_PER_ITEM
 
 _LAYER_MAP = {
     "input_layernorm.weight": "attn_norm.weight",
@@ -110,12 +120,80 @@ class SafetensorsFile:
         info = self.header[name]
         dt = info["dtype"]
         if dt not in _DTYPES:
-            raise UnsupportedError(f"{self.path}: tensor {name} has dtype {dt}; supported: F32, F16, BF16")
+            raise UnsupportedError(f"{self.path}: tensor {name} has dtype {dt}; supported: F32, F16, BF16, U8, I8")
         a, b = info["data_offsets"]
         arr = self._mm[self.base + a : self.base + b].view(_DTYPES[dt]).reshape(info["shape"])
         if dt == "BF16":
             arr = (arr.astype(np.uint32) << 16).view(np.float32)
         return arr
+
+
+def unpack_bitnet(packed: np.ndarray) -> np.ndarray:
+    """transformers' `unpack_weights`: uint8 (R, K) -> int8 (4R, K) in {-1, 0, 1}.
+
+    Packing runs along the output rows: row i*R + r of the weight is bits 2i..2i+1 of packed row r,
+    stored as t + 1 (codes 0/1/2)."""
+    p = np.asarray(packed, np.uint8)
+    codes = np.concatenate([(p >> (2 * i)) & 3 for i in range(BITNET_VALUES_PER_BYTE)], axis=0)  # (4R, K)
+    if codes.max(initial=0) > 2:
+        raise CorruptFileError("BitNet packed weight holds code 3 (only 0/1/2 = -1/0/+1 exist)")
+    return codes.astype(np.int8) - 1
+
+
+def pack_bitnet(t: np.ndarray) -> np.ndarray:
+    """Inverse of `unpack_bitnet` (transformers' `pack_weights` for row counts divisible by 4)."""
+    t = np.asarray(t)
+    n = t.shape[0]
+    if n % BITNET_VALUES_PER_BYTE:
+        raise ValueError("rows must be a multiple of 4")
+    r = n // BITNET_VALUES_PER_BYTE
+    u = (t + 1).astype(np.uint8)
+    out = np.zeros((r, *t.shape[1:]), np.uint8)
+    for i in range(BITNET_VALUES_PER_BYTE):
+        out |= u[i * r : (i + 1) * r] << (2 * i)
+    return out
+
+
+def bitnet_online_quant(w: np.ndarray) -> tuple[np.ndarray, np.float32]:
+    """BitNet's run-time weight quantization (`WeightQuant`): s = 1/max(mean|w|, 1e-5),
+    t = clip(round(w * s), -1, 1); returns (t int8, 1/s), the weight being t * (1/s)."""
+    w = np.asarray(w, np.float32)
+    s = np.float32(1.0) / np.maximum(np.abs(w).mean(dtype=np.float32), np.float32(1e-5))
+    t = np.clip(np.rint(w * s), -1, 1).astype(np.int8)
+    return t, np.float32(1.0) / s
+
+
+_LINEAR_SUFFIXES = tuple(f"{n}.weight" for n in ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate",
+                                                  "ffn_up", "ffn_down"))
+
+
+class _BitNet:
+    """How a checkpoint stores BitNet linear weights (from `quantization_config`)."""
+
+    def __init__(self, cfg: dict):
+        qc = cfg.get("quantization_config") or {}
+        self.configured = qc.get("quant_method") == "bitnet"
+        self.divide = qc.get("linear_class", "bitlinear") == "bitlinear"  # w = t / weight_scale
+        self.online = self.configured and qc.get("quantization_mode") == "online"
+        self.skip = set(qc.get("modules_to_not_convert") or []) | {"lm_head"}
+
+    def ternary(self, hf_name: str, name: str, w: np.ndarray, scale: np.ndarray | None) -> np.ndarray | None:
+        """The weight's float values if it is a BitNet ternary weight, else None. (N, K) float32
+
+        `name`: edgerun's name; in "online" mode only decoder linear layers (BitLinear) are quantized."""
+        if scale is None:
+            linear = name.startswith("blk.") and name.endswith(_LINEAR_SUFFIXES)
+            if self.online and linear and not any(k in hf_name for k in self.skip):
+                t, d = bitnet_online_quant(w)
+                return t.astype(np.float32) * d
+            return None
+        t = unpack_bitnet(w) if w.dtype == np.uint8 else np.asarray(w, np.float32)
+        if not np.isin(t, (-1, 0, 1)).all():
+            raise CorruptFileError(f"{hf_name}: BitNet weight with a weight_scale holds values outside -1/0/+1")
+        sc = np.asarray(scale, np.float32)
+        sc = sc.reshape(-1, 1) if sc.size == t.shape[0] and sc.size > 1 else sc.reshape(())
+        d = (np.float32(1.0) / sc) if self.divide else sc
+        return t.astype(np.float32) * d.astype(np.float32)
 
 
 def _config(cfg: dict, arch: str) -> dict:
@@ -196,6 +274,11 @@ def read_hf(folder: str | Path) -> SourceModel:
         raise CorruptFileError(f"{cfg_path}: not valid JSON ({e})") from None
     archs = cfg.get("architectures") or [cfg.get("model_type", "?")]
     arch = next((ARCH_FROM_HF[a] for a in archs if a in ARCH_FROM_HF), None)
+    if arch is None and "BitNetForCausalLM" in archs:
+        raise UnsupportedError(
+            f"{folder}: the BitNet architecture (attn_sub_norm/ffn_sub_norm, squared-ReLU FFN) does not run "
+            "in edgerun yet; BitNet ternary weights are imported from llama-architecture checkpoints"
+        )
     if arch is None:
         supported = ", ".join(sorted(set(ARCH_FROM_HF.values())))
         raise UnsupportedError(f"{folder}: architecture '{archs[0]}' is not supported; supported: {supported}")
@@ -204,18 +287,31 @@ def read_hf(folder: str | Path) -> SourceModel:
         raise EdgerunError(f"{folder}: no *.safetensors weights found")
     st = [SafetensorsFile(f) for f in files]
     where: dict[str, tuple[SafetensorsFile, str]] = {}
+    owner: dict[str, SafetensorsFile] = {}
     for f in st:
         for hf_name in f.header:
+            owner[hf_name] = f
             name = canonical_name(hf_name, arch)
             if name is not None:
                 where[name] = (f, hf_name)
+    bitnet = _BitNet(cfg)
     config = _config(cfg, arch)
     if "output.weight" not in where:
         config["tie_embeddings"] = True
 
     def tensors():
         for name, (f, hf_name) in where.items():
-            w = np.asarray(f.read(hf_name), dtype=np.float32)
+            raw = f.read(hf_name)
+            scale_name = hf_name + "_scale" if hf_name.endswith(".weight") else None
+            scale = owner[scale_name].read(scale_name) if scale_name in owner else None
+            tern = bitnet.ternary(hf_name, name, raw, scale) if raw.ndim == 2 else None
+            if tern is not None:
+                yield SourceTensor(name, tern, source_type="TERNARY")
+                continue
+            if raw.dtype in (np.uint8, np.int8):
+                raise UnsupportedError(f"{f.path}: integer tensor {hf_name} has no weight_scale; only BitNet "
+                                       "packed ternary weights (weight + weight_scale) are read")
+            w = np.asarray(raw, dtype=np.float32)
             if arch == "gemma3" and name.endswith("norm.weight"):
                 w = w + 1.0
             yield SourceTensor(name, w, source_type=f.header[hf_name]["dtype"])

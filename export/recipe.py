@@ -16,7 +16,10 @@
 * ``block_size``  None = the format's default, shrunk for ternary to a block dividing the row
 * ``exact_import`` when a GGUF tensor already is in the target format (Q8_0 for int8, Q4_0 for
                   int4, TQ2_0/TQ1_0 for ternary) its blocks are copied bit-exactly instead of
-                  being dequantized and quantized again
+                  being dequantized and quantized again; a matrix whose values already are
+                  {-s, 0, +s} per block (BitNet checkpoints: source type TERNARY from the HF
+                  reader, or any float tensor found so under ``auto``) becomes ternary holding
+                  exactly those values (``exact_ternary``) under ``auto`` and ``ternary``
 
 The loader rebuilds every tensor from its own table entry (``format`` + ``quant``), so the
 recipe is a record of intent and the per-tensor entries are the truth.
@@ -26,7 +29,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..quant import FORMATS, QuantizedTensor, dequantize, from_gguf, get_format, quantize
+from ..quant import (
+    FORMATS,
+    QuantizedTensor,
+    dequantize,
+    from_gguf,
+    get_format,
+    pack_codes,
+    pack_zero_points,
+    quantize,
+)
 from .artifact import TensorParts
 from .errors import EdgerunError
 from .source import SourceTensor
@@ -78,7 +90,46 @@ def pick_block(fmt: str, k: int, block_size: int | None) -> int:
     return bs
 
 
+def exact_ternary(w: np.ndarray, block_size: int | None = None, round_scale: bool = False) -> QuantizedTensor | None:
+    """`w` (N, K) as ternary blocks holding exactly its values, when every block is {-s, 0, +s} for one
+    s per block (per tensor or per row included); None otherwise.
+
+    The block scale is f16: an s that f16 does not hold exactly gives None, unless `round_scale`
+    (weights known to be ternary, e.g. BitNet's t / weight_scale), where s is rounded to f16
+    (relative error <= 2^-11; codes still exact) as long as it stays finite and non-zero."""
+    w = np.asarray(w, np.float32)
+    if w.ndim != 2 or w.size == 0:
+        return None
+    n, k = w.shape
+    if n > 8 and exact_ternary(w[:4], block_size, round_scale) is None:
+        return None  # cheap reject of ordinary weights from their first rows
+    bs = pick_block("ternary", k, block_size)
+    nb = -(-k // bs)
+    if nb * bs != k:
+        wp = np.zeros((n, nb * bs), np.float32)
+        wp[:, :k] = w
+    else:
+        wp = w
+    blocks = wp.reshape(n, nb, bs)  # (N, n_blocks, block)
+    a = np.abs(blocks)
+    s = a.max(axis=-1)  # (N, n_blocks)
+    if not ((a == 0) | (a == s[..., None])).all() or (n > 8 and not s.any()):
+        return None
+    with np.errstate(over="ignore"):
+        s16 = s.astype(np.float16)
+    s32 = s16.astype(np.float32)
+    if not np.isfinite(s32).all() or ((s32 == 0) & (s != 0)).any():
+        return None
+    if not round_scale and not np.array_equal(s32, s):
+        return None
+    codes = (np.sign(blocks) + 1).astype(np.uint8)  # 0/1/2 = -1/0/+1
+    zp = pack_zero_points(np.ones((n, nb), np.uint8), 2)
+    return QuantizedTensor("ternary", (n, k), bs, 2, pack_codes(codes, 2), s16, zp)
+
+
 def _auto_format(source_type: str) -> str:
+    if source_type == "TERNARY":
+        return "ternary"
     if source_type in EXACT_FROM_GGUF:
         return EXACT_FROM_GGUF[source_type]
     if source_type in ("F32", "F64"):
@@ -113,9 +164,15 @@ def convert(t: SourceTensor, recipe: dict, raw=None) -> tuple[TensorParts, float
     GGUF tensor, used for an exact block copy when the target format matches the source blocks.
     """
     w = t.data
-    fmt = tensor_format(t.name, w.ndim, recipe)
+    fmt = recipe_fmt = tensor_format(t.name, w.ndim, recipe)
     if fmt == "auto":
         fmt = _auto_format(t.source_type) if w.ndim >= 2 else recipe["vectors"]
+    if w.ndim == 2 and raw is None and (fmt == "ternary" or recipe_fmt == "auto") \
+            and recipe.get("exact_import", True):
+        q = exact_ternary(w, recipe.get("block_size"), round_scale=t.source_type == "TERNARY")
+        if q is not None:
+            src = "BitNet ternary exact" if t.source_type == "TERNARY" else f"{t.source_type} ternary-valued exact"
+            return quant_parts(t.name, q, src), rel_rms(w, dequantize(q))
     if fmt in PLAIN:
         arr = np.asarray(w, dtype=PLAIN[fmt])
         return TensorParts(t.name, fmt, tuple(arr.shape), {"data": arr}), rel_rms(w, arr)
