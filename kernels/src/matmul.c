@@ -561,6 +561,48 @@ ER_AVX2 static ER_INLINE void qchunk(const qrow *rw, const actq *a, int64_t c, i
     }
 }
 
+/* GEMV of 4 rows over one lone 4-bit pair of sub-blocks (s0, s0 + 1) after the last whole chunk (K = 576:
+ * 2 chunks + 1 pair): the 4 rows' pair dots are reduced together, one epilogue for all, so the pair costs
+ * about a quarter of a chunk instead of most of one. Returns lanes [rows 0-3 of s0 | rows 0-3 of s0 + 1]. */
+ER_AVX2 static ER_INLINE __m256 pair4_gemv(const qrow *rw, const actq *a, int64_t tok, int64_t s0, int per, int asym,
+                                           int zp_hint, const int bits) {
+    const __m256i m = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
+    const int8_t *q = a->q + tok * a->kp + s0 * SUB;
+    const __m256i qlo = _mm256_loadu_si256((const __m256i *)q), qhi = _mm256_loadu_si256((const __m256i *)(q + 32));
+    __m256i v[4];
+    uint32_t sc[4];
+    const int64_t bA = s0 / per, bB = (s0 + 1) / per;
+    for (int r = 0; r < 4; r++) {
+        __m256i b = _mm256_loadu_si256((const __m256i *)(rw[r].row + s0 * (SUB * bits / 8)));
+        __m256i s = _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(b, m), qlo),
+                                     _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(b, 4), m), qhi));
+        v[r] = _mm256_madd_epi16(s, ones);
+        sc[r] = (uint32_t)rw[r].srow[bA] | (uint32_t)rw[r].srow[bB] << 16;
+    }
+    __m256i t0 = _mm256_add_epi32(_mm256_unpacklo_epi32(v[0], v[1]), _mm256_unpackhi_epi32(v[0], v[1]));
+    __m256i t1 = _mm256_add_epi32(_mm256_unpacklo_epi32(v[2], v[3]), _mm256_unpackhi_epi32(v[2], v[3]));
+    __m256i d = _mm256_add_epi32(_mm256_unpacklo_epi64(t0, t1), _mm256_unpackhi_epi64(t0, t1));
+    const float *sx = a->sx + tok * a->nsub;
+    const int32_t *is = a->isum + tok * a->nsub;
+    __m256 sw = _mm256_permutevar8x32_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)sc)),
+                                         _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7));
+    __m256 sxv = _mm256_setr_m128(_mm_set1_ps(sx[s0]), _mm_set1_ps(sx[s0 + 1]));
+    __m256i isv = _mm256_setr_m128i(_mm_set1_epi32(is[s0]), _mm_set1_epi32(is[s0 + 1]));
+    __m256i z;
+    if (asym) {
+        int32_t zz[8];
+        for (int r = 0; r < 4; r++) {
+            zz[r] = zero_point(rw[r].zprow, bits, bA);
+            zz[r + 4] = zero_point(rw[r].zprow, bits, bB);
+        }
+        z = _mm256_loadu_si256((const __m256i *)zz);
+    } else {
+        z = _mm256_set1_epi32(rw[0].zprow && zp_hint > 0 ? zp_hint - 1 : 1 << (bits - 1));
+    }
+    d = _mm256_sub_epi32(d, _mm256_mullo_epi32(z, isv));
+    return _mm256_mul_ps(_mm256_cvtepi32_ps(d), _mm256_mul_ps(sw, sxv));
+}
+
 /* y[t * ldy + r] for rows n0..n0+R-1 and tokens t0..t0+T-1 */
 ER_AVX2 static ER_INLINE void qtile_avx2(const er_weight *w, const actq *a, int64_t n0, const int R, int64_t t0,
                                          const int T, float *y, int64_t ldy, const int bits) {
@@ -590,7 +632,10 @@ ER_AVX2 static ER_INLINE void qtile_avx2(const er_weight *w, const actq *a, int6
     for (int64_t c = 0; c < nfull; c++)
         qchunk(rw, a, c, units, 1, R, t0, T, bits, per, lp, asym, q8k, nb, zp_bytes, sidx, zshl, NULL,
                _mm256_setzero_ps(), pf_next, acc, TS);
-    if (nfull * CH < nmain) {
+    __m256 accp = _mm256_setzero_ps(); /* lanes [rows 0-3 of sub A | rows 0-3 of sub B] (pair4_gemv) */
+    if (bits == 4 && R == 4 && T == 1 && nmain - nfull * CH == 2) {
+        accp = pair4_gemv(rw, a, t0, nfull * CH, per, asym, w->zp_hint, bits);
+    } else if (nfull * CH < nmain) {
         int nu = (int)((nmain - nfull * CH) / unit_subs(bits));
         const int *lane = bits == 4 ? LANE4 : LANE2;
         int32_t mk[8];
@@ -604,6 +649,21 @@ ER_AVX2 static ER_INLINE void qtile_avx2(const er_weight *w, const actq *a, int6
         else if (nu == 2) QCHUNK_PART(2);
         else QCHUNK_PART(3);
 #undef QCHUNK_PART
+    }
+    if (R == 4 && T == 1) { /* the 4 horizontal sums at once */
+        __m256 u0 = _mm256_add_ps(_mm256_unpacklo_ps(acc[0], acc[1]), _mm256_unpackhi_ps(acc[0], acc[1]));
+        __m256 u1 = _mm256_add_ps(_mm256_unpacklo_ps(acc[2], acc[3]), _mm256_unpackhi_ps(acc[2], acc[3]));
+        __m256 h = _mm256_add_ps(_mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(u0), _mm256_castps_pd(u1))),
+                                 _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(u0), _mm256_castps_pd(u1))));
+        h = _mm256_add_ps(h, accp); /* lanes [rows 0-3 | rows 0-3] */
+        __m128 y4 = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+        if (nmain < a->nsub) {
+            float tl[4];
+            for (int r = 0; r < 4; r++) tl[r] = qtail_avx2(w, &rw[r], a, t0);
+            y4 = _mm_add_ps(y4, _mm_loadu_ps(tl));
+        }
+        _mm_storeu_ps(y, y4);
+        return;
     }
     for (int r = 0; r < R; r++)
         for (int t = 0; t < T; t++) {
