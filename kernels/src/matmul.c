@@ -603,6 +603,40 @@ ER_AVX2 static ER_INLINE __m256 pair4_gemv(const qrow *rw, const actq *a, int64_
     return _mm256_mul_ps(_mm256_cvtepi32_ps(d), _mm256_mul_ps(sw, sxv));
 }
 
+/* GEMV of 4 rows of 2-bit codes with one scale per chunk (blocks of 256, Q8_K activations) and uniform
+ * zero points: each row's chunk is added up in int16 and widened once, then the 4 rows' vectors are
+ * reduced together and share one epilogue (lanes [rows 0-3 | rows 0-3], row r = lane r + lane r + 4). */
+ER_AVX2 static ER_INLINE void tern4_gemv(const qrow *rw, const actq *a, int64_t tok, int64_t nch, int lp, int zdef,
+                                         int64_t pf_next, float *y) {
+    const int8_t *q0 = a->q + tok * a->kp;
+    const float *sx = a->sx + tok * a->nsub;
+    const int32_t *is = a->isum + tok * a->nsub;
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t c = 0; c < nch; c++) {
+        const int64_t s0 = c * CH, b = s0 >> lp;
+        const int8_t *q = q0 + s0 * SUB;
+        __m256i v[4];
+        for (int r = 0; r < 4; r++) {
+            __m256i u[8];
+            const uint8_t *wp = rw[r].row + s0 * (SUB * 2 / 8);
+            if (pf_next) _mm_prefetch((const char *)wp + pf_next, _MM_HINT_T0);
+            unpack_chunk(wp, 2, 2, u);
+            v[r] = chunk_dots(u, q, 2, 2, 1);
+        }
+        __m256i t0 = _mm256_add_epi32(_mm256_unpacklo_epi32(v[0], v[1]), _mm256_unpackhi_epi32(v[0], v[1]));
+        __m256i t1 = _mm256_add_epi32(_mm256_unpacklo_epi32(v[2], v[3]), _mm256_unpackhi_epi32(v[2], v[3]));
+        __m256i d = _mm256_add_epi32(_mm256_unpacklo_epi64(t0, t1), _mm256_unpackhi_epi64(t0, t1));
+        /* the chunk's zero-point term once per row: lanes 0-3 */
+        d = _mm256_sub_epi32(d, _mm256_setr_epi32(zdef * is[s0], zdef * is[s0], zdef * is[s0], zdef * is[s0], 0,
+                                                  0, 0, 0));
+        uint64_t h = (uint64_t)rw[0].srow[b] | (uint64_t)rw[1].srow[b] << 16 | (uint64_t)rw[2].srow[b] << 32 |
+                     (uint64_t)rw[3].srow[b] << 48;
+        __m128 sw4 = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi64_si128((long long)h)), _mm_set1_ps(sx[s0]));
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_setr_m128(sw4, sw4), acc);
+    }
+    _mm_storeu_ps(y, _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1)));
+}
+
 /* y[t * ldy + r] for rows n0..n0+R-1 and tokens t0..t0+T-1 */
 ER_AVX2 static ER_INLINE void qtile_avx2(const er_weight *w, const actq *a, int64_t n0, const int R, int64_t t0,
                                          const int T, float *y, int64_t ldy, const int bits) {
@@ -629,6 +663,10 @@ ER_AVX2 static ER_INLINE void qtile_avx2(const er_weight *w, const actq *a, int6
     const int64_t nfull = nmain / CH; /* chunks with all units present */
     /* GEMV: prefetch the next tile (R rows further) while this one is computed, unless it is the last */
     const int64_t pf_next = (ER_PF && T == 1 && n0 + 2 * R <= w->n) ? R * row_bytes : 0;
+    if (bits == 2 && q8k && !asym && R == 4 && T == 1) {
+        tern4_gemv(rw, a, t0, nfull, lp, w->zero_points && w->zp_hint > 0 ? w->zp_hint - 1 : 2, pf_next, y);
+        return;
+    }
     for (int64_t c = 0; c < nfull; c++)
         qchunk(rw, a, c, units, 1, R, t0, T, bits, per, lp, asym, q8k, nb, zp_bytes, sidx, zshl, NULL,
                _mm256_setzero_ps(), pf_next, acc, TS);
