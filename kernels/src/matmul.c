@@ -67,6 +67,7 @@ typedef struct {
     float *sxl;    /* (m, nch * 8) lane order, main sub-blocks only (0 elsewhere) */
     int32_t *isl;  /* (m, nch * 8) */
     int32_t *zisl; /* (m, nch * 8): zdef * isl */
+    int32_t *zich; /* (m, nch): zdef * the chunk's isum */
     int64_t kp, nsub, nmain, n8, nch;
     int32_t zshift[8] __attribute__((aligned(32))); /* natural: (t / per) * bits (8-bit kernel) */
     int32_t zshl[8] __attribute__((aligned(32)));   /* lane order: (LANE[l] / per) * bits */
@@ -606,12 +607,12 @@ ER_AVX2 static ER_INLINE __m256 pair4_gemv(const qrow *rw, const actq *a, int64_
 /* GEMV of 4 rows of 2-bit codes with one scale per chunk (blocks of 256, Q8_K activations) and uniform
  * zero points: each row's chunk is added up in int16 and widened once, then the 4 rows' vectors are
  * reduced together and share one epilogue (lanes [rows 0-3 | rows 0-3], row r = lane r + lane r + 4). */
-ER_AVX2 static ER_INLINE void tern4_gemv(const qrow *rw, const actq *a, int64_t tok, int64_t nch, int lp, int zdef,
+ER_AVX2 static ER_INLINE void tern4_gemv(const qrow *rw, const actq *a, int64_t tok, int64_t nch, int lp,
                                          int64_t pf_next, float *y) {
     const int8_t *q0 = a->q + tok * a->kp;
     const float *sx = a->sx + tok * a->nsub;
-    const int32_t *is = a->isum + tok * a->nsub;
-    __m256 acc = _mm256_setzero_ps();
+    const int32_t *zch = a->zich + tok * a->nch;
+    __m128 acc = _mm_setzero_ps();
     for (int64_t c = 0; c < nch; c++) {
         const int64_t s0 = c * CH, b = s0 >> lp;
         const int8_t *q = q0 + s0 * SUB;
@@ -626,15 +627,15 @@ ER_AVX2 static ER_INLINE void tern4_gemv(const qrow *rw, const actq *a, int64_t 
         __m256i t0 = _mm256_add_epi32(_mm256_unpacklo_epi32(v[0], v[1]), _mm256_unpackhi_epi32(v[0], v[1]));
         __m256i t1 = _mm256_add_epi32(_mm256_unpacklo_epi32(v[2], v[3]), _mm256_unpackhi_epi32(v[2], v[3]));
         __m256i d = _mm256_add_epi32(_mm256_unpacklo_epi64(t0, t1), _mm256_unpackhi_epi64(t0, t1));
-        /* the chunk's zero-point term once per row: lanes 0-3 */
-        d = _mm256_sub_epi32(d, _mm256_setr_epi32(zdef * is[s0], zdef * is[s0], zdef * is[s0], zdef * is[s0], 0,
-                                                  0, 0, 0));
+        /* row r's chunk dot (lane r + lane r + 4) minus the chunk's zero-point term, exact in int32 */
+        __m128i d4 = _mm_sub_epi32(_mm_add_epi32(_mm256_castsi256_si128(d), _mm256_extracti128_si256(d, 1)),
+                                   _mm_set1_epi32(zch[c]));
         uint64_t h = (uint64_t)rw[0].srow[b] | (uint64_t)rw[1].srow[b] << 16 | (uint64_t)rw[2].srow[b] << 32 |
                      (uint64_t)rw[3].srow[b] << 48;
         __m128 sw4 = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi64_si128((long long)h)), _mm_set1_ps(sx[s0]));
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_setr_m128(sw4, sw4), acc);
+        acc = _mm_fmadd_ps(_mm_cvtepi32_ps(d4), sw4, acc);
     }
-    _mm_storeu_ps(y, _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1)));
+    _mm_storeu_ps(y, acc);
 }
 
 /* y[t * ldy + r] for rows n0..n0+R-1 and tokens t0..t0+T-1 */
@@ -664,7 +665,7 @@ ER_AVX2 static ER_INLINE void qtile_avx2(const er_weight *w, const actq *a, int6
     /* GEMV: prefetch the next tile (R rows further) while this one is computed, unless it is the last */
     const int64_t pf_next = (ER_PF && T == 1 && n0 + 2 * R <= w->n) ? R * row_bytes : 0;
     if (bits == 2 && q8k && !asym && R == 4 && T == 1) {
-        tern4_gemv(rw, a, t0, nfull, lp, w->zero_points && w->zp_hint > 0 ? w->zp_hint - 1 : 2, pf_next, y);
+        tern4_gemv(rw, a, t0, nfull, lp, pf_next, y);
         return;
     }
     for (int64_t c = 0; c < nfull; c++)
@@ -887,7 +888,8 @@ int er_matmul(const er_weight *w, const float *x, float *y, int64_t m) {
         int64_t nb = (w->k + bs - 1) / bs, kp = nb * bs, nsub = kp / SUB, nch = (nsub + CH - 1) / CH;
         size_t qbytes = (size_t)(m * kp + 63) & ~(size_t)63;
         size_t nat = (size_t)(m * nsub), lane = (size_t)(m * nch * CH);
-        char *buf = get_scratch(qbytes + 2 * sizeof(float) * nat + 3 * sizeof(float) * lane + 256);
+        char *buf = get_scratch(qbytes + 2 * sizeof(float) * nat + 3 * sizeof(float) * lane +
+                                sizeof(int32_t) * (size_t)(m * nch) + 256);
         if (!buf) return -3;
         c.a.q = (int8_t *)buf;
         c.a.sx = (float *)(buf + qbytes);
@@ -895,6 +897,7 @@ int er_matmul(const er_weight *w, const float *x, float *y, int64_t m) {
         c.a.sxl = (float *)(c.a.isum + nat);
         c.a.isl = (int32_t *)(c.a.sxl + lane);
         c.a.zisl = c.a.isl + lane;
+        c.a.zich = c.a.zisl + lane;
         c.a.kp = kp;
         c.a.nsub = nsub;
         c.a.nmain = bits == 8 ? nsub : nsub - nsub % unit_subs(bits);
@@ -933,6 +936,12 @@ int er_matmul(const er_weight *w, const float *x, float *y, int64_t m) {
                     }
             }
             for (int64_t s = 0; s < nch * CH; s++) zisl[s] = zdef * isl[s];
+            int32_t *zich = c.a.zich + t * nch;
+            for (int64_t ch = 0; ch < nch; ch++) {
+                int32_t v = 0;
+                for (int l = 0; l < CH; l++) v += zisl[ch * CH + l];
+                zich[ch] = v;
+            }
         }
     } else if (w->type != ER_W_F32 && w->type != ER_W_F16) {
         return -2;
