@@ -3,7 +3,7 @@
 Public API (see ``ops.py``; C API in ``src/edgerun_kernels.h``)::
 
     from edgerun.kernels import Weight, matmul, rmsnorm, rope_neox, softmax, silu, gelu_tanh, mul,
-        silu_mul, gelu_mul, attention, set_num_threads, set_isa, use_isa, available_isas
+        silu_mul, gelu_mul, attention, attention_prefill, set_num_threads, set_isa, use_isa, available_isas
     w = Weight(quantize(W, "int4"))     # or a float32 / float16 (N, K) array
     y = matmul(w, x)                    # x (K,) -> (N,);  (M, K) -> (M, N)
 
@@ -15,8 +15,8 @@ from __future__ import annotations
 
 _OPS = (
     "Weight", "as_weight", "matmul", "rmsnorm", "rope_neox", "softmax", "silu", "gelu_tanh", "mul",
-    "silu_mul", "gelu_mul", "attention", "set_num_threads", "get_num_threads", "set_spin_us", "set_isa",
-    "get_isa", "use_isa", "isa_supported", "available_isas",
+    "silu_mul", "gelu_mul", "attention", "attention_prefill", "set_num_threads", "get_num_threads",
+    "set_spin_us", "set_isa", "get_isa", "use_isa", "isa_supported", "available_isas",
 )
 __all__ = list(_OPS)
 

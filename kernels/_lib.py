@@ -55,6 +55,11 @@ _SIGNATURES = {
         [c_void_p, c_void_p, c_void_p, c_void_p, c_int64, c_int64, c_int64, c_int64, c_int64, c_int,
          c_float, c_float],
     ),
+    "er_attention_prefill": (
+        c_int,
+        [c_void_p, c_void_p, c_void_p, c_void_p, c_int64, c_int64, c_int64, c_int64, c_int64, c_int64, c_int,
+         c_float, c_float, c_int64],
+    ),
     "er_memcpy": (None, [c_void_p, c_void_p, c_size_t]),
     "er_read_sum": (c_double, [c_void_p, c_size_t]),
 }

@@ -238,3 +238,29 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, n_ctx: int, scale: fl
     if r:
         raise ValueError(f"er_attention rejected its arguments (code {r}): n_heads % n_kv_heads, n_ctx <= S")
     return out
+
+
+def attention_prefill(q: np.ndarray, k: np.ndarray, v: np.ndarray, p0: int, scale: float, softcap: float = 0.0,
+                      window: int | None = None, out: np.ndarray | None = None) -> np.ndarray:
+    """Causal GQA attention of T new tokens at positions ``p0 .. p0+T-1`` (one C call, threaded).
+
+    q (T, H, D) or (T, H*D) f32 (the q projection's output); k, v (Hkv, S, D) f32/f16 caches that already
+    hold positions ``0 .. p0+T-1``. Query t sees keys j <= p0+t (and p0+t-j < window). Returns (T, H, D)
+    (or ``out``), the layout the output projection takes.
+    """
+    _f32(q, "q")
+    if k.shape != v.shape or k.dtype != v.dtype or k.ndim != 3:
+        raise ValueError(f"k/v must both be (Hkv, S, D) of one dtype; got {k.shape}, {v.shape}")
+    if k.dtype not in (np.float32, np.float16) or not (k.flags.c_contiguous and v.flags.c_contiguous):
+        raise TypeError("k/v must be C-contiguous float32 or float16")
+    hkv, s, d = k.shape
+    t = q.shape[0]
+    h = q.size // (t * d)
+    if h * t * d != q.size:
+        raise ValueError(f"q has shape {q.shape}, not (T, H, {d})")
+    out = np.empty((t, h, d), np.float32) if out is None else _f32(out, "out")
+    r = lib.er_attention_prefill(_ptr(q), _ptr(k), _ptr(v), _ptr(out), h, hkv, d, t, int(p0), s,
+                                 int(k.dtype == np.float16), scale, softcap, 0 if window is None else int(window))
+    if r:
+        raise ValueError(f"er_attention_prefill rejected its arguments (code {r}): n_heads % n_kv_heads, p0+T <= S")
+    return out

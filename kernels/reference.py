@@ -147,3 +147,24 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, n_ctx: int, scale: fl
     p = np.exp(s - s.max(axis=-1, keepdims=True))
     p /= p.sum(axis=-1, keepdims=True)
     return np.einsum("ht,htd->hd", p, vv).astype(np.float32)
+
+
+def attention_prefill(q: np.ndarray, k: np.ndarray, v: np.ndarray, p0: int, scale: float, softcap: float = 0.0,
+                      window: int | None = None) -> np.ndarray:
+    """Causal GQA prefill. q (T, H, D) at positions p0..p0+T-1; k, v (Hkv, S, D) -> (T, H, D)."""
+    t_, h, d = q.shape
+    hkv = k.shape[0]
+    n = p0 + t_
+    kk = np.repeat(k[:, :n].astype(np.float64), h // hkv, axis=0)  # (H, n, D)
+    vv = np.repeat(v[:, :n].astype(np.float64), h // hkv, axis=0)
+    s = np.einsum("thd,hjd->htj", q.astype(np.float64), kk) * scale  # (H, T, n)
+    if softcap > 0:
+        s = softcap * np.tanh(s / softcap)
+    qp, kp = np.arange(p0, n)[:, None], np.arange(n)[None, :]
+    allowed = kp <= qp
+    if window is not None:
+        allowed &= qp - kp < window
+    s = np.where(allowed[None], s, -np.inf)
+    p = np.exp(s - s.max(axis=-1, keepdims=True))
+    p /= p.sum(axis=-1, keepdims=True)
+    return np.einsum("htj,hjd->thd", p, vv).astype(np.float32)

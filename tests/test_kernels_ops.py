@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from edgerun.kernels import (
     attention,
+    attention_prefill,
     available_isas,
     gelu_mul,
     gelu_tanh,
@@ -104,3 +105,35 @@ def test_registry():
 
     with pytest.raises(UnsupportedError):
         registry.get("matmul", "int3")
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("kv_dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("h,hkv,d,t,p0,s,window", [(9, 3, 64, 37, 0, 40, None), (4, 4, 8, 1, 0, 1, None),
+                                                   (8, 1, 64, 20, 100, 130, None), (6, 2, 70, 33, 5, 40, 9),
+                                                   (2, 1, 16, 64, 0, 64, 1)])
+@pytest.mark.parametrize("softcap", [0.0, 5.0])
+def test_attention_prefill(isa, kv_dtype, h, hkv, d, t, p0, s, window, softcap, threads):
+    rng = np.random.default_rng(h * d + t + p0)
+    q = rng.standard_normal((t, h, d)).astype(np.float32)
+    k = rng.standard_normal((hkv, s, d)).astype(kv_dtype)
+    v = rng.standard_normal((hkv, s, d)).astype(kv_dtype)
+    scale = d**-0.5
+    with use_isa(isa):
+        out = attention_prefill(q, k, v, p0, scale, softcap, window)
+        flat = attention_prefill(q.reshape(t, h * d), k, v, p0, scale, softcap, window)  # the q projection's layout
+    want = ref.attention_prefill(q, k, v, p0, scale, softcap, window)
+    np.testing.assert_allclose(out, want, rtol=1e-4, atol=2e-5)
+    np.testing.assert_array_equal(flat, out)
+    # the last query equals one decode step at that position
+    if window is None:
+        with use_isa(isa):
+            last = attention(np.ascontiguousarray(q[-1]), k, v, p0 + t, scale, softcap)
+        np.testing.assert_allclose(out[-1], last, rtol=1e-6, atol=1e-7)
+
+
+def test_attention_prefill_rejects_short_cache():
+    q = np.zeros((4, 2, 8), np.float32)
+    kv = np.zeros((1, 5, 8), np.float32)
+    with pytest.raises(ValueError):
+        attention_prefill(q, kv, kv, 2, 1.0)  # positions 0..5 do not fit in 5

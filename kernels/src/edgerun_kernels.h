@@ -71,6 +71,14 @@ int er_attention(const float *q, const void *k, const void *v, float *out, int64
                  int64_t n_kv_heads, int64_t head_dim, int64_t n_ctx, int64_t kv_stride, int kv_f16,
                  float scale, float softcap);
 
+/* Prefill (T query tokens at absolute positions p0..p0+T-1), causal GQA. q (T, n_heads, head_dim) as a
+ * q projection writes it; k, v (n_kv_heads, kv_stride, head_dim) f32 (kv_f16 = 0) or f16 caches holding
+ * positions 0..p0+T-1; query t sees keys j <= p0 + t with p0 + t - j < window (window <= 0: all).
+ * out (T, n_heads, head_dim), ready for the output projection. Returns 0, or < 0 on bad arguments. */
+int er_attention_prefill(const float *q, const void *k, const void *v, float *out, int64_t n_heads,
+                         int64_t n_kv_heads, int64_t head_dim, int64_t T, int64_t p0, int64_t kv_stride, int kv_f16,
+                         float scale, float softcap, int64_t window);
+
 /* ---- bandwidth probes (for benchmarks) ----------------------------------------------------- */
 void er_memcpy(void *dst, const void *src, size_t n);   /* threaded memcpy */
 double er_read_sum(const float *src, size_t n);         /* threaded streaming read */

@@ -157,42 +157,49 @@ static void kv_axpy_scalar(float *o, float p, const void *v, int f16, int64_t d)
     for (int64_t i = 0; i < d; i++) o[i] += p * (f16 ? er_f16_to_f32(((const uint16_t *)v)[i]) : ((const float *)v)[i]);
 }
 
+/* one query vector qh over n keys/values kb, vb (rows of D, element size es): o = softmax(scale q.k) v */
+static void attend_one(const float *qh, const char *kb, const char *vb, int64_t n, int64_t D, int f16, int isa,
+                       float scale, float softcap, float *sc, float *o) {
+    const int64_t es = f16 ? 2 : 4;
+    float mx = -INFINITY;
+    for (int64_t t = 0; t < n; t++) {
+        float s;
+#if ER_X86
+        if (isa == ER_ISA_AVX2) s = kv_dot_avx2(qh, kb + t * D * es, f16, D);
+        else
+#endif
+            s = kv_dot_scalar(qh, kb + t * D * es, f16, D);
+        s *= scale;
+        if (softcap > 0.0f) s = softcap * tanhf(s / softcap);
+        sc[t] = s;
+        mx = s > mx ? s : mx;
+    }
+    float sum = 0.0f;
+    for (int64_t t = 0; t < n; t++) {
+        sc[t] = expf(sc[t] - mx);
+        sum += sc[t];
+    }
+    float inv = 1.0f / sum;
+    for (int64_t i = 0; i < D; i++) o[i] = 0.0f;
+    for (int64_t t = 0; t < n; t++) {
+#if ER_X86
+        if (isa == ER_ISA_AVX2) kv_axpy_avx2(o, sc[t] * inv, vb + t * D * es, f16, D);
+        else
+#endif
+            kv_axpy_scalar(o, sc[t] * inv, vb + t * D * es, f16, D);
+    }
+    (void)isa;
+}
+
 static void attn_task(void *vc, int64_t start, int64_t end, int tid) {
     (void)tid;
     attn_ctx *c = (attn_ctx *)vc;
     const int64_t D = c->head_dim, es = c->f16 ? 2 : 4;
     for (int64_t h = start; h < end; h++) {
         const int64_t kvh = h / c->group;
-        const float *qh = c->q + h * D;
         const char *kb = c->k + kvh * c->kv_stride * D * es, *vb = c->v + kvh * c->kv_stride * D * es;
-        float *sc = c->scores + h * c->n_ctx, *o = c->out + h * D;
-        float mx = -INFINITY;
-        for (int64_t t = 0; t < c->n_ctx; t++) {
-            float s;
-#if ER_X86
-            if (c->isa == ER_ISA_AVX2) s = kv_dot_avx2(qh, kb + t * D * es, c->f16, D);
-            else
-#endif
-                s = kv_dot_scalar(qh, kb + t * D * es, c->f16, D);
-            s *= c->scale;
-            if (c->softcap > 0.0f) s = c->softcap * tanhf(s / c->softcap);
-            sc[t] = s;
-            mx = s > mx ? s : mx;
-        }
-        float sum = 0.0f;
-        for (int64_t t = 0; t < c->n_ctx; t++) {
-            sc[t] = expf(sc[t] - mx);
-            sum += sc[t];
-        }
-        float inv = 1.0f / sum;
-        for (int64_t i = 0; i < D; i++) o[i] = 0.0f;
-        for (int64_t t = 0; t < c->n_ctx; t++) {
-#if ER_X86
-            if (c->isa == ER_ISA_AVX2) kv_axpy_avx2(o, sc[t] * inv, vb + t * D * es, c->f16, D);
-            else
-#endif
-                kv_axpy_scalar(o, sc[t] * inv, vb + t * D * es, c->f16, D);
-        }
+        attend_one(c->q + h * D, kb, vb, c->n_ctx, D, c->f16, c->isa, c->scale, c->softcap,
+                   c->scores + h * c->n_ctx, c->out + h * D);
     }
 }
 
@@ -207,6 +214,55 @@ int er_attention(const float *q, const void *k, const void *v, float *out, int64
                   .softcap = softcap};
     /* one head per chunk unless the context is short (then threading costs more than it saves) */
     er_parallel_for(n_heads, n_ctx * head_dim >= 4096 ? 1 : n_heads, attn_task, &c);
+    free(scores);
+    return 0;
+}
+
+/* ---- prefill attention ------------------------------------------------------------------------ */
+
+typedef struct {
+    const float *q;
+    const char *k, *v;
+    float *out, *scores;
+    int64_t n_heads, group, head_dim, T, p0, kv_stride, window, ctx_max;
+    int f16, isa;
+    float scale, softcap;
+} pattn_ctx;
+
+/* work item i -> (query t, head h); queries interleaved short/long (t = 0, T-1, 1, T-2, ...) so that
+ * contiguous chunks of items cost about the same under the causal mask */
+static void pattn_task(void *vc, int64_t start, int64_t end, int tid) {
+    pattn_ctx *c = (pattn_ctx *)vc;
+    const int64_t D = c->head_dim, es = c->f16 ? 2 : 4, H = c->n_heads;
+    float *sc = c->scores + (int64_t)tid * c->ctx_max;
+    for (int64_t i = start; i < end; i++) {
+        const int64_t j = i / H, h = i % H;
+        const int64_t t = (j & 1) ? c->T - 1 - (j >> 1) : (j >> 1);
+        const int64_t p = c->p0 + t, first = c->window > 0 && p + 1 > c->window ? p + 1 - c->window : 0;
+        const int64_t kvh = h / c->group;
+        const char *kb = c->k + (kvh * c->kv_stride + first) * D * es;
+        const char *vb = c->v + (kvh * c->kv_stride + first) * D * es;
+        attend_one(c->q + (t * H + h) * D, kb, vb, p + 1 - first, D, c->f16, c->isa, c->scale, c->softcap, sc,
+                   c->out + (t * H + h) * D);
+    }
+}
+
+int er_attention_prefill(const float *q, const void *k, const void *v, float *out, int64_t n_heads,
+                         int64_t n_kv_heads, int64_t head_dim, int64_t T, int64_t p0, int64_t kv_stride, int kv_f16,
+                         float scale, float softcap, int64_t window) {
+    if (n_heads < 1 || n_kv_heads < 1 || n_heads % n_kv_heads || T < 1 || p0 < 0 || kv_stride < p0 + T ||
+        head_dim < 1)
+        return -1;
+    const int nt = er_get_num_threads();
+    const int64_t ctx_max = p0 + T;
+    float *scores = (float *)malloc(sizeof(float) * (size_t)(nt * ctx_max));
+    if (!scores) return -3;
+    pattn_ctx c = {.q = q, .k = (const char *)k, .v = (const char *)v, .out = out, .scores = scores,
+                   .n_heads = n_heads, .group = n_heads / n_kv_heads, .head_dim = head_dim, .T = T, .p0 = p0,
+                   .kv_stride = kv_stride, .window = window, .ctx_max = ctx_max, .f16 = kv_f16 ? 1 : 0,
+                   .isa = er_get_isa(), .scale = scale, .softcap = softcap};
+    /* items in pairs of queries (short + long) times heads: grain keeps the pairs whole */
+    er_parallel_for(n_heads * T, 2 * n_heads, pattn_task, &c);
     free(scores);
     return 0;
 }
