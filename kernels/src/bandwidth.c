@@ -52,7 +52,7 @@ static void read_task(void *v, int64_t s, int64_t e, int tid) {
     else
 #endif
         for (int64_t i = s * 1024; i < e * 1024; i++) acc += c->f[i];
-    c->part[tid] = acc;
+    c->part[tid] += acc; /* a thread may run several chunks */
 }
 
 double er_read_sum(const float *src, size_t n) {

@@ -33,8 +33,9 @@ int er_set_num_threads(int n);   /* 1..64; n <= 0 = number of online CPUs; retur
 int er_get_num_threads(void);
 void er_set_spin_us(int64_t us);  /* how long an idle worker busy-waits before it sleeps (default 2000) */
 typedef void (*er_task_fn)(void *ctx, int64_t start, int64_t end, int tid);
-/* run fn over [0, n) split in contiguous chunks (multiples of `grain`) across the pool; the
- * caller takes chunk 0. Nested calls from inside a task run serially. */
+/* run fn over [0, n) split in contiguous chunks (multiples of `grain`, about 4 per thread) that the
+ * caller and the workers claim in turn; tid identifies the running thread (0 = caller), and one thread
+ * may run several chunks. Nested calls from inside a task run serially. */
 void er_parallel_for(int64_t n, int64_t grain, er_task_fn fn, void *ctx);
 
 /* ---- matmul (GEMV for m == 1, GEMM for m > 1) ---------------------------------------------- */

@@ -17,12 +17,15 @@ static struct {
     int started;
     pthread_t th[ER_MAX_THREADS];
     atomic_uint gen;
-    atomic_int pending;
     atomic_int sleeping;
     atomic_int stop;
+    /* the job: chunks claimed through `claim` = (job id << 32) | next chunk, so a worker that wakes up
+     * late can neither take a chunk of a later job nor hold the caller up: whoever is running claims */
+    _Atomic uint64_t claim;
+    atomic_long done; /* chunks finished */
     er_task_fn fn;
     void *ctx;
-    int64_t n, chunk;
+    int64_t n, chunk, nchunks;
     int64_t spin_ns;
     unsigned start_gen; /* generation current when the workers were created */
     pthread_mutex_t mu;
@@ -46,13 +49,19 @@ static int64_t now_ns(void) {
     return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
-static void run_chunk(int tid) {
-    int64_t s = (int64_t)tid * P.chunk, e = s + P.chunk;
-    if (e > P.n) e = P.n;
-    if (s < e) {
+/* claim and run chunks of job `job` until none is left */
+static void run_chunks(uint32_t job, int tid) {
+    for (;;) {
+        uint64_t v = atomic_load_explicit(&P.claim, memory_order_acquire);
+        if ((uint32_t)(v >> 32) != job || (int64_t)(uint32_t)v >= P.nchunks) return;
+        if (!atomic_compare_exchange_weak_explicit(&P.claim, &v, v + 1, memory_order_acq_rel, memory_order_relaxed))
+            continue;
+        int64_t s = (int64_t)(uint32_t)v * P.chunk, e = s + P.chunk;
+        if (e > P.n) e = P.n;
         in_task = 1;
         P.fn(P.ctx, s, e, tid);
         in_task = 0;
+        atomic_fetch_add_explicit(&P.done, 1, memory_order_release);
     }
 }
 
@@ -81,8 +90,7 @@ static void *worker(void *arg) {
         }
         seen = g;
         if (atomic_load(&P.stop)) return NULL;
-        run_chunk(tid);
-        atomic_fetch_sub_explicit(&P.pending, 1, memory_order_release);
+        run_chunks(g, tid);
     }
 }
 
@@ -144,18 +152,24 @@ void er_parallel_for(int64_t n, int64_t grain, er_task_fn fn, void *ctx) {
         return;
     }
     pthread_mutex_lock(&call_mu);
-    int64_t per = (n + nt - 1) / nt;
-    per = (per + grain - 1) / grain * grain;
+    /* about 4 chunks per thread (whole grains): a thread that runs late or slow leaves its share to the
+     * others instead of holding the call up (2 cores shared with other work, causal attention) */
+    int64_t grains = (n + grain - 1) / grain, nch = 4 * (int64_t)nt;
+    if (nch > grains) nch = grains;
+    int64_t per = (grains + nch - 1) / nch * grain;
     P.fn = fn;
     P.ctx = ctx;
     P.n = n;
     P.chunk = per;
-    atomic_store(&P.pending, P.nthreads - 1);
-    atomic_fetch_add_explicit(&P.gen, 1, memory_order_seq_cst);
+    P.nchunks = (n + per - 1) / per;
+    atomic_store_explicit(&P.done, 0, memory_order_relaxed);
+    uint32_t job = atomic_load(&P.gen) + 1;
+    atomic_store_explicit(&P.claim, (uint64_t)job << 32, memory_order_release);
+    atomic_store_explicit(&P.gen, job, memory_order_seq_cst);
     wake_all();
-    run_chunk(0);
-    /* spin for the workers; yield now and then so an oversubscribed CPU can run them */
-    for (int64_t it = 1; atomic_load_explicit(&P.pending, memory_order_acquire) > 0; it++) {
+    run_chunks(job, 0);
+    /* wait for chunks other threads still run; yield now and then so an oversubscribed CPU can run them */
+    for (int64_t it = 1; atomic_load_explicit(&P.done, memory_order_acquire) < P.nchunks; it++) {
         cpu_relax();
         if ((it & 4095) == 0) sched_yield();
     }
