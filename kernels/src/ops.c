@@ -57,6 +57,90 @@ ER_AVX2 static void kv_axpy_avx2(float *o, float p, const void *v, int f16, int6
     for (; i + 8 <= d; i += 8) _mm256_storeu_ps(o + i, _mm256_fmadd_ps(pv, kv_load8(v, f16, i), _mm256_loadu_ps(o + i)));
     for (; i < d; i++) o[i] += p * (f16 ? er_f16_to_f32(((const uint16_t *)v)[i]) : ((const float *)v)[i]);
 }
+
+/* exp(x) for x <= 0 (softmax after the max is subtracted): 2^n * p(r), r in [-ln2/2, ln2/2], degree-6
+ * polynomial (Cephes expf coefficients, ~1 ulp); underflows to 0 below -87 */
+ER_AVX2 static inline __m256 exp256(__m256 x) {
+    x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+/* sc[t] = exp(sc[t] - mx) for t < n; returns the sum */
+ER_AVX2 static float exp_sum_avx2(float *sc, int64_t n, float mx) {
+    __m256 m = _mm256_set1_ps(mx), acc = _mm256_setzero_ps();
+    int64_t t = 0;
+    for (; t + 8 <= n; t += 8) {
+        __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(sc + t), m));
+        _mm256_storeu_ps(sc + t, e);
+        acc = _mm256_add_ps(acc, e);
+    }
+    float sum = hsum8(acc);
+    for (; t < n; t++) {
+        sc[t] = expf(sc[t] - mx);
+        sum += sc[t];
+    }
+    return sum;
+}
+
+/* sc[t] = q . k[t] for t < n, 8 keys at a time (8 dot accumulators reduced together) */
+ER_AVX2 static void qk_avx2(const float *q, const char *kb, int64_t n, int64_t D, int f16, float *sc) {
+    const int64_t es = f16 ? 2 : 4;
+    int64_t t = 0;
+    if (D % 8 == 0) {
+        for (; t + 8 <= n; t += 8) {
+            __m256 a[8];
+            for (int j = 0; j < 8; j++) a[j] = _mm256_setzero_ps();
+            for (int64_t i = 0; i < D; i += 8) {
+                __m256 qv = _mm256_loadu_ps(q + i);
+                for (int j = 0; j < 8; j++) a[j] = _mm256_fmadd_ps(qv, kv_load8(kb + (t + j) * D * es, f16, i), a[j]);
+            }
+            __m256 u01 = _mm256_add_ps(_mm256_unpacklo_ps(a[0], a[1]), _mm256_unpackhi_ps(a[0], a[1]));
+            __m256 u23 = _mm256_add_ps(_mm256_unpacklo_ps(a[2], a[3]), _mm256_unpackhi_ps(a[2], a[3]));
+            __m256 u45 = _mm256_add_ps(_mm256_unpacklo_ps(a[4], a[5]), _mm256_unpackhi_ps(a[4], a[5]));
+            __m256 u67 = _mm256_add_ps(_mm256_unpacklo_ps(a[6], a[7]), _mm256_unpackhi_ps(a[6], a[7]));
+            __m256 w0 = _mm256_add_ps(_mm256_shuffle_ps(u01, u23, 0x44), _mm256_shuffle_ps(u01, u23, 0xee));
+            __m256 w1 = _mm256_add_ps(_mm256_shuffle_ps(u45, u67, 0x44), _mm256_shuffle_ps(u45, u67, 0xee));
+            _mm256_storeu_ps(sc + t, _mm256_add_ps(_mm256_permute2f128_ps(w0, w1, 0x20),
+                                                   _mm256_permute2f128_ps(w0, w1, 0x31)));
+        }
+    }
+    for (; t < n; t++) sc[t] = kv_dot_avx2(q, kb + t * D * es, f16, D);
+}
+
+/* o (D) = sum_t p[t] * v[t] over n rows; 64 outputs at a time held in registers across all rows */
+ER_AVX2 static void pv_avx2(float *o, const float *p, const char *vb, int64_t n, int64_t D, int f16) {
+    const int64_t es = f16 ? 2 : 4;
+    int64_t i0 = 0;
+    for (; i0 + 64 <= D; i0 += 64) {
+        __m256 a[8];
+        for (int j = 0; j < 8; j++) a[j] = _mm256_setzero_ps();
+        for (int64_t t = 0; t < n; t++) {
+            const char *row = vb + t * D * es;
+            __m256 pt = _mm256_set1_ps(p[t]);
+            for (int j = 0; j < 8; j++) a[j] = _mm256_fmadd_ps(pt, kv_load8(row, f16, i0 + 8 * j), a[j]);
+        }
+        for (int j = 0; j < 8; j++) _mm256_storeu_ps(o + i0 + 8 * j, a[j]);
+    }
+    if (i0 < D) {
+        for (int64_t i = i0; i < D; i++) o[i] = 0.0f;
+        for (int64_t t = 0; t < n; t++) {
+            const char *row = vb + t * D * es + i0 * es;
+            kv_axpy_avx2(o + i0, p[t], row, f16, D - i0);
+        }
+    }
+}
 #endif
 
 static void rmsnorm_scalar(const float *x, const float *w, float *out, int64_t n, float eps) {
@@ -162,10 +246,13 @@ static void attend_one(const float *qh, const char *kb, const char *vb, int64_t 
                        float scale, float softcap, float *sc, float *o) {
     const int64_t es = f16 ? 2 : 4;
     float mx = -INFINITY;
+#if ER_X86
+    if (isa == ER_ISA_AVX2) qk_avx2(qh, kb, n, D, f16, sc);
+#endif
     for (int64_t t = 0; t < n; t++) {
         float s;
 #if ER_X86
-        if (isa == ER_ISA_AVX2) s = kv_dot_avx2(qh, kb + t * D * es, f16, D);
+        if (isa == ER_ISA_AVX2) s = sc[t];
         else
 #endif
             s = kv_dot_scalar(qh, kb + t * D * es, f16, D);
@@ -174,6 +261,14 @@ static void attend_one(const float *qh, const char *kb, const char *vb, int64_t 
         sc[t] = s;
         mx = s > mx ? s : mx;
     }
+#if ER_X86
+    if (isa == ER_ISA_AVX2) {
+        float inv = 1.0f / exp_sum_avx2(sc, n, mx);
+        for (int64_t t = 0; t < n; t++) sc[t] *= inv;
+        pv_avx2(o, sc, vb, n, D, f16);
+        return;
+    }
+#endif
     float sum = 0.0f;
     for (int64_t t = 0; t < n; t++) {
         sc[t] = expf(sc[t] - mx);
@@ -181,13 +276,7 @@ static void attend_one(const float *qh, const char *kb, const char *vb, int64_t 
     }
     float inv = 1.0f / sum;
     for (int64_t i = 0; i < D; i++) o[i] = 0.0f;
-    for (int64_t t = 0; t < n; t++) {
-#if ER_X86
-        if (isa == ER_ISA_AVX2) kv_axpy_avx2(o, sc[t] * inv, vb + t * D * es, f16, D);
-        else
-#endif
-            kv_axpy_scalar(o, sc[t] * inv, vb + t * D * es, f16, D);
-    }
+    for (int64_t t = 0; t < n; t++) kv_axpy_scalar(o, sc[t] * inv, vb + t * D * es, f16, D);
     (void)isa;
 }
 
