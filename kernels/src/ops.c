@@ -198,7 +198,30 @@ static inline float gelu1(float x) {
     return 0.5f * x * (1.0f + tanhf(c * (x + 0.044715f * x * x * x)));
 }
 
+#if ER_X86
+/* silu(g) * u (u = NULL: silu(g)) with e = exp(-|g|): sigmoid = 1/(1+e) for g >= 0, e/(1+e) below */
+ER_AVX2 static void silu_mul_avx2(const float *g, const float *u, float *out, int64_t n) {
+    const __m256 sign = _mm256_set1_ps(-0.0f), one = _mm256_set1_ps(1.0f);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 x = _mm256_loadu_ps(g + i);
+        __m256 e = exp256(_mm256_or_ps(x, sign)); /* exp(-|x|) */
+        __m256 r = _mm256_div_ps(_mm256_blendv_ps(one, e, x), _mm256_add_ps(one, e));
+        __m256 y = _mm256_mul_ps(x, r);
+        if (u) y = _mm256_mul_ps(y, _mm256_loadu_ps(u + i));
+        _mm256_storeu_ps(out + i, y);
+    }
+    for (; i < n; i++) out[i] = u ? silu1(g[i]) * u[i] : silu1(g[i]);
+}
+#endif
+
 void er_silu(const float *x, float *out, int64_t n) {
+#if ER_X86
+    if (er_get_isa() == ER_ISA_AVX2) {
+        silu_mul_avx2(x, NULL, out, n);
+        return;
+    }
+#endif
     for (int64_t i = 0; i < n; i++) out[i] = silu1(x[i]);
 }
 void er_gelu_tanh(const float *x, float *out, int64_t n) {
@@ -214,6 +237,12 @@ void er_mul(const float *a, const float *b, float *out, int64_t n) {
     for (int64_t i = 0; i < n; i++) out[i] = a[i] * b[i];
 }
 void er_silu_mul(const float *g, const float *u, float *out, int64_t n) {
+#if ER_X86
+    if (er_get_isa() == ER_ISA_AVX2) {
+        silu_mul_avx2(g, u, out, n);
+        return;
+    }
+#endif
     for (int64_t i = 0; i < n; i++) out[i] = silu1(g[i]) * u[i];
 }
 void er_gelu_mul(const float *g, const float *u, float *out, int64_t n) {
