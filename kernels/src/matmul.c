@@ -638,6 +638,62 @@ ER_AVX2 static ER_INLINE void tern4_gemv(const qrow *rw, const actq *a, int64_t 
     _mm_storeu_ps(y, acc);
 }
 
+/* One row's whole chunk for the 4-bit GEMV fast path (blocks of 32, no stored zero points): returns
+ * acc + float(dot - 8 isum) * sw * sx, lanes in LANE4 order */
+ER_AVX2 static ER_INLINE __m256 q4_row_chunk(const uint8_t *wp, const uint16_t *sp, const int8_t *q, __m256i zis,
+                                             __m256 sxv, __m256 acc) {
+    const __m256i m = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
+    __m256i v[4];
+    for (int j = 0; j < 4; j++) {
+        __m256i b = _mm256_loadu_si256((const __m256i *)(wp + 32 * j));
+        __m256i s = _mm256_add_epi16(
+            _mm256_maddubs_epi16(_mm256_and_si256(b, m), _mm256_loadu_si256((const __m256i *)(q + 64 * j))),
+            _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(b, 4), m),
+                                 _mm256_loadu_si256((const __m256i *)(q + 64 * j + 32))));
+        v[j] = _mm256_madd_epi16(s, ones);
+    }
+    __m256i t0 = _mm256_add_epi32(_mm256_unpacklo_epi32(v[0], v[1]), _mm256_unpackhi_epi32(v[0], v[1]));
+    __m256i t1 = _mm256_add_epi32(_mm256_unpacklo_epi32(v[2], v[3]), _mm256_unpackhi_epi32(v[2], v[3]));
+    __m256i d = _mm256_add_epi32(_mm256_unpacklo_epi64(t0, t1), _mm256_unpackhi_epi64(t0, t1));
+    __m256 sw = _mm256_permutevar8x32_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)sp)),
+                                         _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7));
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(d, zis)), _mm256_mul_ps(sw, sxv), acc);
+}
+
+/* 4-bit GEMV fast path, 4 rows, blocks of 32 and the default zero point (Q4_0-like): whole chunks only,
+ * accumulators in registers; returns them for the caller's pair/tail handling */
+ER_AVX2 static ER_INLINE void q4_gemv4_chunks(const qrow *rw, const actq *a, int64_t tok, int64_t nfull,
+                                              int64_t pf_next, __m256 acc[4]) {
+    const int8_t *q0 = a->q + tok * a->kp;
+    const float *sxl = a->sxl + tok * a->nch * CH;
+    const int32_t *zisl = a->zisl + tok * a->nch * CH;
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    const uint8_t *w0 = rw[0].row, *w1 = rw[1].row, *w2 = rw[2].row, *w3 = rw[3].row;
+    const uint16_t *s0 = rw[0].srow, *s1 = rw[1].srow, *s2 = rw[2].srow, *s3 = rw[3].srow;
+    for (int64_t c = 0; c < nfull; c++) {
+        const int64_t o = c * 128;
+        const int8_t *q = q0 + c * 256;
+        __m256i zis = _mm256_loadu_si256((const __m256i *)(zisl + c * CH));
+        __m256 sxv = _mm256_loadu_ps(sxl + c * CH);
+        _mm_prefetch((const char *)w0 + o + pf_next, _MM_HINT_T0);
+        _mm_prefetch((const char *)w0 + o + pf_next + 64, _MM_HINT_T0);
+        a0 = q4_row_chunk(w0 + o, s0 + c * CH, q, zis, sxv, a0);
+        _mm_prefetch((const char *)w1 + o + pf_next, _MM_HINT_T0);
+        _mm_prefetch((const char *)w1 + o + pf_next + 64, _MM_HINT_T0);
+        a1 = q4_row_chunk(w1 + o, s1 + c * CH, q, zis, sxv, a1);
+        _mm_prefetch((const char *)w2 + o + pf_next, _MM_HINT_T0);
+        _mm_prefetch((const char *)w2 + o + pf_next + 64, _MM_HINT_T0);
+        a2 = q4_row_chunk(w2 + o, s2 + c * CH, q, zis, sxv, a2);
+        _mm_prefetch((const char *)w3 + o + pf_next, _MM_HINT_T0);
+        _mm_prefetch((const char *)w3 + o + pf_next + 64, _MM_HINT_T0);
+        a3 = q4_row_chunk(w3 + o, s3 + c * CH, q, zis, sxv, a3);
+    }
+    acc[0] = a0;
+    acc[1] = a1;
+    acc[2] = a2;
+    acc[3] = a3;
+}
+
 /* y[t * ldy + r] for rows n0..n0+R-1 and tokens t0..t0+T-1 */
 ER_AVX2 static ER_INLINE void qtile_avx2(const er_weight *w, const actq *a, int64_t n0, const int R, int64_t t0,
                                          const int T, float *y, int64_t ldy, const int bits) {
@@ -668,9 +724,12 @@ ER_AVX2 static ER_INLINE void qtile_avx2(const er_weight *w, const actq *a, int6
         tern4_gemv(rw, a, t0, nfull, lp, pf_next, y);
         return;
     }
-    for (int64_t c = 0; c < nfull; c++)
-        qchunk(rw, a, c, units, 1, R, t0, T, bits, per, lp, asym, q8k, nb, zp_bytes, sidx, zshl, NULL,
-               _mm256_setzero_ps(), pf_next, acc, TS);
+    if (bits == 4 && per == 1 && !asym && R == 4 && T == 1 && !w->zero_points)
+        q4_gemv4_chunks(rw, a, t0, nfull, pf_next, acc);
+    else
+        for (int64_t c = 0; c < nfull; c++)
+            qchunk(rw, a, c, units, 1, R, t0, T, bits, per, lp, asym, q8k, nb, zp_bytes, sidx, zshl, NULL,
+                   _mm256_setzero_ps(), pf_next, acc, TS);
     __m256 accp = _mm256_setzero_ps(); /* lanes [rows 0-3 of sub A | rows 0-3 of sub B] (pair4_gemv) */
     if (bits == 4 && R == 4 && T == 1 && nmain - nfull * CH == 2) {
         accp = pair4_gemv(rw, a, t0, nfull * CH, per, asym, w->zp_hint, bits);
