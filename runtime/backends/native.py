@@ -8,7 +8,7 @@ decode step (T = 1), per layer, all buffers preallocated, pointers cached:
   x ─ rmsnorm ─► h ─ matmul q,k,v ─► [qk-norm] ─ rope q,k ─► k,v into the cache at pos
     ─ attention(q, cache[:, start:pos+1]) ─ matmul o ─► [post-norm] ─ x += ..
   x ─ rmsnorm ─► h ─ matmul gate,up ─ silu/gelu_mul ─ matmul down ─► [post-norm] ─ x += ..
-prefill (T > 1): the same matmuls as GEMMs (M = T), RoPE and causal attention in numpy.
+prefill (T > 1): the same matmuls as GEMMs (M = T), RoPE in numpy, causal attention in one kernel call.
 ```
 
 The numpy reference (``runtime/models``) defines the math; this file follows its hooks
@@ -28,7 +28,7 @@ import numpy as np
 
 from ...export.artifact import Artifact
 from ..kv_cache import SinkWindowKVCache
-from ..models.base import apply_rope, attention, rope_tables
+from ..models.base import apply_rope, rope_tables
 from .native_weights import WeightSource
 
 
@@ -258,13 +258,15 @@ class NativeModel:
             k = self._norm(k, pre + "attn_k_norm.weight")
         if isinstance(cache, SinkWindowKVCache):  # rotates q/k itself, attends sinks + window + block
             o = cache.attend(i, q, k, v, self.layers[i]["rope"], pos, self.scale)
-        else:
+        else:  # full cache: causal attention of the block over the cache in one threaded kernel call
             cos, sin = rope_tables(pos, a.head_dim, self.ref.rope_theta(i), self.ref.rope_scale(i))
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
             n0, n1 = int(pos[0]), int(pos[-1]) + 1
             cache.k[i][:, n0:n1] = k
             cache.v[i][:, n0:n1] = v
-            o = attention(q, cache.k[i][:, :n1], cache.v[i][:, :n1], pos, np.arange(n1), self.scale, self.window(i))
+            q = np.ascontiguousarray(q.transpose(1, 0, 2))  # (T, n_heads, hd)
+            o = self.k.attention_prefill(q, cache.k[i], cache.v[i], n0, self.scale, window=self.window(i))
+            o = o.transpose(1, 0, 2)  # (n_heads, T, hd), as the ring cache returns it
         o = np.ascontiguousarray(o.transpose(1, 0, 2).reshape(T, a.n_heads * a.head_dim))
         o = self._mm(W["wo"], o)
         if self.gemma:
