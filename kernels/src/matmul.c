@@ -68,7 +68,7 @@ typedef struct {
     int32_t *isl;  /* (m, nch * 8) */
     int32_t *zisl; /* (m, nch * 8): zdef * isl */
     int32_t *zich; /* (m, nch): zdef * the chunk's isum */
-    int64_t kp, nsub, nmain, n8, nch;
+    int64_t kp, nsub, nmain, n8, nch; /* kp: the padded K; q rows are kp + 64 apart (no 2^n stride) */
     int32_t zshift[8] __attribute__((aligned(32))); /* natural: (t / per) * bits (8-bit kernel) */
     int32_t zshl[8] __attribute__((aligned(32)));   /* lane order: (LANE[l] / per) * bits */
     int32_t sidx[8] __attribute__((aligned(32)));   /* lane order: LANE[l] / per (scale permute) */
@@ -730,9 +730,11 @@ ER_AVX2 static ER_INLINE void qtile_avx2(const er_weight *w, const actq *a, int6
         for (int64_t c = 0; c < nfull; c++)
             qchunk(rw, a, c, units, 1, R, t0, T, bits, per, lp, asym, q8k, nb, zp_bytes, sidx, zshl, NULL,
                    _mm256_setzero_ps(), pf_next, acc, TS);
-    __m256 accp = _mm256_setzero_ps(); /* lanes [rows 0-3 of sub A | rows 0-3 of sub B] (pair4_gemv) */
-    if (bits == 4 && R == 4 && T == 1 && nmain - nfull * CH == 2) {
-        accp = pair4_gemv(rw, a, t0, nfull * CH, per, asym, w->zp_hint, bits);
+    /* a lone trailing 4-bit pair: lanes [rows 0-3 of sub A | rows 0-3 of sub B] per token (pair4_gemv) */
+    __m256 accp[QT_MAXT];
+    const int lone_pair = bits == 4 && R == 4 && nmain - nfull * CH == 2;
+    if (lone_pair) {
+        for (int t = 0; t < T; t++) accp[t] = pair4_gemv(rw, a, t0 + t, nfull * CH, per, asym, w->zp_hint, bits);
     } else if (nfull * CH < nmain) {
         int nu = (int)((nmain - nfull * CH) / unit_subs(bits));
         const int *lane = bits == 4 ? LANE4 : LANE2;
@@ -753,7 +755,7 @@ ER_AVX2 static ER_INLINE void qtile_avx2(const er_weight *w, const actq *a, int6
         __m256 u1 = _mm256_add_ps(_mm256_unpacklo_ps(acc[2], acc[3]), _mm256_unpackhi_ps(acc[2], acc[3]));
         __m256 h = _mm256_add_ps(_mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(u0), _mm256_castps_pd(u1))),
                                  _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(u0), _mm256_castps_pd(u1))));
-        h = _mm256_add_ps(h, accp); /* lanes [rows 0-3 | rows 0-3] */
+        if (lone_pair) h = _mm256_add_ps(h, accp[0]); /* lanes [rows 0-3 | rows 0-3] */
         __m128 y4 = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
         if (nmain < a->nsub) {
             float tl[4];
@@ -766,6 +768,11 @@ ER_AVX2 static ER_INLINE void qtile_avx2(const er_weight *w, const actq *a, int6
     for (int r = 0; r < R; r++)
         for (int t = 0; t < T; t++) {
             float v = hsum256(acc[r * TS + t]);
+            if (lone_pair) {
+                float p[8];
+                _mm256_storeu_ps(p, accp[t]);
+                v += p[r] + p[r + 4];
+            }
             if (nmain < a->nsub) v += qtail_avx2(w, &rw[r], a, t0 + t);
             y[(int64_t)t * ldy + r] = v;
         }
@@ -945,7 +952,7 @@ int er_matmul(const er_weight *w, const float *x, float *y, int64_t m) {
         if (!(bits == 2 || bits == 4 || bits == 8) || bs < SUB || (bs & (bs - 1)) || !w->scales) return -2;
         const int per = bs / SUB;
         int64_t nb = (w->k + bs - 1) / bs, kp = nb * bs, nsub = kp / SUB, nch = (nsub + CH - 1) / CH;
-        size_t qbytes = (size_t)(m * kp + 63) & ~(size_t)63;
+        size_t qbytes = (size_t)(m * (kp + 64) + 63) & ~(size_t)63;
         size_t nat = (size_t)(m * nsub), lane = (size_t)(m * nch * CH);
         char *buf = get_scratch(qbytes + 2 * sizeof(float) * nat + 3 * sizeof(float) * lane +
                                 sizeof(int32_t) * (size_t)(m * nch) + 256);
@@ -957,7 +964,7 @@ int er_matmul(const er_weight *w, const float *x, float *y, int64_t m) {
         c.a.isl = (int32_t *)(c.a.sxl + lane);
         c.a.zisl = c.a.isl + lane;
         c.a.zich = c.a.zisl + lane;
-        c.a.kp = kp;
+        c.a.kp = kp + 64; /* row stride of q: a power-of-two stride would map all tokens to few cache sets */
         c.a.nsub = nsub;
         c.a.nmain = bits == 8 ? nsub : nsub - nsub % unit_subs(bits);
         c.a.n8 = nsub - nsub % 8;
@@ -974,7 +981,7 @@ int er_matmul(const er_weight *w, const float *x, float *y, int64_t m) {
         for (int64_t t = 0; t < m; t++) {
             float *sx = c.a.sx + t * nsub;
             int32_t *is = c.a.isum + t * nsub;
-            quantize_act_row(x + t * w->k, w->k, bits, nsub, c.a.nmain, q8k, c.isa, c.a.q + t * kp, sx, is);
+            quantize_act_row(x + t * w->k, w->k, bits, nsub, c.a.nmain, q8k, c.isa, c.a.q + t * c.a.kp, sx, is);
             if (bits == 8) continue;
             float *sxl = c.a.sxl + t * nch * CH;
             int32_t *isl = c.a.isl + t * nch * CH, *zisl = c.a.zisl + t * nch * CH;
@@ -985,7 +992,7 @@ int er_matmul(const er_weight *w, const float *x, float *y, int64_t m) {
                 isl[sl] = main_sub ? is[s] : 0;
             }
             if (q8k) { /* one scale per chunk: lane l sums bytes 4l..4l+3 of each 32-byte piece, as the dot */
-                const int8_t *qt = c.a.q + t * kp;
+                const int8_t *qt = c.a.q + t * c.a.kp;
                 for (int64_t ch = 0; ch < nch; ch++)
                     for (int l = 0; l < 8; l++) {
                         int32_t v = 0;
