@@ -77,6 +77,29 @@ ER_AVX2 static inline __m256 exp256(__m256 x) {
     return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
 
+ER_AVX2 static void scale_avx2(float *o, int64_t n, float r) {
+    const __m256 rv = _mm256_set1_ps(r);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(o + i, _mm256_mul_ps(_mm256_loadu_ps(o + i), rv));
+    for (; i < n; i++) o[i] *= r;
+}
+
+/* sc[t] *= scale for the first n - n % 8 scores; *mx = their max; returns how many were done */
+ER_AVX2 static int64_t scale_max_avx2(float *sc, int64_t n, float scale, float *mx) {
+    __m256 s = _mm256_set1_ps(scale), m = _mm256_set1_ps(-INFINITY);
+    int64_t t = 0;
+    for (; t + 8 <= n; t += 8) {
+        __m256 v = _mm256_mul_ps(_mm256_loadu_ps(sc + t), s);
+        _mm256_storeu_ps(sc + t, v);
+        m = _mm256_max_ps(m, v);
+    }
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_movehdup_ps(h));
+    *mx = _mm_cvtss_f32(h);
+    return t;
+}
+
 /* sc[t] = exp(sc[t] - mx) for t < n; returns the sum */
 ER_AVX2 static float exp_sum_avx2(float *sc, int64_t n, float mx) {
     __m256 m = _mm256_set1_ps(mx), acc = _mm256_setzero_ps();
@@ -119,13 +142,13 @@ ER_AVX2 static void qk_avx2(const float *q, const char *kb, int64_t n, int64_t D
     for (; t < n; t++) sc[t] = kv_dot_avx2(q, kb + t * D * es, f16, D);
 }
 
-/* o (D) = sum_t p[t] * v[t] over n rows; 64 outputs at a time held in registers across all rows */
-ER_AVX2 static void pv_avx2(float *o, const float *p, const char *vb, int64_t n, int64_t D, int f16) {
+/* o (D) (+)= sum_t p[t] * v[t] over n rows (acc: add to o); 64 outputs at a time held in registers */
+ER_AVX2 static void pv_avx2(float *o, const float *p, const char *vb, int64_t n, int64_t D, int f16, int acc) {
     const int64_t es = f16 ? 2 : 4;
     int64_t i0 = 0;
     for (; i0 + 64 <= D; i0 += 64) {
         __m256 a[8];
-        for (int j = 0; j < 8; j++) a[j] = _mm256_setzero_ps();
+        for (int j = 0; j < 8; j++) a[j] = acc ? _mm256_loadu_ps(o + i0 + 8 * j) : _mm256_setzero_ps();
         for (int64_t t = 0; t < n; t++) {
             const char *row = vb + t * D * es;
             __m256 pt = _mm256_set1_ps(p[t]);
@@ -134,7 +157,8 @@ ER_AVX2 static void pv_avx2(float *o, const float *p, const char *vb, int64_t n,
         for (int j = 0; j < 8; j++) _mm256_storeu_ps(o + i0 + 8 * j, a[j]);
     }
     if (i0 < D) {
-        for (int64_t i = i0; i < D; i++) o[i] = 0.0f;
+        if (!acc)
+            for (int64_t i = i0; i < D; i++) o[i] = 0.0f;
         for (int64_t t = 0; t < n; t++) {
             const char *row = vb + t * D * es + i0 * es;
             kv_axpy_avx2(o + i0, p[t], row, f16, D - i0);
@@ -294,7 +318,7 @@ static void attend_one(const float *qh, const char *kb, const char *vb, int64_t 
     if (isa == ER_ISA_AVX2) {
         float inv = 1.0f / exp_sum_avx2(sc, n, mx);
         for (int64_t t = 0; t < n; t++) sc[t] *= inv;
-        pv_avx2(o, sc, vb, n, D, f16);
+        pv_avx2(o, sc, vb, n, D, f16, 0);
         return;
     }
 #endif
@@ -309,15 +333,71 @@ static void attend_one(const float *qh, const char *kb, const char *vb, int64_t 
     (void)isa;
 }
 
+/* scale, softcap and exp of one head's scores in place; returns 1 / their sum (softmax = exp * that) */
+static float softmax_scores(float *sc, int64_t n, float scale, float softcap, int isa) {
+    float mx = -INFINITY;
+    int64_t t0 = 0;
+#if ER_X86
+    if (isa == ER_ISA_AVX2 && softcap <= 0.0f) t0 = scale_max_avx2(sc, n, scale, &mx);
+#endif
+    for (int64_t t = t0; t < n; t++) {
+        float s = sc[t] * scale;
+        if (softcap > 0.0f) s = softcap * tanhf(s / softcap);
+        sc[t] = s;
+        mx = s > mx ? s : mx;
+    }
+    float sum = 0.0f;
+#if ER_X86
+    if (isa == ER_ISA_AVX2) sum = exp_sum_avx2(sc, n, mx);
+    else
+#endif
+        for (int64_t t = 0; t < n; t++) {
+            sc[t] = expf(sc[t] - mx);
+            sum += sc[t];
+        }
+    (void)isa;
+    return 1.0f / sum;
+}
+
+#define ATT_KB 64 /* keys per block: 64 rows of K or V stay in L1 while every head of the group uses them */
+
+/* G query heads sharing one kv head (GQA): q (G, D) and o (G, D) contiguous, sc (G, n) scratch.
+ * Keys and values are read in blocks that serve all G heads from L1. */
+static void attend_group(const float *q, int64_t G, const char *kb, const char *vb, int64_t n, int64_t D, int f16,
+                         int isa, float scale, float softcap, float *sc, float *o) {
+#if ER_X86
+    if (isa == ER_ISA_AVX2) {
+        const int64_t es = f16 ? 2 : 4;
+        for (int64_t t0 = 0; t0 < n; t0 += ATT_KB) {
+            int64_t nb = n - t0 < ATT_KB ? n - t0 : ATT_KB;
+            for (int64_t g = 0; g < G; g++) qk_avx2(q + g * D, kb + t0 * D * es, nb, D, f16, sc + g * n + t0);
+        }
+        float inv[64];
+        for (int64_t g = 0; g < G; g++) {
+            float r = softmax_scores(sc + g * n, n, scale, softcap, isa);
+            if (G <= 64) inv[g] = r;
+            else for (int64_t t = 0; t < n; t++) sc[g * n + t] *= r;
+        }
+        for (int64_t t0 = 0; t0 < n; t0 += ATT_KB) {
+            int64_t nb = n - t0 < ATT_KB ? n - t0 : ATT_KB;
+            for (int64_t g = 0; g < G; g++) pv_avx2(o + g * D, sc + g * n + t0, vb + t0 * D * es, nb, D, f16, t0 > 0);
+        }
+        if (G <= 64) /* normalize once at the end: o = (sum_t e_t v_t) / sum_t e_t */
+            for (int64_t g = 0; g < G; g++) scale_avx2(o + g * D, D, inv[g]);
+        return;
+    }
+#endif
+    for (int64_t g = 0; g < G; g++) attend_one(q + g * D, kb, vb, n, D, f16, isa, scale, softcap, sc, o + g * D);
+}
+
 static void attn_task(void *vc, int64_t start, int64_t end, int tid) {
     (void)tid;
     attn_ctx *c = (attn_ctx *)vc;
-    const int64_t D = c->head_dim, es = c->f16 ? 2 : 4;
-    for (int64_t h = start; h < end; h++) {
-        const int64_t kvh = h / c->group;
+    const int64_t D = c->head_dim, es = c->f16 ? 2 : 4, G = c->group;
+    for (int64_t kvh = start; kvh < end; kvh++) { /* items: kv heads, each with its G query heads */
         const char *kb = c->k + kvh * c->kv_stride * D * es, *vb = c->v + kvh * c->kv_stride * D * es;
-        attend_one(c->q + h * D, kb, vb, c->n_ctx, D, c->f16, c->isa, c->scale, c->softcap,
-                   c->scores + h * c->n_ctx, c->out + h * D);
+        attend_group(c->q + kvh * G * D, G, kb, vb, c->n_ctx, D, c->f16, c->isa, c->scale, c->softcap,
+                     c->scores + kvh * G * c->n_ctx, c->out + kvh * G * D);
     }
 }
 
@@ -330,8 +410,9 @@ int er_attention(const float *q, const void *k, const void *v, float *out, int64
                   .n_heads = n_heads, .group = n_heads / n_kv_heads, .head_dim = head_dim, .n_ctx = n_ctx,
                   .kv_stride = kv_stride, .f16 = kv_f16 ? 1 : 0, .isa = er_get_isa(), .scale = scale,
                   .softcap = softcap};
-    /* one head per chunk unless the context is short (then threading costs more than it saves) */
-    er_parallel_for(n_heads, n_ctx * head_dim >= 4096 ? 1 : n_heads, attn_task, &c);
+    /* one kv head (with its query heads) per chunk unless the context is short (then threading costs more
+     * than it saves) */
+    er_parallel_for(n_kv_heads, n_ctx * head_dim * c.group >= 8192 ? 1 : n_kv_heads, attn_task, &c);
     free(scores);
     return 0;
 }
@@ -351,17 +432,16 @@ typedef struct {
  * contiguous chunks of items cost about the same under the causal mask */
 static void pattn_task(void *vc, int64_t start, int64_t end, int tid) {
     pattn_ctx *c = (pattn_ctx *)vc;
-    const int64_t D = c->head_dim, es = c->f16 ? 2 : 4, H = c->n_heads;
-    float *sc = c->scores + (int64_t)tid * c->ctx_max;
-    for (int64_t i = start; i < end; i++) {
-        const int64_t j = i / H, h = i % H;
+    const int64_t D = c->head_dim, es = c->f16 ? 2 : 4, H = c->n_heads, G = c->group, HKV = H / G;
+    float *sc = c->scores + (int64_t)tid * G * c->ctx_max;
+    for (int64_t i = start; i < end; i++) { /* items: (query, kv head) with the G query heads of the group */
+        const int64_t j = i / HKV, kvh = i % HKV;
         const int64_t t = (j & 1) ? c->T - 1 - (j >> 1) : (j >> 1);
         const int64_t p = c->p0 + t, first = c->window > 0 && p + 1 > c->window ? p + 1 - c->window : 0;
-        const int64_t kvh = h / c->group;
         const char *kb = c->k + (kvh * c->kv_stride + first) * D * es;
         const char *vb = c->v + (kvh * c->kv_stride + first) * D * es;
-        attend_one(c->q + (t * H + h) * D, kb, vb, p + 1 - first, D, c->f16, c->isa, c->scale, c->softcap, sc,
-                   c->out + (t * H + h) * D);
+        attend_group(c->q + (t * H + kvh * G) * D, G, kb, vb, p + 1 - first, D, c->f16, c->isa, c->scale, c->softcap,
+                     sc, c->out + (t * H + kvh * G) * D);
     }
 }
 
@@ -373,14 +453,14 @@ int er_attention_prefill(const float *q, const void *k, const void *v, float *ou
         return -1;
     const int nt = er_get_num_threads();
     const int64_t ctx_max = p0 + T;
-    float *scores = (float *)malloc(sizeof(float) * (size_t)(nt * ctx_max));
+    float *scores = (float *)malloc(sizeof(float) * (size_t)(nt * (n_heads / n_kv_heads) * ctx_max));
     if (!scores) return -3;
     pattn_ctx c = {.q = q, .k = (const char *)k, .v = (const char *)v, .out = out, .scores = scores,
                    .n_heads = n_heads, .group = n_heads / n_kv_heads, .head_dim = head_dim, .T = T, .p0 = p0,
                    .kv_stride = kv_stride, .window = window, .ctx_max = ctx_max, .f16 = kv_f16 ? 1 : 0,
                    .isa = er_get_isa(), .scale = scale, .softcap = softcap};
-    /* items in pairs of queries (short + long) times heads: grain keeps the pairs whole */
-    er_parallel_for(n_heads * T, 2 * n_heads, pattn_task, &c);
+    /* items in pairs of queries (short + long) times kv heads: grain keeps the pairs whole */
+    er_parallel_for(n_kv_heads * T, 2 * n_kv_heads, pattn_task, &c);
     free(scores);
     return 0;
 }
