@@ -929,6 +929,35 @@ static void mm_task(void *vctx, int64_t start, int64_t end, int tid) {
     }
 }
 
+#if ER_X86
+ER_AVX2 static void q8k_lane_sums_avx2(const int8_t *q, int64_t nch, int32_t *isl) {
+    const __m256i u1 = _mm256_set1_epi8(1), w1 = _mm256_set1_epi16(1);
+    for (int64_t ch = 0; ch < nch; ch++) {
+        __m256i s = _mm256_setzero_si256();
+        for (int p = 0; p < 8; p++)
+            s = _mm256_add_epi16(s, _mm256_maddubs_epi16(u1, _mm256_loadu_si256((const __m256i *)(q + ch * 256 + 32 * p))));
+        _mm256_storeu_si256((__m256i *)(isl + ch * CH), _mm256_madd_epi16(s, w1));
+    }
+}
+#endif
+
+static void q8k_lane_sums(const int8_t *q, int64_t nch, int isa, int32_t *isl) {
+#if ER_X86
+    if (isa == ER_ISA_AVX2) {
+        q8k_lane_sums_avx2(q, nch, isl);
+        return;
+    }
+#endif
+    (void)isa;
+    for (int64_t ch = 0; ch < nch; ch++)
+        for (int l = 0; l < 8; l++) {
+            int32_t v = 0;
+            for (int p = 0; p < 8; p++)
+                for (int b = 0; b < 4; b++) v += q[ch * 256 + p * 32 + 4 * l + b];
+            isl[ch * CH + l] = v;
+        }
+}
+
 /* Per-thread scratch for the quantized activations, kept between calls (decode makes hundreds of
  * calls per token; an allocation each was measurable). */
 static _Thread_local void *scratch = NULL;
@@ -991,16 +1020,8 @@ int er_matmul(const er_weight *w, const float *x, float *y, int64_t m) {
                 sxl[sl] = main_sub ? sx[s] : 0.0f;
                 isl[sl] = main_sub ? is[s] : 0;
             }
-            if (q8k) { /* one scale per chunk: lane l sums bytes 4l..4l+3 of each 32-byte piece, as the dot */
-                const int8_t *qt = c.a.q + t * c.a.kp;
-                for (int64_t ch = 0; ch < nch; ch++)
-                    for (int l = 0; l < 8; l++) {
-                        int32_t v = 0;
-                        for (int p = 0; p < 8; p++)
-                            for (int b = 0; b < 4; b++) v += qt[ch * 256 + p * 32 + 4 * l + b];
-                        isl[ch * CH + l] = v;
-                    }
-            }
+            if (q8k) /* one scale per chunk: lane l sums bytes 4l..4l+3 of each 32-byte piece, as the dot */
+                q8k_lane_sums(c.a.q + t * c.a.kp, nch, c.isa, isl);
             for (int64_t s = 0; s < nch * CH; s++) zisl[s] = zdef * isl[s];
             int32_t *zich = c.a.zich + t * nch;
             for (int64_t ch = 0; ch < nch; ch++) {
