@@ -638,10 +638,10 @@ ER_AVX2 static ER_INLINE void tern4_gemv(const qrow *rw, const actq *a, int64_t 
     _mm_storeu_ps(y, acc);
 }
 
-/* One row's whole chunk for the 4-bit GEMV fast path (blocks of 32, no stored zero points): returns
- * acc + float(dot - 8 isum) * sw * sx, lanes in LANE4 order */
-ER_AVX2 static ER_INLINE __m256 q4_row_chunk(const uint8_t *wp, const uint16_t *sp, const int8_t *q, __m256i zis,
-                                             __m256 sxv, __m256 acc) {
+/* One row's whole chunk for the 4-bit GEMV fast path: returns acc + float(dot - z isum) * sw * sx, lanes in
+ * LANE4 order (zis: z * isum per lane; sp: the row's scales from the chunk's first block) */
+ER_AVX2 static ER_INLINE __m256 q4_row_chunk(const uint8_t *wp, const uint16_t *sp, int per, __m256i sidx,
+                                             const int8_t *q, __m256i zis, __m256 sxv, __m256 acc) {
     const __m256i m = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
     __m256i v[4];
     for (int j = 0; j < 4; j++) {
@@ -655,38 +655,48 @@ ER_AVX2 static ER_INLINE __m256 q4_row_chunk(const uint8_t *wp, const uint16_t *
     __m256i t0 = _mm256_add_epi32(_mm256_unpacklo_epi32(v[0], v[1]), _mm256_unpackhi_epi32(v[0], v[1]));
     __m256i t1 = _mm256_add_epi32(_mm256_unpacklo_epi32(v[2], v[3]), _mm256_unpackhi_epi32(v[2], v[3]));
     __m256i d = _mm256_add_epi32(_mm256_unpacklo_epi64(t0, t1), _mm256_unpackhi_epi64(t0, t1));
-    __m256 sw = _mm256_permutevar8x32_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)sp)),
-                                         _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7));
+    __m256 sw = chunk_wscales_full(sp, per, sidx);
     return _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(d, zis)), _mm256_mul_ps(sw, sxv), acc);
 }
 
-/* 4-bit GEMV fast path, 4 rows, blocks of 32 and the default zero point (Q4_0-like): whole chunks only,
- * accumulators in registers; returns them for the caller's pair/tail handling */
-ER_AVX2 static ER_INLINE void q4_gemv4_chunks(const qrow *rw, const actq *a, int64_t tok, int64_t nfull,
-                                              int64_t pf_next, __m256 acc[4]) {
+/* 4-bit GEMV fast path, 4 rows: whole chunks only, accumulators in registers; returns them for the
+ * caller's pair/tail handling. asym: per-block zero points read per row and chunk. */
+ER_AVX2 static ER_INLINE void q4_gemv4_chunks(const qrow *rw, const actq *a, int64_t tok, int64_t nfull, int per,
+                                              int lp, int asym, int64_t zp_bytes, int64_t pf_next, __m256 acc[4]) {
     const int8_t *q0 = a->q + tok * a->kp;
     const float *sxl = a->sxl + tok * a->nch * CH;
-    const int32_t *zisl = a->zisl + tok * a->nch * CH;
+    const int32_t *zisl = a->zisl + tok * a->nch * CH, *isl = a->isl + tok * a->nch * CH;
+    const __m256i sidx = _mm256_load_si256((const __m256i *)a->sidx);
+    const __m256i zshl = _mm256_load_si256((const __m256i *)a->zshl);
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     const uint8_t *w0 = rw[0].row, *w1 = rw[1].row, *w2 = rw[2].row, *w3 = rw[3].row;
     const uint16_t *s0 = rw[0].srow, *s1 = rw[1].srow, *s2 = rw[2].srow, *s3 = rw[3].srow;
     for (int64_t c = 0; c < nfull; c++) {
-        const int64_t o = c * 128;
+        const int64_t o = c * 128, b0 = (c * CH) >> lp;
         const int8_t *q = q0 + c * 256;
-        __m256i zis = _mm256_loadu_si256((const __m256i *)(zisl + c * CH));
         __m256 sxv = _mm256_loadu_ps(sxl + c * CH);
+        __m256i z0, z1, z2, z3;
+        if (asym) {
+            __m256i is = _mm256_loadu_si256((const __m256i *)(isl + c * CH));
+            z0 = _mm256_mullo_epi32(chunk_zp(rw[0].zprow, zp_bytes, 4, b0, zshl), is);
+            z1 = _mm256_mullo_epi32(chunk_zp(rw[1].zprow, zp_bytes, 4, b0, zshl), is);
+            z2 = _mm256_mullo_epi32(chunk_zp(rw[2].zprow, zp_bytes, 4, b0, zshl), is);
+            z3 = _mm256_mullo_epi32(chunk_zp(rw[3].zprow, zp_bytes, 4, b0, zshl), is);
+        } else {
+            z0 = z1 = z2 = z3 = _mm256_loadu_si256((const __m256i *)(zisl + c * CH));
+        }
         _mm_prefetch((const char *)w0 + o + pf_next, _MM_HINT_T0);
         _mm_prefetch((const char *)w0 + o + pf_next + 64, _MM_HINT_T0);
-        a0 = q4_row_chunk(w0 + o, s0 + c * CH, q, zis, sxv, a0);
+        a0 = q4_row_chunk(w0 + o, s0 + b0, per, sidx, q, z0, sxv, a0);
         _mm_prefetch((const char *)w1 + o + pf_next, _MM_HINT_T0);
         _mm_prefetch((const char *)w1 + o + pf_next + 64, _MM_HINT_T0);
-        a1 = q4_row_chunk(w1 + o, s1 + c * CH, q, zis, sxv, a1);
+        a1 = q4_row_chunk(w1 + o, s1 + b0, per, sidx, q, z1, sxv, a1);
         _mm_prefetch((const char *)w2 + o + pf_next, _MM_HINT_T0);
         _mm_prefetch((const char *)w2 + o + pf_next + 64, _MM_HINT_T0);
-        a2 = q4_row_chunk(w2 + o, s2 + c * CH, q, zis, sxv, a2);
+        a2 = q4_row_chunk(w2 + o, s2 + b0, per, sidx, q, z2, sxv, a2);
         _mm_prefetch((const char *)w3 + o + pf_next, _MM_HINT_T0);
         _mm_prefetch((const char *)w3 + o + pf_next + 64, _MM_HINT_T0);
-        a3 = q4_row_chunk(w3 + o, s3 + c * CH, q, zis, sxv, a3);
+        a3 = q4_row_chunk(w3 + o, s3 + b0, per, sidx, q, z3, sxv, a3);
     }
     acc[0] = a0;
     acc[1] = a1;
@@ -724,8 +734,10 @@ ER_AVX2 static ER_INLINE void qtile_avx2(const er_weight *w, const actq *a, int6
         tern4_gemv(rw, a, t0, nfull, lp, pf_next, y);
         return;
     }
-    if (bits == 4 && per == 1 && !asym && R == 4 && T == 1 && !w->zero_points)
-        q4_gemv4_chunks(rw, a, t0, nfull, pf_next, acc);
+    if (bits == 4 && R == 4 && T == 1) {
+        if (per == 1 && !asym) q4_gemv4_chunks(rw, a, t0, nfull, 1, 0, 0, zp_bytes, pf_next, acc); /* Q4_0 */
+        else q4_gemv4_chunks(rw, a, t0, nfull, per, lp, asym, zp_bytes, pf_next, acc);
+    }
     else
         for (int64_t c = 0; c < nfull; c++)
             qchunk(rw, a, c, units, 1, R, t0, T, bits, per, lp, asym, q8k, nb, zp_bytes, sidx, zshl, NULL,
