@@ -511,6 +511,12 @@ ER_AVX2 static float qtail_avx2(const er_weight *w, const qrow *r, const actq *a
 #ifndef ER_PF
 #define ER_PF 1
 #endif
+#ifndef ER_SEQ
+#define ER_SEQ 1
+#endif
+#ifndef ER_PF_BYTES
+#define ER_PF_BYTES 4096
+#endif
 #define QT_MAXT 32 /* tokens per tile */
 #define QT_MAXR 4  /* rows per tile */
 
@@ -671,6 +677,22 @@ ER_AVX2 static ER_INLINE void q4_gemv4_chunks(const qrow *rw, const actq *a, int
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     const uint8_t *w0 = rw[0].row, *w1 = rw[1].row, *w2 = rw[2].row, *w3 = rw[3].row;
     const uint16_t *s0 = rw[0].srow, *s1 = rw[1].srow, *s2 = rw[2].srow, *s3 = rw[3].srow;
+    if (ER_SEQ && !asym) { /* rows one after another: a plain sequential stream for the prefetchers */
+#define Q4_ROW(AR, W, S)                                                                                     \
+    for (int64_t c = 0; c < nfull; c++) {                                                                    \
+        const int64_t o = c * 128, b0 = (c * CH) >> lp;                                                      \
+        _mm_prefetch((const char *)W + o + 512, _MM_HINT_T0);                                                \
+        _mm_prefetch((const char *)W + o + 576, _MM_HINT_T0);                                                \
+        AR = q4_row_chunk(W + o, S + b0, per, sidx, q0 + c * 256,                                            \
+                          _mm256_loadu_si256((const __m256i *)(zisl + c * CH)), _mm256_loadu_ps(sxl + c * CH), AR); \
+    }
+        Q4_ROW(a0, w0, s0)
+        Q4_ROW(a1, w1, s1)
+        Q4_ROW(a2, w2, s2)
+        Q4_ROW(a3, w3, s3)
+#undef Q4_ROW
+        nfull = 0;
+    }
     for (int64_t c = 0; c < nfull; c++) {
         const int64_t o = c * 128, b0 = (c * CH) >> lp;
         const int8_t *q = q0 + c * 256;
@@ -729,7 +751,10 @@ ER_AVX2 static ER_INLINE void qtile_avx2(const er_weight *w, const actq *a, int6
         for (int t = 0; t < T; t++) acc[r * TS + t] = _mm256_setzero_ps();
     const int64_t nfull = nmain / CH; /* chunks with all units present */
     /* GEMV: prefetch the next tile (R rows further) while this one is computed, unless it is the last */
-    const int64_t pf_next = (ER_PF && T == 1 && n0 + 2 * R <= w->n) ? R * row_bytes : 0;
+    /* ahead by whole tiles, at least ER_PF_BYTES: DRAM latency (~100 ns) exceeds a small tile's compute */
+    int64_t pf_tiles = (ER_PF_BYTES + R * row_bytes - 1) / (R * row_bytes);
+    pf_tiles = pf_tiles < 1 ? 1 : pf_tiles > 16 ? 16 : pf_tiles;
+    const int64_t pf_next = (ER_PF && T == 1 && n0 + (pf_tiles + 1) * R <= w->n) ? pf_tiles * R * row_bytes : 0;
     if (bits == 2 && q8k && !asym && R == 4 && T == 1) {
         tern4_gemv(rw, a, t0, nfull, lp, pf_next, y);
         return;
