@@ -325,9 +325,15 @@ ER_AVX2 static ER_INLINE __m256i group_dots8(const uint8_t *p, const int8_t *q) 
         __m256i c = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(p + 32 * j)), x80);
         v[j] = dot_s8s8(c, _mm256_loadu_si256((const __m256i *)(q + 32 * j)));
     }
-    __m256i h0 = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
-    __m256i h1 = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
-    return _mm256_add_epi32(_mm256_permute2x128_si256(h0, h1, 0x20), _mm256_permute2x128_si256(h0, h1, 0x31));
+    /* 8 vectors -> lane t = sum of v[t]: shuffle/add tree (hadd is slow here: one per 2 cycles) */
+    __m256i u01 = _mm256_add_epi32(_mm256_unpacklo_epi32(v[0], v[1]), _mm256_unpackhi_epi32(v[0], v[1]));
+    __m256i u23 = _mm256_add_epi32(_mm256_unpacklo_epi32(v[2], v[3]), _mm256_unpackhi_epi32(v[2], v[3]));
+    __m256i u45 = _mm256_add_epi32(_mm256_unpacklo_epi32(v[4], v[5]), _mm256_unpackhi_epi32(v[4], v[5]));
+    __m256i u67 = _mm256_add_epi32(_mm256_unpacklo_epi32(v[6], v[7]), _mm256_unpackhi_epi32(v[6], v[7]));
+    __m256i w0 = _mm256_add_epi32(_mm256_unpacklo_epi64(u01, u23), _mm256_unpackhi_epi64(u01, u23));
+    __m256i w1 = _mm256_add_epi32(_mm256_unpacklo_epi64(u45, u67), _mm256_unpackhi_epi64(u45, u67));
+    /* w0 = [v0..v3 (low halves) | v0..v3 (high halves)], w1 likewise for v4..v7 */
+    return _mm256_add_epi32(_mm256_permute2x128_si256(w0, w1, 0x20), _mm256_permute2x128_si256(w0, w1, 0x31));
 }
 
 /* per-sub-block weight scales of a group starting at block b0 (per = sub-blocks per block) */
@@ -365,8 +371,8 @@ ER_AVX2 static float qdot_row_avx2_b8(const er_weight *w, int64_t n, const actq 
             for (int t = 0; t < 8; t++) zz[t] = zero_point(zprow, bits, (t0 + t) / per) - 128;
             z = _mm256_loadu_si256((const __m256i *)zz);
         }
-        __m256i isv = _mm256_loadu_si256((const __m256i *)(isum + t0));
-        __m256i idot = _mm256_sub_epi32(dots, _mm256_mullo_epi32(z, isv));
+        __m256i idot = dots; /* no stored zero points: codes - 128 are the signed values, nothing to subtract */
+        if (zprow) idot = _mm256_sub_epi32(dots, _mm256_mullo_epi32(z, _mm256_loadu_si256((const __m256i *)(isum + t0))));
         __m256 scale = _mm256_mul_ps(_mm256_loadu_ps(sx + t0), group_scales(srow + b0, per));
         acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(idot), scale, acc);
     }
