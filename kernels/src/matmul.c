@@ -4,15 +4,23 @@
  *   1. x is quantized per 32 values ("sub-block" t) as llama.cpp's quantize_row_q8_0 does:
  *      sx[t] = fp16(amax/127), xq = round_half_even(x * 127/amax); for 2-bit weights in blocks of
  *      256 as its quantize_row_q8_K (one f32 scale per 256, the activations of its TQ2_0 dot);
- *      isum[t] = sum(xq), stored in the ORDER the weight codes come out of a register unpack
- *      (see q_index: low/high nibbles of 32 bytes, 2-bit fields of 32 bytes), so no shuffles.
+ *      isum[t] = sum(xq). xq is stored in the ORDER the weight codes come out of a register unpack
+ *      of one 32-byte load (see q_index: low/high nibbles, 2-bit fields), so no shuffles. Scalar and
+ *      AVX2 quantizers are bit-identical (tested).
  *   2. y = sum_t sw[b(t)] * sx[t] * (dot_int(codes_t, xq_t) - z[b(t)] * isum[t])
- *      8 sub-blocks at a time: 8 integer dots reduced into one vector (lane = sub-block), the
- *      zero-point term in integers, one FMA with the vector sx * sw per 256 weights.
- *      8-bit codes are used as signed (code - 128) with z' = z - 128 so maddubs cannot overflow.
+ *      4-/2-bit: chunks of 8 sub-blocks (4 pairs / 2 quads of 32-byte loads). Codes are unpacked once
+ *      (shift + mask) per row and chunk; int16 maddubs sums of one sub-block are added before the one
+ *      madd that widens them; the chunk reduces (shuffle tree, not hadd) to lanes = sub-blocks (LANE4 /
+ *      LANE2 order, activation scales stored to match), then one FMA with sw * sx per 256 weights.
+ *      2-bit codes with Q8_K activations (one scale per chunk) add the whole chunk in int16.
+ *      8-bit codes are used as signed (code - 128) (sign trick) so maddubs cannot overflow.
  *
- * GEMV (m == 1) streams each weight row once; GEMM (m > 1) runs a 4-row tile over every token
- * while the tile sits in L1. Rows are split across the thread pool.
+ * GEMV (m == 1): tiles of 4 rows. int4 walks the 4 rows one after another with register accumulators
+ * (a sequential stream for the prefetchers) and sums the 4 rows in one shuffle tree; a lone trailing
+ * pair of sub-blocks (K = 576) is reduced for the 4 rows together. Ternary (blocks of 256, uniform zero
+ * point: er_weight.zp_hint) reduces the 4 rows' chunk dots together and shares one epilogue. The next
+ * tile is prefetched. GEMM (m > 1): a tile of 4 rows x 32 tokens stays in L1; codes are unpacked once per
+ * row and chunk and dotted against every token. Rows are split across the thread pool.
  */
 #include <math.h>
 #include <stdlib.h>
