@@ -15,8 +15,9 @@
  *      2-bit codes with Q8_K activations (one scale per chunk) add the whole chunk in int16.
  *      8-bit codes are used as signed (code - 128) (sign trick) so maddubs cannot overflow.
  *
- * GEMV (m == 1): tiles of 4 rows. int4 walks the 4 rows one after another with register accumulators
- * (a sequential stream for the prefetchers) and sums the 4 rows in one shuffle tree; a lone trailing
+ * GEMV (m == 1): tiles of 4 rows. int4 (no stored zero points) walks the 4 rows one after another with
+ * register accumulators (a sequential stream for the prefetchers) and sums the 4 rows in one shuffle
+ * tree; a lone trailing
  * pair of sub-blocks (K = 576) is reduced for the 4 rows together. Ternary (blocks of 256, uniform zero
  * point: er_weight.zp_hint) reduces the 4 rows' chunk dots together and shares one epilogue. The next
  * tile is prefetched. GEMM (m > 1): a tile of 4 rows x 32 tokens stays in L1; codes are unpacked once per
@@ -380,7 +381,8 @@ ER_AVX2 static float qdot_row_avx2_b8(const er_weight *w, int64_t n, const actq 
             z = _mm256_loadu_si256((const __m256i *)zz);
         }
         __m256i idot = dots; /* no stored zero points: codes - 128 are the signed values, nothing to subtract */
-        if (zprow) idot = _mm256_sub_epi32(dots, _mm256_mullo_epi32(z, _mm256_loadu_si256((const __m256i *)(isum + t0))));
+        if (zprow)
+            idot = _mm256_sub_epi32(dots, _mm256_mullo_epi32(z, _mm256_loadu_si256((const __m256i *)(isum + t0))));
         __m256 scale = _mm256_mul_ps(_mm256_loadu_ps(sx + t0), group_scales(srow + b0, per));
         acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(idot), scale, acc);
     }
@@ -512,7 +514,8 @@ ER_AVX2 static float qtail_avx2(const er_weight *w, const qrow *r, const actq *a
     float y = 0.0f;
     for (int64_t t = a->nmain; t < a->nsub; t++) {
         const int64_t b = t / per;
-        __m256i d = dot_u8s8(unpack32(r->row + t * sub_bytes, bits), _mm256_loadu_si256((const __m256i *)(q + t * SUB)));
+        __m256i d = dot_u8s8(unpack32(r->row + t * sub_bytes, bits),
+                             _mm256_loadu_si256((const __m256i *)(q + t * SUB)));
         __m128i d4 = _mm_add_epi32(_mm256_castsi256_si128(d), _mm256_extracti128_si256(d, 1));
         d4 = _mm_hadd_epi32(d4, d4);
         d4 = _mm_hadd_epi32(d4, d4);
@@ -986,7 +989,8 @@ ER_AVX2 static void q8k_lane_sums_avx2(const int8_t *q, int64_t nch, int32_t *is
     for (int64_t ch = 0; ch < nch; ch++) {
         __m256i s = _mm256_setzero_si256();
         for (int p = 0; p < 8; p++)
-            s = _mm256_add_epi16(s, _mm256_maddubs_epi16(u1, _mm256_loadu_si256((const __m256i *)(q + ch * 256 + 32 * p))));
+            s = _mm256_add_epi16(
+                s, _mm256_maddubs_epi16(u1, _mm256_loadu_si256((const __m256i *)(q + ch * 256 + 32 * p))));
         _mm256_storeu_si256((__m256i *)(isl + ch * CH), _mm256_madd_epi16(s, w1));
     }
 }
