@@ -24,3 +24,24 @@ def test_pool_resize_and_repeat():
         for _ in range(200):  # back-to-back calls exercise the spin/wake handshake
             np.testing.assert_allclose(matmul(Weight(w), x), ref, rtol=1e-5, atol=1e-4)
     set_num_threads(None)
+
+
+def test_pool_covers_every_index_once():
+    # chunks are claimed by whichever thread is free: every index runs exactly once, on any pool size
+    from edgerun.kernels._lib import TASK_FN, lib
+
+    for nt in (1, 2, 5):
+        set_num_threads(nt)
+        for n, grain in ((1, 1), (7, 3), (100, 1), (1000, 16), (64, 64)):
+            hits = np.zeros(n, np.int64)
+            tids = set()
+
+            def task(ctx, start, end, tid, hits=hits, tids=tids):
+                hits[start:end] += 1
+                tids.add(tid)
+
+            cb = TASK_FN(task)
+            lib.er_parallel_for(n, grain, cb, None)
+            assert np.all(hits == 1), (nt, n, grain)
+            assert tids <= set(range(nt))
+    set_num_threads(None)
