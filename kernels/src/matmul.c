@@ -804,19 +804,22 @@ ER_AVX2 static ER_INLINE void qtile_avx2(const er_weight *w, const actq *a, int6
         else QCHUNK_PART(3);
 #undef QCHUNK_PART
     }
-    if (R == 4 && T == 1) { /* the 4 horizontal sums at once */
-        __m256 u0 = _mm256_add_ps(_mm256_unpacklo_ps(acc[0], acc[1]), _mm256_unpackhi_ps(acc[0], acc[1]));
-        __m256 u1 = _mm256_add_ps(_mm256_unpacklo_ps(acc[2], acc[3]), _mm256_unpackhi_ps(acc[2], acc[3]));
-        __m256 h = _mm256_add_ps(_mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(u0), _mm256_castps_pd(u1))),
-                                 _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(u0), _mm256_castps_pd(u1))));
-        if (lone_pair) h = _mm256_add_ps(h, accp[0]); /* lanes [rows 0-3 | rows 0-3] */
-        __m128 y4 = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-        if (nmain < a->nsub) {
-            float tl[4];
-            for (int r = 0; r < 4; r++) tl[r] = qtail_avx2(w, &rw[r], a, t0);
-            y4 = _mm_add_ps(y4, _mm_loadu_ps(tl));
+    if (R == 4) { /* per token, the 4 rows' horizontal sums at once */
+        for (int t = 0; t < T; t++) {
+            const __m256 a0 = acc[t], a1 = acc[TS + t], a2 = acc[2 * TS + t], a3 = acc[3 * TS + t];
+            __m256 u0 = _mm256_add_ps(_mm256_unpacklo_ps(a0, a1), _mm256_unpackhi_ps(a0, a1));
+            __m256 u1 = _mm256_add_ps(_mm256_unpacklo_ps(a2, a3), _mm256_unpackhi_ps(a2, a3));
+            __m256 h = _mm256_add_ps(_mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(u0), _mm256_castps_pd(u1))),
+                                     _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(u0), _mm256_castps_pd(u1))));
+            if (lone_pair) h = _mm256_add_ps(h, accp[t]); /* lanes [rows 0-3 | rows 0-3] */
+            __m128 y4 = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+            if (nmain < a->nsub) {
+                float tl[4];
+                for (int r = 0; r < 4; r++) tl[r] = qtail_avx2(w, &rw[r], a, t0 + t);
+                y4 = _mm_add_ps(y4, _mm_loadu_ps(tl));
+            }
+            _mm_storeu_ps(y + (int64_t)t * ldy, y4);
         }
-        _mm_storeu_ps(y, y4);
         return;
     }
     for (int r = 0; r < R; r++)
