@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny_models import DIMS, from_bf16_bits, to_bf16_bits
+from tiny_models import DIMS, from_bf16_bits, to_bf16_bits, write_safetensors
 
 LINEAR = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
           "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
@@ -19,23 +18,6 @@ N_LAYERS = 2
 GGUF_OF = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
            "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
            "mlp.down_proj": "ffn_down"}
-
-
-def _write_safetensors(path: Path, tensors: dict[str, tuple[str, np.ndarray]]) -> None:
-    """tensors: name -> (safetensors dtype, array of that dtype's bits)."""
-    header, offset, blobs = {}, 0, []
-    for name, (dt, arr) in tensors.items():
-        raw = np.ascontiguousarray(arr).tobytes()
-        header[name] = {"dtype": dt, "shape": list(arr.shape), "data_offsets": [offset, offset + len(raw)]}
-        blobs.append(raw)
-        offset += len(raw)
-    h = json.dumps(header).encode()
-    h += b" " * (-len(h) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(h)))
-        f.write(h)
-        for b in blobs:
-            f.write(b)
 
 
 def _shapes():
@@ -84,7 +66,7 @@ def make_bitnet(out: Path, form: str, tok_src: Path, seed: int = 0) -> tuple[Pat
             expected[name] = t.astype(np.float32) * scale
     folder = out / f"bitnet-{form}"
     folder.mkdir(parents=True, exist_ok=True)
-    _write_safetensors(folder / "model.safetensors", tensors)
+    write_safetensors(folder / "model.safetensors", tensors)
     cfg["architectures"] = ["LlamaForCausalLM"]
     cfg["num_hidden_layers"] = N_LAYERS
     if form != "bf16":
@@ -169,7 +151,7 @@ def test_bitnet_online_master_weights(tok_src, tmp_path):
     tensors = {n: (f.header[n]["dtype"], to_bf16_bits(f.read(n))) for n in f.header}
     del f
     tensors["model.layers.0.mlp.up_proj.weight"] = ("BF16", to_bf16_bits(w))
-    _write_safetensors(st, tensors)
+    write_safetensors(st, tensors)
     cfg = json.loads((folder / "config.json").read_text())
     cfg["quantization_config"] = {"quant_method": "bitnet", "quantization_mode": "online",
                                   "linear_class": "autobitlinear"}

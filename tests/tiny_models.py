@@ -9,6 +9,7 @@ import struct
 from pathlib import Path
 
 import numpy as np
+from edgerun.export.hf_reader import _LAYER_MAP
 
 DIMS = dict(dim=64, n_heads=4, n_kv_heads=2, head_dim=16, ffn_dim=128)
 N_LAYERS = {"llama": 2, "qwen2": 2, "gemma3": 6}
@@ -25,12 +26,13 @@ def from_bf16_bits(b: np.ndarray) -> np.ndarray:
     return (b.astype(np.uint32) << 16).view(np.float32)
 
 
-def write_safetensors(path: Path, tensors: dict[str, np.ndarray]) -> None:
-    """Write bf16 safetensors (tensors given as uint16 bf16 bit patterns)."""
+def write_safetensors(path: Path, tensors: dict[str, np.ndarray | tuple[str, np.ndarray]]) -> None:
+    """Write safetensors: name -> uint16 bf16 bit patterns (stored as BF16), or (safetensors dtype, array)."""
     header, offset, blobs = {}, 0, []
-    for name, arr in tensors.items():
+    for name, item in tensors.items():
+        dt, arr = item if isinstance(item, tuple) else ("BF16", item)
         raw = np.ascontiguousarray(arr).tobytes()
-        header[name] = {"dtype": "BF16", "shape": list(arr.shape), "data_offsets": [offset, offset + len(raw)]}
+        header[name] = {"dtype": dt, "shape": list(arr.shape), "data_offsets": [offset, offset + len(raw)]}
         blobs.append(raw)
         offset += len(raw)
     h = json.dumps(header).encode()
@@ -97,23 +99,7 @@ def _hf_config(arch: str, vocab: int) -> dict:
     return cfg
 
 
-GGUF_NAMES = {
-    "input_layernorm.weight": "attn_norm.weight",
-    "self_attn.q_proj.weight": "attn_q.weight",
-    "self_attn.k_proj.weight": "attn_k.weight",
-    "self_attn.v_proj.weight": "attn_v.weight",
-    "self_attn.q_proj.bias": "attn_q.bias",
-    "self_attn.k_proj.bias": "attn_k.bias",
-    "self_attn.v_proj.bias": "attn_v.bias",
-    "self_attn.o_proj.weight": "attn_output.weight",
-    "self_attn.q_norm.weight": "attn_q_norm.weight",
-    "self_attn.k_norm.weight": "attn_k_norm.weight",
-    "mlp.gate_proj.weight": "ffn_gate.weight",
-    "mlp.up_proj.weight": "ffn_up.weight",
-    "mlp.down_proj.weight": "ffn_down.weight",
-    "pre_feedforward_layernorm.weight": "ffn_norm.weight",
-    "post_feedforward_layernorm.weight": "post_ffw_norm.weight",
-}
+GGUF_NAMES = _LAYER_MAP  # HF layer tensor names -> GGUF names, as the reader maps them
 
 
 def _permute(w: np.ndarray, n_heads: int) -> np.ndarray:
