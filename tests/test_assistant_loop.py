@@ -166,12 +166,9 @@ def test_headless_under_one_budget_for_all_models(question_wav, tmp_path):
 @pytest.mark.model
 def test_budget_below_speech_models_fails_in_one_line(question_wav, tmp_path):
     """In a fresh process (what a user runs): one line, exit code 1, the total minimum stated."""
-    import shutil
-    import subprocess
-
-    exe = shutil.which("edgerun")
-    out = subprocess.run([exe, "assistant", "--input", question_wav, "--output", str(tmp_path / "r.wav"),
-                          "--ram", "200MB"], capture_output=True, text=True)  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", "from edgerun.cli import main; main()", "assistant", "--input",
+                          question_wav, "--output", str(tmp_path / "r.wav"), "--ram", "200MB"],
+                         capture_output=True, text=True)  # fmt: skip
     assert out.returncode == 1, out.stderr[-2000:]
     msg = (out.stdout + out.stderr).strip()
     assert "\n" not in msg and "Traceback" not in msg, msg
