@@ -63,21 +63,33 @@ def llm_phrases(pieces: Iterator[str], min_words: int = 4) -> Iterator[str]:
         yield buf.strip()
 
 
+def speech_recognizer(asr=None):
+    """`asr` itself when it is an ASR object, else the Whisper ASR of that model path (None: packaged)."""
+    from edgerun.runtime.audio.asr import ASR
+
+    return asr if asr is not None and not isinstance(asr, str) else ASR(asr, final_full_window=False)
+
+
+def voice_of(voice=None):
+    """`voice` itself when it is a TTS object, else the Piper TTS of that voice path (None: packaged)."""
+    from edgerun.runtime.audio.tts import TTS
+
+    return voice if voice is not None and not isinstance(voice, str) else TTS(voice)
+
+
 class Assistant:
     """Holds the models (ASR, LLM, TTS) and the conversation."""
 
     def __init__(self, llm=None, asr=None, tts=None, system_prompt: str = SYSTEM_PROMPT,
                  max_tokens: int = 80, temperature: float = 0.0, history_turns: int = 4):
-        from edgerun.runtime.audio.asr import ASR
-        from edgerun.runtime.audio.tts import TTS
 
         if llm is None or isinstance(llm, str):
             import edgerun
 
             llm = edgerun.load(llm)
         self.llm = llm
-        self.asr = asr if asr is not None and not isinstance(asr, str) else ASR(asr, final_full_window=False)
-        self.tts = tts if tts is not None and not isinstance(tts, str) else TTS(tts)
+        self.asr = speech_recognizer(asr)
+        self.tts = voice_of(tts)
         self.system_prompt = system_prompt
         self.max_tokens = max_tokens
         self.temperature = temperature
@@ -302,16 +314,13 @@ def load_within_budget(ram, model=None, asr=None, voice=None) -> tuple[object, o
     Returns (llm, asr, tts, report). Raises EdgerunError with the total minimum when `ram` is too small.
     """
     import edgerun
-    from edgerun.runtime.audio.asr import ASR
-    from edgerun.runtime.audio.tts import TTS
 
     from .memory import fmt_bytes, parse_budget, peak_rss_bytes, reset_peak_rss, rss_bytes
 
     budget = parse_budget(ram)
     base = rss_bytes()
     exact_peak = reset_peak_rss()  # the kernel's high-water mark from here, where the system allows it
-    asr = asr if asr is not None and not isinstance(asr, str) else ASR(asr, final_full_window=False)
-    tts = voice if voice is not None and not isinstance(voice, str) else TTS(voice)
+    asr, tts = speech_recognizer(asr), voice_of(voice)
     asr.decode(np.zeros(16000, np.float32), max_new_tokens=4)  # the encoder on a full 30-s window
     tts.generate("Hello there, I am your assistant, and this phrase is twelve words long.")  # a longest phrase
     speech = (peak_rss_bytes() if exact_peak else rss_bytes()) - base

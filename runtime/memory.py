@@ -180,7 +180,8 @@ class ModelFootprint:
     """What a model needs, in bytes, independent of the budget.
 
     layer_bytes: each decoder layer's byte range in weights.bin (quantized, as stored).
-    layer_dense_bytes: the same layers dequantized to float32 (0 = no dense tier).
+    layer_dense_bytes: the same layers dequantized to float32 (empty = no dense tier; the native
+    loader gives none, since its kernels read the stored bytes).
     global_bytes / global_dense_bytes: embeddings, head, norms (always resident).
     attn: one :class:`AttnLayer` per decoder layer (KV shapes).
     act_bytes_per_token: activation scratch per token of a block; act_fixed: scratch independent of T.

@@ -13,11 +13,6 @@ BACKENDS = ("auto", "reference", "native", "onnxruntime")
 PLAIN = ("f16", "f32", "bf16")
 
 
-def is_quantized(artifact) -> bool:
-    """Whether any tensor of the artifact is block-quantized (the table decides, not file names)."""
-    return any(e["format"] not in PLAIN for e in artifact.tensors.values())
-
-
 def kernels_available() -> bool:
     """Whether edgerun's compiled C kernels load on this machine."""
     try:

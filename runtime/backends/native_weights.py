@@ -70,10 +70,7 @@ class WeightSource:
         size = os.path.getsize(artifact.weights_path)
         self._map = mmap.mmap(self._fd, size, prot=mmap.PROT_READ) if size else None
         self._verified: set[str] = set()
-        self._by_layer: dict[int, list[str]] = {i: [] for i in range(n_layers)}
-        for name, e in self.tensors.items():
-            if e.get("layer") is not None and len(e["shape"]) == 2:
-                self._by_layer[e["layer"]].append(name)
+        self._globals: dict[str, dict[str, np.ndarray]] = {}  # embedding / head part views, built once
         self._resident: dict[int, dict] = {}
         self._streamed_cache: dict[tuple[int, int], dict] = {}  # (layer, buffer address) -> Weights
         for i in range(n_layers):
@@ -163,7 +160,14 @@ class WeightSource:
     # --- globals
     def global_weight(self, name: str):
         """A resident global matrix (the head when it is not streamed)."""
-        return _weight(self.tensors[name], self._map_parts(name))
+        return _weight(self.tensors[name], self._global_parts(name))
+
+    def _global_parts(self, name: str) -> dict[str, np.ndarray]:
+        """A global tensor's part views, built (and checksummed) once: every token looks them up."""
+        parts = self._globals.get(name)
+        if parts is None:
+            parts = self._globals[name] = self._map_parts(name, verify="file" if self.stream_globals else "map")
+        return parts
 
     def embed_rows(self, name: str, tokens: np.ndarray) -> np.ndarray:
         """Rows `tokens` of the embedding as float32 (T, dim); streamed globals read them with pread.
@@ -172,25 +176,25 @@ class WeightSource:
         that would stay in RSS.)"""
         entry = self.tensors[name]
         tokens = np.asarray(tokens, np.int64).reshape(-1)
+        parts = self._global_parts(name)
         if not self.stream_globals:
-            return dequantize_rows(entry, self._map_parts(name), tokens)
-        self._map_parts(name, verify="file")  # checksum once, through a small buffer
+            return dequantize_rows(entry, parts, tokens)
         n_out = entry["shape"][0]
-        parts = {}
+        rows = {}
         for part, info in entry["parts"].items():
             per = info["nbytes"] // n_out
             raw = np.empty((len(tokens), per), np.uint8)
             for j, t in enumerate(tokens):
                 os.preadv(self._fd, [memoryview(raw[j])], info["offset"] + int(t) * per)
-            parts[part] = raw.view(info["dtype"]).reshape(len(tokens), *info["shape"][1:])
-        return dequantize_rows(_rows_entry(entry, len(tokens)), parts, np.arange(len(tokens)))
+            rows[part] = raw.view(info["dtype"]).reshape(len(tokens), *info["shape"][1:])
+        return dequantize_rows(_rows_entry(entry, len(tokens)), rows, np.arange(len(tokens)))
 
     def streamed_matmul(self, name: str, x: np.ndarray, out: np.ndarray) -> np.ndarray:
         """out (M, N) = x (M, K) @ W.T, W read from the map in row chunks whose pages are dropped after."""
         from ... import kernels
 
         entry = self.tensors[name]
-        parts = self._map_parts(name, verify="file")
+        parts = self._global_parts(name)
         n_out = entry["shape"][0]
         row_bytes = sum(p["nbytes"] for p in entry["parts"].values()) / n_out
         step = max(1, int(ROW_CHUNK_BYTES // row_bytes))
