@@ -28,6 +28,7 @@
 
 #include "edgerun_kernels.h"
 #include "er_internal.h"
+#include "er_neon.h"
 
 #define SUB 32
 #define ER_INLINE inline __attribute__((always_inline))
@@ -627,38 +628,70 @@ ER_AVX2 static ER_INLINE __m256 pair4_gemv(const qrow *rw, const actq *a, int64_
     return _mm256_mul_ps(_mm256_cvtepi32_ps(d), _mm256_mul_ps(sw, sxv));
 }
 
-/* GEMV of 4 rows of 2-bit codes with one scale per chunk (blocks of 256, Q8_K activations) and uniform
- * zero points: each row's chunk is added up in int16 and widened once, then the 4 rows' vectors are
- * reduced together and share one epilogue (lanes [rows 0-3 | rows 0-3], row r = lane r + lane r + 4). */
-ER_AVX2 static ER_INLINE void tern4_gemv(const qrow *rw, const actq *a, int64_t tok, int64_t nch, int lp,
-                                         int64_t pf_next, float *y) {
-    const int8_t *q0 = a->q + tok * a->kp;
-    const float *sx = a->sx + tok * a->nsub;
-    const int32_t *zch = a->zich + tok * a->nch;
-    __m128 acc = _mm_setzero_ps();
-    for (int64_t c = 0; c < nch; c++) {
-        const int64_t s0 = c * CH, b = s0 >> lp;
-        const int8_t *q = q0 + s0 * SUB;
-        __m256i v[4];
-        for (int r = 0; r < 4; r++) {
-            __m256i u[8];
-            const uint8_t *wp = rw[r].row + s0 * (SUB * 2 / 8);
-            if (pf_next) _mm_prefetch((const char *)wp + pf_next, _MM_HINT_T0);
-            unpack_chunk(wp, 2, 2, u);
-            v[r] = chunk_dots(u, q, 2, 2, 1);
+/* int16 lanes whose sum is the dot of one row's 256 2-bit codes (64 bytes at wp) with the chunk's activations q
+ * (quad layout). Fields 1 and 2 are masked in place (codes x4, x16) and their maddubs sums shifted back once
+ * (exact: every product is a multiple of 4 or 16); |lane| <= 4 * 2032 for codes <= 2. */
+ER_AVX2 static ER_INLINE __m256i tern_chunk16(const uint8_t *wp, const int8_t *q) {
+    const __m256i m0 = _mm256_set1_epi8(0x03), m1 = _mm256_set1_epi8(0x0c), m2 = _mm256_set1_epi8(0x30);
+    const __m256i b0 = _mm256_loadu_si256((const __m256i *)wp), b1 = _mm256_loadu_si256((const __m256i *)(wp + 32));
+#define TQ(o) _mm256_loadu_si256((const __m256i *)(q + (o)))
+    __m256i a = _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(b0, m0), TQ(0)),
+                                 _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(b0, 6), m0), TQ(96)));
+    __m256i a2 = _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(b1, m0), TQ(128)),
+                                  _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(b1, 6), m0), TQ(224)));
+    __m256i b = _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(b0, m1), TQ(32)),
+                                 _mm256_maddubs_epi16(_mm256_and_si256(b1, m1), TQ(160)));
+    __m256i c = _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(b0, m2), TQ(64)),
+                                 _mm256_maddubs_epi16(_mm256_and_si256(b1, m2), TQ(192)));
+#undef TQ
+    return _mm256_add_epi16(_mm256_add_epi16(a, a2), _mm256_add_epi16(_mm256_srai_epi16(b, 2), _mm256_srai_epi16(c, 4)));
+}
+
+/* Ternary GEMV over rows [n0, n1) (a multiple of 4 rows): 2-bit codes in blocks of 256 (one weight scale per
+ * chunk), Q8_K activations, uniform zero point (subtracted per chunk through zich). Per chunk, each of the 4 rows'
+ * int16 dot lanes are widened once, the 4 rows reduced together, and one epilogue
+ *   acc[r] += float(dot[r] - z * isum) * (sw[r] * sx)
+ * serves them (the same float operations, in the same order, as the generic tile). Per-tile setup is hoisted out of
+ * the row loop; the same chunk 4 KB ahead is prefetched for each row. */
+ER_AVX2 static void tern_gemv_range(const er_weight *w, const actq *a, int64_t n0, int64_t n1, float *y) {
+    const int per = w->block_size / SUB, lp = __builtin_ctz((unsigned)per);
+    const int64_t nb = (w->k + w->block_size - 1) / w->block_size, row_bytes = nb * (w->block_size / 4);
+    const int64_t nch = a->nmain / CH;
+    const int8_t *q0 = a->q;
+    const float *sx = a->sx;
+    const int32_t *zch = a->zich;
+    const uint8_t *data = (const uint8_t *)w->data;
+    const __m256i ones = _mm256_set1_epi16(1);
+    int64_t pf_tiles = (ER_PF_BYTES + 4 * row_bytes - 1) / (4 * row_bytes);
+    pf_tiles = pf_tiles < 1 ? 1 : pf_tiles > 16 ? 16 : pf_tiles;
+    for (int64_t n = n0; n + 4 <= n1; n += 4) {
+        const uint8_t *w0 = data + n * row_bytes, *w1 = w0 + row_bytes, *w2 = w1 + row_bytes, *w3 = w2 + row_bytes;
+        const uint16_t *s0 = w->scales + n * nb, *s1 = s0 + nb, *s2 = s1 + nb, *s3 = s2 + nb;
+        /* prefetch distance: whole tiles ahead, none past the matrix */
+        const int64_t pf = n + (pf_tiles + 1) * 4 <= w->n ? pf_tiles * 4 * row_bytes : 0;
+        __m128 acc = _mm_setzero_ps();
+        for (int64_t c = 0; c < nch; c++) {
+            const int64_t b = (c * CH) >> lp, o = c * 64;
+            const int8_t *q = q0 + c * 256;
+            _mm_prefetch((const char *)w0 + o + pf, _MM_HINT_T0);
+            _mm_prefetch((const char *)w1 + o + pf, _MM_HINT_T0);
+            _mm_prefetch((const char *)w2 + o + pf, _MM_HINT_T0);
+            _mm_prefetch((const char *)w3 + o + pf, _MM_HINT_T0);
+            __m256i v0 = _mm256_madd_epi16(tern_chunk16(w0 + o, q), ones);
+            __m256i v1 = _mm256_madd_epi16(tern_chunk16(w1 + o, q), ones);
+            __m256i v2 = _mm256_madd_epi16(tern_chunk16(w2 + o, q), ones);
+            __m256i v3 = _mm256_madd_epi16(tern_chunk16(w3 + o, q), ones);
+            __m256i t0 = _mm256_add_epi32(_mm256_unpacklo_epi32(v0, v1), _mm256_unpackhi_epi32(v0, v1));
+            __m256i t1 = _mm256_add_epi32(_mm256_unpacklo_epi32(v2, v3), _mm256_unpackhi_epi32(v2, v3));
+            __m256i d = _mm256_add_epi32(_mm256_unpacklo_epi64(t0, t1), _mm256_unpackhi_epi64(t0, t1));
+            __m128i d4 = _mm_sub_epi32(_mm_add_epi32(_mm256_castsi256_si128(d), _mm256_extracti128_si256(d, 1)),
+                                       _mm_set1_epi32(zch[c]));
+            uint64_t h = (uint64_t)s0[b] | (uint64_t)s1[b] << 16 | (uint64_t)s2[b] << 32 | (uint64_t)s3[b] << 48;
+            __m128 sw4 = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi64_si128((long long)h)), _mm_set1_ps(sx[c * CH]));
+            acc = _mm_fmadd_ps(_mm_cvtepi32_ps(d4), sw4, acc);
         }
-        __m256i t0 = _mm256_add_epi32(_mm256_unpacklo_epi32(v[0], v[1]), _mm256_unpackhi_epi32(v[0], v[1]));
-        __m256i t1 = _mm256_add_epi32(_mm256_unpacklo_epi32(v[2], v[3]), _mm256_unpackhi_epi32(v[2], v[3]));
-        __m256i d = _mm256_add_epi32(_mm256_unpacklo_epi64(t0, t1), _mm256_unpackhi_epi64(t0, t1));
-        /* row r's chunk dot (lane r + lane r + 4) minus the chunk's zero-point term, exact in int32 */
-        __m128i d4 = _mm_sub_epi32(_mm_add_epi32(_mm256_castsi256_si128(d), _mm256_extracti128_si256(d, 1)),
-                                   _mm_set1_epi32(zch[c]));
-        uint64_t h = (uint64_t)rw[0].srow[b] | (uint64_t)rw[1].srow[b] << 16 | (uint64_t)rw[2].srow[b] << 32 |
-                     (uint64_t)rw[3].srow[b] << 48;
-        __m128 sw4 = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi64_si128((long long)h)), _mm_set1_ps(sx[s0]));
-        acc = _mm_fmadd_ps(_mm_cvtepi32_ps(d4), sw4, acc);
+        _mm_storeu_ps(y + n, acc);
     }
-    _mm_storeu_ps(y, acc);
 }
 
 /* One row's whole chunk for the 4-bit GEMV fast path: returns acc + float(dot - z isum) * sw * sx, lanes in
@@ -772,10 +805,6 @@ ER_AVX2 static ER_INLINE void qtile_avx2(const er_weight *w, const actq *a, int6
     int64_t pf_tiles = (ER_PF_BYTES + R * row_bytes - 1) / (R * row_bytes);
     pf_tiles = pf_tiles < 1 ? 1 : pf_tiles > 16 ? 16 : pf_tiles;
     const int64_t pf_next = (ER_PF && T == 1 && n0 + (pf_tiles + 1) * R <= w->n) ? pf_tiles * R * row_bytes : 0;
-    if (bits == 2 && q8k && !asym && R == 4 && T == 1) {
-        tern4_gemv(rw, a, t0, nfull, lp, pf_next, y);
-        return;
-    }
     if (bits == 4 && R == 4 && T == 1) {
         if (per == 1 && !asym) q4_gemv4_chunks(rw, a, t0, nfull, 1, 0, 0, zp_bytes, pf_next, acc); /* Q4_0 */
         else q4_gemv4_chunks(rw, a, t0, nfull, per, lp, asym, zp_bytes, pf_next, acc);
@@ -943,6 +972,10 @@ static void mm_task(void *vctx, int64_t start, int64_t end, int tid) {
         const int b4 = w->bits == 4;
         if (c->m == 1) {
             int64_t n = start;
+            if (!b4 && w->block_size % 256 == 0 && !(w->zero_points && w->zp_hint <= 0)) { /* ternary */
+                tern_gemv_range(w, &c->a, start, start + (end - start) / 4 * 4, c->y);
+                n = start + (end - start) / 4 * 4;
+            }
             for (; n + 4 <= end; n += 4) (b4 ? qtile_b4_r4t1 : qtile_b2_r4t1)(w, &c->a, n, 0, c->y + n, N);
             for (; n < end; n++) (b4 ? qtile_b4_r1t1 : qtile_b2_r1t1)(w, &c->a, n, 0, c->y + n, N);
             return;
@@ -1033,6 +1066,9 @@ static void *get_scratch(size_t n) {
 
 int er_matmul(const er_weight *w, const float *x, float *y, int64_t m) {
     if (!w || !x || !y || m < 1 || w->n < 1 || w->k < 1 || !w->data) return -1;
+#if defined(__aarch64__)
+    if (er_get_isa() == ER_ISA_NEON) return er_matmul_neon(w, x, y, m); /* matmul_neon.c */
+#endif
     mm_ctx c = {.w = w, .x = x, .y = y, .m = m, .isa = er_get_isa()};
     if (w->type == ER_W_Q) {
         const int bits = w->bits, bs = w->block_size;
