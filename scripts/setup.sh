@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES="espeak-ng libespeak-ng1 pocketsphinx-testdata libportaudio2 libasound2-plugins alsa-utils libsndfile1"
+# aarch64 cross compiler + user-mode emulator: tests/test_kernels_aarch64.py checks the NEON kernels
+APT_PACKAGES="$APT_PACKAGES gcc-aarch64-linux-gnu qemu-user"
 missing=""
 for p in $APT_PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then

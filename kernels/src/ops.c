@@ -6,6 +6,7 @@
 
 #include "edgerun_kernels.h"
 #include "er_internal.h"
+#include "er_neon.h"
 
 #if ER_X86
 ER_AVX2 static float hsum8(__m256 v) {
@@ -175,6 +176,9 @@ static void rmsnorm_scalar(const float *x, const float *w, float *out, int64_t n
 }
 
 void er_rmsnorm(const float *x, const float *w, float *out, int64_t rows, int64_t n, float eps) {
+#if defined(__aarch64__) /* ops_neon.c */
+    if (er_get_isa() == ER_ISA_NEON) { er_rmsnorm_neon(x, w, out, rows, n, eps); return; }
+#endif
     for (int64_t r = 0; r < rows; r++) {
 #if ER_X86
         if (er_get_isa() == ER_ISA_AVX2) {
@@ -202,6 +206,9 @@ void er_rope_neox(float *x, int64_t n_heads, int64_t head_dim, int64_t pos, floa
 }
 
 void er_softmax(float *x, int64_t rows, int64_t n) {
+#if defined(__aarch64__) /* ops_neon.c */
+    if (er_get_isa() == ER_ISA_NEON) { er_softmax_neon(x, rows, n); return; }
+#endif
     for (int64_t r = 0; r < rows; r++) {
         float *v = x + r * n;
         float mx = -INFINITY;
@@ -240,6 +247,9 @@ ER_AVX2 static void silu_mul_avx2(const float *g, const float *u, float *out, in
 #endif
 
 void er_silu(const float *x, float *out, int64_t n) {
+#if defined(__aarch64__) /* ops_neon.c */
+    if (er_get_isa() == ER_ISA_NEON) { er_silu_mul_neon(x, NULL, out, n); return; }
+#endif
 #if ER_X86
     if (er_get_isa() == ER_ISA_AVX2) {
         silu_mul_avx2(x, NULL, out, n);
@@ -249,9 +259,15 @@ void er_silu(const float *x, float *out, int64_t n) {
     for (int64_t i = 0; i < n; i++) out[i] = silu1(x[i]);
 }
 void er_gelu_tanh(const float *x, float *out, int64_t n) {
+#if defined(__aarch64__) /* ops_neon.c */
+    if (er_get_isa() == ER_ISA_NEON) { er_gelu_mul_neon(x, NULL, out, n); return; }
+#endif
     for (int64_t i = 0; i < n; i++) out[i] = gelu1(x[i]);
 }
 void er_mul(const float *a, const float *b, float *out, int64_t n) {
+#if defined(__aarch64__) /* ops_neon.c */
+    if (er_get_isa() == ER_ISA_NEON) { er_mul_neon(a, b, out, n); return; }
+#endif
 #if ER_X86
     if (er_get_isa() == ER_ISA_AVX2) {
         mul_avx2(a, b, out, n);
@@ -261,6 +277,9 @@ void er_mul(const float *a, const float *b, float *out, int64_t n) {
     for (int64_t i = 0; i < n; i++) out[i] = a[i] * b[i];
 }
 void er_silu_mul(const float *g, const float *u, float *out, int64_t n) {
+#if defined(__aarch64__) /* ops_neon.c */
+    if (er_get_isa() == ER_ISA_NEON) { er_silu_mul_neon(g, u, out, n); return; }
+#endif
 #if ER_X86
     if (er_get_isa() == ER_ISA_AVX2) {
         silu_mul_avx2(g, u, out, n);
@@ -270,6 +289,9 @@ void er_silu_mul(const float *g, const float *u, float *out, int64_t n) {
     for (int64_t i = 0; i < n; i++) out[i] = silu1(g[i]) * u[i];
 }
 void er_gelu_mul(const float *g, const float *u, float *out, int64_t n) {
+#if defined(__aarch64__) /* ops_neon.c */
+    if (er_get_isa() == ER_ISA_NEON) { er_gelu_mul_neon(g, u, out, n); return; }
+#endif
     for (int64_t i = 0; i < n; i++) out[i] = gelu1(g[i]) * u[i];
 }
 
@@ -403,6 +425,9 @@ static void attn_task(void *vc, int64_t start, int64_t end, int tid) {
 
 int er_attention(const float *q, const void *k, const void *v, float *out, int64_t n_heads, int64_t n_kv_heads,
                  int64_t head_dim, int64_t n_ctx, int64_t kv_stride, int kv_f16, float scale, float softcap) {
+#if defined(__aarch64__) /* ops_neon.c */
+    if (er_get_isa() == ER_ISA_NEON) return er_attention_neon(q, k, v, out, n_heads, n_kv_heads, head_dim, n_ctx, kv_stride, kv_f16, scale, softcap);
+#endif
     if (n_heads < 1 || n_kv_heads < 1 || n_heads % n_kv_heads || n_ctx < 1 || kv_stride < n_ctx) return -1;
     float *scores = (float *)malloc(sizeof(float) * (size_t)(n_heads * n_ctx));
     if (!scores) return -3;
@@ -448,6 +473,10 @@ static void pattn_task(void *vc, int64_t start, int64_t end, int tid) {
 int er_attention_prefill(const float *q, const void *k, const void *v, float *out, int64_t n_heads,
                          int64_t n_kv_heads, int64_t head_dim, int64_t T, int64_t p0, int64_t kv_stride, int kv_f16,
                          float scale, float softcap, int64_t window) {
+#if defined(__aarch64__) /* ops_neon.c */
+    if (er_get_isa() == ER_ISA_NEON) return er_attention_prefill_neon(q, k, v, out, n_heads, n_kv_heads, head_dim, T, p0, kv_stride, kv_f16,
+                                         scale, softcap, window);
+#endif
     if (n_heads < 1 || n_kv_heads < 1 || n_heads % n_kv_heads || T < 1 || p0 < 0 || kv_stride < p0 + T ||
         head_dim < 1)
         return -1;
