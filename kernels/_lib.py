@@ -43,6 +43,7 @@ _SIGNATURES = {
     "er_set_spin_us": (None, [c_int64]),
     "er_parallel_for": (None, [c_int64, c_int64, TASK_FN, c_void_p]),
     "er_matmul": (c_int, [POINTER(ErWeight), c_void_p, c_void_p, c_int64]),
+    "er_matmul_multi": (c_int, [c_void_p, c_int, c_void_p, c_void_p, c_int64]),
     "er_rmsnorm": (None, [c_void_p, c_void_p, c_void_p, c_int64, c_int64, c_float]),
     "er_rope_neox": (None, [c_void_p, c_int64, c_int64, c_int64, c_float, c_float]),
     "er_softmax": (None, [c_void_p, c_int64, c_int64]),

@@ -156,6 +156,35 @@ def matmul(w: Weight | QuantizedTensor | np.ndarray, x: np.ndarray, out: np.ndar
     return out
 
 
+def matmul_multi(ws: list, x: np.ndarray, outs: list[np.ndarray] | None = None) -> list[np.ndarray]:
+    """``[x @ W_i^T for W_i in ws]`` for up to 8 weights reading the same ``x (K,) | (M, K)`` float32.
+
+    One C call: x is quantized once when the weights share a kind, and all their rows run in one parallel job
+    (q/k/v, gate/up). Results equal :func:`matmul`'s.
+    """
+    ws = [as_weight(w) for w in ws]
+    if not 1 <= len(ws) <= 8:
+        raise ValueError("matmul_multi takes 1 to 8 weights")
+    k = ws[0].shape[1]
+    if any(w.shape[1] != k for w in ws):
+        raise ValueError("every weight of matmul_multi must have the same K")
+    _f32(x, "x")
+    if x.shape[-1] != k or x.ndim > 2:
+        raise ValueError(f"x has shape {x.shape}, expected (K,) or (M, K) with K={k}")
+    m = 1 if x.ndim == 1 else x.shape[0]
+    if outs is None:
+        outs = [np.empty((w.shape[0],) if x.ndim == 1 else (m, w.shape[0]), _F32) for w in ws]
+    for w, o in zip(ws, outs, strict=True):
+        if o.dtype != _F32 or not o.flags.c_contiguous or o.size != m * w.shape[0]:
+            raise TypeError(f"out must be a C-contiguous float32 array of {m * w.shape[0]} values")
+    wp = (ctypes.c_void_p * len(ws))(*[ctypes.addressof(w._c) for w in ws])
+    yp = (ctypes.c_void_p * len(ws))(*[_ptr(o) for o in outs])
+    r = lib.er_matmul_multi(wp, len(ws), _ptr(x), yp, m)
+    if r:
+        raise ValueError(f"er_matmul_multi rejected its arguments (code {r})")
+    return outs
+
+
 # ---- decode ops -----------------------------------------------------------------------------------
 
 

@@ -57,3 +57,35 @@ def test_ternary_gemv_every_code_value(isa, k, threads):
         y = matmul(wt, x)
     _check(q, x[None], y[None])
 
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("fmt", ["ternary", "int4", "int8", "int4_asym", "f32", "f16"])
+@pytest.mark.parametrize("ns,k", [((64, 16, 16), 256), ((1024, 256, 256), 1024), ((13, 7, 40), 300), ((5,), 1100)],
+                         ids=str)
+def test_matmul_multi_equals_matmul(isa, fmt, ns, k, threads):
+    # one quantization of x and one parallel job for weights that read the same x: same floats as one call each
+    from edgerun.kernels import matmul_multi
+
+    rng = np.random.default_rng(len(ns) * 1000 + k)
+    ws = []
+    for n in ns:
+        a = rng.standard_normal((n, k)).astype(np.float32)
+        ws.append(Weight(a if fmt == "f32" else a.astype(np.float16) if fmt == "f16" else quantize(a, fmt)))
+    for m in (1, 3):
+        x = rng.standard_normal((m, k)).astype(np.float32)
+        with use_isa(isa):
+            ys = matmul_multi(ws, x)
+            for w, y in zip(ws, ys, strict=True):
+                np.testing.assert_array_equal(y, matmul(w, x))
+
+
+def test_matmul_multi_mixed_kinds():
+    from edgerun.kernels import matmul_multi
+
+    rng = np.random.default_rng(9)
+    a = rng.standard_normal((32, 512)).astype(np.float32)
+    ws = [Weight(quantize(a, "ternary")), Weight(quantize(a, "int4")), Weight(a)]
+    x = rng.standard_normal(512).astype(np.float32)
+    for w, y in zip(ws, matmul_multi(ws, x), strict=True):
+        np.testing.assert_array_equal(y, matmul(w, x))

@@ -53,6 +53,10 @@ typedef struct er_weight {
 /* y (m, N) = x (m, K) @ W^T. Quantized weights: x is quantized to int8 per 32 values on the fly
  * (like llama.cpp's q8 activations). Returns 0, or < 0 on bad arguments. Thread-safe. */
 int er_matmul(const er_weight *w, const float *x, float *y, int64_t m);
+/* ys[i] (m, N_i) = x (m, K) @ W_i^T for nw <= 8 weights that read the same x (q/k/v, gate/up): x is quantized
+ * once when the weights share a kind (type, bits, block size, K, default zero point) and all rows run in one
+ * parallel job; other mixes fall back to one er_matmul each. Same results as er_matmul. */
+int er_matmul_multi(const er_weight *const *ws, int nw, const float *x, float *const *ys, int64_t m);
 
 /* ---- decode ops (float32, single token unless noted) --------------------------------------- */
 void er_rmsnorm(const float *x, const float *w, float *out, int64_t rows, int64_t n, float eps);

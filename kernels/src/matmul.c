@@ -193,6 +193,33 @@ ER_AVX2 static inline __m256i lay2(__m256i v) {
     return _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(v, sh), _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
 }
 
+/* quantize_blk_q8_k with AVX2: the same max (the first value of largest magnitude) and the same float math */
+ER_AVX2 static void quantize_blk_q8_k_avx2(const float *v, float *d_out, float *id_out) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 m = _mm256_setzero_ps();
+    for (int i = 0; i < 256; i += 8) m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(v + i)));
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_movehdup_ps(h));
+    const float amax = _mm_cvtss_f32(h);
+    if (amax == 0.0f) {
+        *d_out = 0.0f;
+        *id_out = 0.0f;
+        return;
+    }
+    const __m256 av = _mm256_set1_ps(amax);
+    for (int i = 0; i < 256; i += 8) {
+        int mask = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(v + i)), av, _CMP_EQ_OQ));
+        if (mask) {
+            const float iscale = -127.0f / v[i + __builtin_ctz((unsigned)mask)];
+            *d_out = 1.0f / iscale;
+            *id_out = iscale;
+            return;
+        }
+    }
+    quantize_blk_q8_k(v, d_out, id_out); /* NaN in the block: the reference loop decides */
+}
+
 ER_AVX2 static void quantize_act_row_avx2(const float *x, int64_t k, int bits, int64_t nsub, int64_t nmain,
                                           int q8k, int8_t *q, float *sx, int32_t *isum) {
     const int per_span = q8k ? 8 : 1; /* sub-blocks per activation scale */
@@ -205,9 +232,9 @@ ER_AVX2 static void quantize_act_row_avx2(const float *x, int64_t k, int bits, i
             int64_t base = q8k ? (t & ~(int64_t)7) * SUB : t * SUB, n = q8k ? 256 : SUB;
             for (int64_t i = 0; i < n; i++) pad[i] = base + i < k ? x[base + i] : 0.0f;
             v = pad + (q8k ? (t & 7) * SUB : 0);
-            if (q8k && (t & 7) == 0) quantize_blk_q8_k(pad, &d, &idf);
+            if (q8k && (t & 7) == 0) quantize_blk_q8_k_avx2(pad, &d, &idf);
         } else if (q8k && (t & 7) == 0) {
-            quantize_blk_q8_k(v, &d, &idf);
+            quantize_blk_q8_k_avx2(v, &d, &idf);
         }
         if (!q8k) {
             float amax = amax32(v);
@@ -1064,6 +1091,86 @@ static void *get_scratch(size_t n) {
     return scratch;
 }
 
+/* the zero point every block uses unless stored ones differ (er_weight.zp_hint), as prep_act bakes it into zich */
+static inline int zero_point_default(const er_weight *w) {
+    if (w->type != ER_W_Q) return 0;
+    return w->zero_points && w->zp_hint > 0 ? w->zp_hint - 1 : 1 << (w->bits - 1);
+}
+
+/* Quantized activations of x (m, K) for weights of w's kind (bits, block size, K, default zero point) into the
+ * thread's scratch: c->a. lanes = 0 skips the lane-ordered arrays (sxl, isl, zisl), which only the generic tiles
+ * read (the ternary GEMV fast path needs q, sx and zich). Returns 0, or < 0 on bad arguments / no memory. */
+static int prep_act(mm_ctx *c, const er_weight *w, const float *x, int64_t m, int lanes) {
+    const int bits = w->bits, bs = w->block_size;
+    if (!(bits == 2 || bits == 4 || bits == 8) || bs < SUB || (bs & (bs - 1)) || !w->scales) return -2;
+    const int per = bs / SUB;
+    int64_t nb = (w->k + bs - 1) / bs, kp = nb * bs, nsub = kp / SUB, nch = (nsub + CH - 1) / CH;
+    size_t qbytes = (size_t)(m * (kp + 64) + 63) & ~(size_t)63;
+    size_t nat = (size_t)(m * nsub), lane = (size_t)(m * nch * CH);
+    char *buf = get_scratch(qbytes + 2 * sizeof(float) * nat + 3 * sizeof(float) * lane +
+                            sizeof(int32_t) * (size_t)(m * nch) + 256);
+    if (!buf) return -3;
+    c->a.q = (int8_t *)buf;
+    c->a.sx = (float *)(buf + qbytes);
+    c->a.isum = (int32_t *)(c->a.sx + nat);
+    c->a.sxl = (float *)(c->a.isum + nat);
+    c->a.isl = (int32_t *)(c->a.sxl + lane);
+    c->a.zisl = c->a.isl + lane;
+    c->a.zich = c->a.zisl + lane;
+    c->a.kp = kp + 64; /* row stride of q: a power-of-two stride would map all tokens to few cache sets */
+    c->a.nsub = nsub;
+    c->a.nmain = bits == 8 ? nsub : nsub - nsub % unit_subs(bits);
+    c->a.n8 = nsub - nsub % 8;
+    c->a.nch = nch;
+    for (int l = 0; l < 8; l++) {
+        int s = bits == 4 ? LANE4[l] : LANE2[l];
+        c->a.zshift[l] = (l / per) * bits;
+        c->a.zshl[l] = (s / per) * bits;
+        c->a.sidx[l] = per >= 8 ? 0 : s / per;
+    }
+    /* 2-bit (ternary) weights in blocks of 256: llama.cpp's TQ2_0 x Q8_K activations */
+    const int q8k = bits == 2 && bs % 256 == 0;
+    const int zdef = zero_point_default(w);
+    for (int64_t t = 0; t < m; t++) {
+        float *sx = c->a.sx + t * nsub;
+        int32_t *is = c->a.isum + t * nsub;
+        quantize_act_row(x + t * w->k, w->k, bits, nsub, c->a.nmain, q8k, c->isa, c->a.q + t * c->a.kp, sx, is);
+        if (bits == 8) continue;
+        int32_t *zich = c->a.zich + t * nch;
+        if (!lanes) { /* q8k: the chunk's zero-point term from the natural-order sums (the same integer) */
+            for (int64_t ch = 0; ch < nch; ch++) {
+                int32_t v = 0;
+                for (int l = 0; l < CH; l++) v += is[ch * CH + l];
+                zich[ch] = zdef * v;
+            }
+            continue;
+        }
+        float *sxl = c->a.sxl + t * nch * CH;
+        int32_t *isl = c->a.isl + t * nch * CH, *zisl = c->a.zisl + t * nch * CH;
+        for (int64_t s = 0; s < nch * CH; s++) {
+            int64_t sl = (s & ~(int64_t)7) | lane_slot(bits, s);
+            int main_sub = s < c->a.nmain;
+            sxl[sl] = main_sub ? sx[s] : 0.0f;
+            isl[sl] = main_sub ? is[s] : 0;
+        }
+        if (q8k) /* one scale per chunk: lane l sums bytes 4l..4l+3 of each 32-byte piece, as the dot */
+            q8k_lane_sums(c->a.q + t * c->a.kp, nch, c->isa, isl);
+        for (int64_t s = 0; s < nch * CH; s++) zisl[s] = zdef * isl[s];
+        for (int64_t ch = 0; ch < nch; ch++) {
+            int32_t v = 0;
+            for (int l = 0; l < CH; l++) v += zisl[ch * CH + l];
+            zich[ch] = v;
+        }
+    }
+    return 0;
+}
+
+/* whether every GEMV row tile of w runs the ternary fast path (then prep_act may skip the lane arrays) */
+static int tern_fast(const er_weight *w, int64_t m, int isa) {
+    return ER_X86 && isa == ER_ISA_AVX2 && m == 1 && w->type == ER_W_Q && w->bits == 2 && w->block_size % 256 == 0 &&
+           !(w->zero_points && w->zp_hint <= 0) && w->n % 4 == 0;
+}
+
 int er_matmul(const er_weight *w, const float *x, float *y, int64_t m) {
     if (!w || !x || !y || m < 1 || w->n < 1 || w->k < 1 || !w->data) return -1;
 #if defined(__aarch64__)
@@ -1071,63 +1178,72 @@ int er_matmul(const er_weight *w, const float *x, float *y, int64_t m) {
 #endif
     mm_ctx c = {.w = w, .x = x, .y = y, .m = m, .isa = er_get_isa()};
     if (w->type == ER_W_Q) {
-        const int bits = w->bits, bs = w->block_size;
-        if (!(bits == 2 || bits == 4 || bits == 8) || bs < SUB || (bs & (bs - 1)) || !w->scales) return -2;
-        const int per = bs / SUB;
-        int64_t nb = (w->k + bs - 1) / bs, kp = nb * bs, nsub = kp / SUB, nch = (nsub + CH - 1) / CH;
-        size_t qbytes = (size_t)(m * (kp + 64) + 63) & ~(size_t)63;
-        size_t nat = (size_t)(m * nsub), lane = (size_t)(m * nch * CH);
-        char *buf = get_scratch(qbytes + 2 * sizeof(float) * nat + 3 * sizeof(float) * lane +
-                                sizeof(int32_t) * (size_t)(m * nch) + 256);
-        if (!buf) return -3;
-        c.a.q = (int8_t *)buf;
-        c.a.sx = (float *)(buf + qbytes);
-        c.a.isum = (int32_t *)(c.a.sx + nat);
-        c.a.sxl = (float *)(c.a.isum + nat);
-        c.a.isl = (int32_t *)(c.a.sxl + lane);
-        c.a.zisl = c.a.isl + lane;
-        c.a.zich = c.a.zisl + lane;
-        c.a.kp = kp + 64; /* row stride of q: a power-of-two stride would map all tokens to few cache sets */
-        c.a.nsub = nsub;
-        c.a.nmain = bits == 8 ? nsub : nsub - nsub % unit_subs(bits);
-        c.a.n8 = nsub - nsub % 8;
-        c.a.nch = nch;
-        for (int l = 0; l < 8; l++) {
-            int s = bits == 4 ? LANE4[l] : LANE2[l];
-            c.a.zshift[l] = (l / per) * bits;
-            c.a.zshl[l] = (s / per) * bits;
-            c.a.sidx[l] = per >= 8 ? 0 : s / per;
-        }
-        /* 2-bit (ternary) weights in blocks of 256: llama.cpp's TQ2_0 x Q8_K activations */
-        const int q8k = bits == 2 && bs % 256 == 0;
-        const int zdef = w->zero_points && w->zp_hint > 0 ? w->zp_hint - 1 : 1 << (bits - 1);
-        for (int64_t t = 0; t < m; t++) {
-            float *sx = c.a.sx + t * nsub;
-            int32_t *is = c.a.isum + t * nsub;
-            quantize_act_row(x + t * w->k, w->k, bits, nsub, c.a.nmain, q8k, c.isa, c.a.q + t * c.a.kp, sx, is);
-            if (bits == 8) continue;
-            float *sxl = c.a.sxl + t * nch * CH;
-            int32_t *isl = c.a.isl + t * nch * CH, *zisl = c.a.zisl + t * nch * CH;
-            for (int64_t s = 0; s < nch * CH; s++) {
-                int64_t sl = (s & ~(int64_t)7) | lane_slot(bits, s);
-                int main_sub = s < c.a.nmain;
-                sxl[sl] = main_sub ? sx[s] : 0.0f;
-                isl[sl] = main_sub ? is[s] : 0;
-            }
-            if (q8k) /* one scale per chunk: lane l sums bytes 4l..4l+3 of each 32-byte piece, as the dot */
-                q8k_lane_sums(c.a.q + t * c.a.kp, nch, c.isa, isl);
-            for (int64_t s = 0; s < nch * CH; s++) zisl[s] = zdef * isl[s];
-            int32_t *zich = c.a.zich + t * nch;
-            for (int64_t ch = 0; ch < nch; ch++) {
-                int32_t v = 0;
-                for (int l = 0; l < CH; l++) v += zisl[ch * CH + l];
-                zich[ch] = v;
-            }
-        }
+        int r = prep_act(&c, w, x, m, !tern_fast(w, m, c.isa));
+        if (r) return r;
     } else if (w->type != ER_W_F32 && w->type != ER_W_F16) {
         return -2;
     }
     /* grain 16 rows: whole cache lines of y per thread */
     er_parallel_for(w->n, 16, mm_task, &c);
+    return 0;
+}
+
+#define ER_MULTI_MAX 8
+typedef struct {
+    mm_ctx c[ER_MULTI_MAX];
+    /* first row of each weight in the joint row space: multiples of 16, so that every weight is cut into the
+     * same row tiles as by its own er_matmul (and gives the same floats) */
+    int64_t off[ER_MULTI_MAX + 1];
+    int nw;
+} multi_ctx;
+
+static void multi_task(void *vctx, int64_t start, int64_t end, int tid) {
+    multi_ctx *mc = (multi_ctx *)vctx;
+    for (int i = 0; i < mc->nw; i++) {
+        const int64_t wend = mc->off[i] + mc->c[i].w->n;
+        int64_t lo = start > mc->off[i] ? start : mc->off[i], hi = end < wend ? end : wend;
+        if (lo < hi) mm_task(&mc->c[i], lo - mc->off[i], hi - mc->off[i], tid);
+    }
+}
+
+int er_matmul_multi(const er_weight *const *ws, int nw, const float *x, float *const *ys, int64_t m) {
+    if (!ws || !ys || nw < 1 || nw > ER_MULTI_MAX || !x || m < 1) return -1;
+    const er_weight *w0 = ws[0];
+    int same = 1;
+    for (int i = 0; i < nw; i++) {
+        const er_weight *w = ws[i];
+        if (!w || !ys[i] || w->n < 1 || w->k < 1 || !w->data) return -1;
+        same &= w->type == w0->type && w->k == w0->k && w->bits == w0->bits && w->block_size == w0->block_size &&
+                zero_point_default(w) == zero_point_default(w0) &&
+                (w->zero_points && w->zp_hint <= 0) == (w0->zero_points && w0->zp_hint <= 0);
+    }
+    const int isa = er_get_isa();
+    if (!same || ER_ISA_NEON == isa || (w0->type != ER_W_Q && w0->type != ER_W_F32 && w0->type != ER_W_F16)) {
+        for (int i = 0; i < nw; i++) { /* kinds differ: one call each */
+            int r = er_matmul(ws[i], x, ys[i], m);
+            if (r) return r;
+        }
+        return 0;
+    }
+    multi_ctx mc;
+    mc.nw = nw;
+    mc.off[0] = 0;
+    int lanes = 0;
+    for (int i = 0; i < nw; i++) {
+        mc.off[i + 1] = mc.off[i] + (ws[i]->n + 15) / 16 * 16;
+        lanes |= !tern_fast(ws[i], m, isa);
+    }
+    mm_ctx *c0 = &mc.c[0];
+    *c0 = (mm_ctx){.w = w0, .x = x, .y = ys[0], .m = m, .isa = isa};
+    if (w0->type == ER_W_Q) {
+        int r = prep_act(c0, w0, x, m, lanes); /* once for all: the weights share their activation layout */
+        if (r) return r;
+    }
+    for (int i = 1; i < nw; i++) {
+        mc.c[i] = *c0;
+        mc.c[i].w = ws[i];
+        mc.c[i].y = ys[i];
+    }
+    er_parallel_for(mc.off[nw], 16, multi_task, &mc);
     return 0;
 }
