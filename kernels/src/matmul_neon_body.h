@@ -3,47 +3,6 @@
  * b[4l..4l+3] to lane l of acc. Every function mirrors qdot_row_scalar (matmul.c) for its bit width:
  * y[n] = sum_t sw[b(t)] * sx[t] * sum_i (code_i - z_b) * q_i, the integer sums identical to the scalar's. */
 
-/* 4-bit row: 16 code bytes per sub-block, low nibbles = even elements, high = odd (layout 4) */
-static NINLINE float NS(row_q4)(const nq_ctx *c, int64_t n) {
-    const er_weight *w = c->w;
-    const uint8_t *row = (const uint8_t *)w->data + n * c->row_bytes;
-    const uint16_t *sr = w->scales + n * c->nb;
-    const uint8_t *zr = w->zero_points ? w->zero_points + n * c->zp_bytes : NULL;
-    const int8_t *q = c->q;
-    const float *sx = c->sx;
-    const uint8x16_t m4 = vdupq_n_u8(15);
-    const int8x16_t zd = vdupq_n_s8((int8_t)c->zdef);
-    const int32x4_t z0 = vdupq_n_s32(0);
-    const int64_t nsub = c->nsub;
-    const int lp = c->lp, asym = c->asym;
-    float32x4_t acc0 = vdupq_n_f32(0.0f), acc1 = acc0;
-    int64_t t = 0;
-    for (; t + 2 <= nsub; t += 2) {
-        uint8x16_t v0 = vld1q_u8(row + t * 16), v1 = vld1q_u8(row + t * 16 + 16);
-        int8x16_t za = asym ? vdupq_n_s8((int8_t)zpoint(c, zr, t >> lp)) : zd;
-        int8x16_t zb = asym ? vdupq_n_s8((int8_t)zpoint(c, zr, (t + 1) >> lp)) : zd;
-        int8x16_t l0 = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(v0, m4)), za);
-        int8x16_t h0 = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(v0, 4)), za);
-        int8x16_t l1 = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(v1, m4)), zb);
-        int8x16_t h1 = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(v1, 4)), zb);
-        const int8_t *qt = q + t * NSUB;
-        int32x4_t d0 = DOT(DOT(z0, l0, vld1q_s8(qt)), h0, vld1q_s8(qt + 16));
-        int32x4_t d1 = DOT(DOT(z0, l1, vld1q_s8(qt + 32)), h1, vld1q_s8(qt + 48));
-        acc0 = vfmaq_n_f32(acc0, vcvtq_f32_s32(d0), h2f(sr[t >> lp]) * sx[t]);
-        acc1 = vfmaq_n_f32(acc1, vcvtq_f32_s32(d1), h2f(sr[(t + 1) >> lp]) * sx[t + 1]);
-    }
-    if (t < nsub) {
-        uint8x16_t v0 = vld1q_u8(row + t * 16);
-        int8x16_t za = asym ? vdupq_n_s8((int8_t)zpoint(c, zr, t >> lp)) : zd;
-        int8x16_t l0 = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(v0, m4)), za);
-        int8x16_t h0 = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(v0, 4)), za);
-        const int8_t *qt = q + t * NSUB;
-        int32x4_t d0 = DOT(DOT(z0, l0, vld1q_s8(qt)), h0, vld1q_s8(qt + 16));
-        acc0 = vfmaq_n_f32(acc0, vcvtq_f32_s32(d0), h2f(sr[t >> lp]) * sx[t]);
-    }
-    return vaddvq_f32(vaddq_f32(acc0, acc1));
-}
-
 /* the 4 fields of 16 bytes of 2-bit codes (elements 4j + f of 2 sub-blocks) dotted with layout-2 q:
  * lanes [A A B B] */
 static NINLINE int32x4_t NS(pair_q2)(int32x4_t d, uint8x16_t v, int8x16_t z, const int8_t *qt) {
@@ -58,9 +17,141 @@ static NINLINE int32x4_t NS(pair_q2)(int32x4_t d, uint8x16_t v, int8x16_t z, con
     return DOT(d, f3, vld1q_s8(qt + 48));
 }
 
-/* 2-bit row (ternary): pairs of sub-blocks; Q8_K activations (q8k: one scale per 8 sub-blocks, blocks
- * >= 256) add 4 pairs in int32 before one float FMA */
-static NINLINE float NS(row_q2)(const nq_ctx *c, int64_t n) {
+/* GEMV. Sub-blocks are taken 4 at a time: their raw dots (unsigned 4-/2-bit codes, 8-bit codes - 128)
+ * reduce with pairwise adds to one int32x4 D = [t t+1 t+2 t+3]; D -= z' * isum (z' = z, or z - 128 for
+ * 8 bits: the scalar's dot - z * isum, exact), then acc += float(D) * sw * sx with 4 scales at once. */
+
+/* raw dot of the 4 sub-blocks t..t+3 (t % 4 == 0) of one row with their activations qv (8 x 16 bytes at
+ * q + 32 t, loaded once for every row of the tile) */
+static NINLINE int32x4_t NS(dot4)(const uint8_t *row, const int8x16_t *qv, int64_t t, const int BITS) {
+    const int32x4_t z0 = vdupq_n_s32(0);
+    int32x4_t d[4];
+    if (BITS == 4) {
+        const uint8x16_t m4 = vdupq_n_u8(15);
+        for (int i = 0; i < 4; i++) {
+            uint8x16_t v = vld1q_u8(row + (t + i) * 16);
+            d[i] = DOT(DOT(z0, vreinterpretq_s8_u8(vandq_u8(v, m4)), qv[2 * i]), vreinterpretq_s8_u8(vshrq_n_u8(v, 4)),
+                       qv[2 * i + 1]);
+        }
+    } else if (BITS == 8) {
+        const uint8x16_t f = vdupq_n_u8(0x80);
+        for (int i = 0; i < 4; i++) {
+            const uint8_t *rt = row + (t + i) * NSUB;
+            d[i] = DOT(DOT(z0, vreinterpretq_s8_u8(veorq_u8(vld1q_u8(rt), f)), qv[2 * i]),
+                       vreinterpretq_s8_u8(veorq_u8(vld1q_u8(rt + 16), f)), qv[2 * i + 1]);
+        }
+    } else { /* two pairs, lanes [A A B B] each */
+        const uint8x16_t m2 = vdupq_n_u8(3);
+        for (int p = 0; p < 2; p++) {
+            uint8x16_t v = vld1q_u8(row + t * 8 + 16 * p);
+            int32x4_t e = DOT(z0, vreinterpretq_s8_u8(vandq_u8(v, m2)), qv[4 * p]);
+            e = DOT(e, vreinterpretq_s8_u8(vandq_u8(vshrq_n_u8(v, 2), m2)), qv[4 * p + 1]);
+            e = DOT(e, vreinterpretq_s8_u8(vandq_u8(vshrq_n_u8(v, 4), m2)), qv[4 * p + 2]);
+            d[p] = DOT(e, vreinterpretq_s8_u8(vshrq_n_u8(v, 6)), qv[4 * p + 3]);
+        }
+        return vpaddq_s32(d[0], d[1]);
+    }
+    return vpaddq_s32(vpaddq_s32(d[0], d[1]), vpaddq_s32(d[2], d[3]));
+}
+
+/* raw dot of one sub-block t (the < 4 tail sub-blocks) */
+static NINLINE int32_t NS(dot1)(const uint8_t *row, const int8_t *q, int64_t t, int64_t nsub, const int BITS) {
+    const int32x4_t z0 = vdupq_n_s32(0);
+    if (BITS == 4) {
+        uint8x16_t v = vld1q_u8(row + t * 16);
+        const int8_t *qt = q + t * NSUB;
+        return vaddvq_s32(DOT(DOT(z0, vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(15))), vld1q_s8(qt)),
+                              vreinterpretq_s8_u8(vshrq_n_u8(v, 4)), vld1q_s8(qt + 16)));
+    }
+    if (BITS == 8) {
+        const uint8x16_t f = vdupq_n_u8(0x80);
+        const uint8_t *rt = row + t * NSUB;
+        const int8_t *qt = q + t * NSUB;
+        return vaddvq_s32(DOT(DOT(z0, vreinterpretq_s8_u8(veorq_u8(vld1q_u8(rt), f)), vld1q_s8(qt)),
+                              vreinterpretq_s8_u8(veorq_u8(vld1q_u8(rt + 16), f)), vld1q_s8(qt + 16)));
+    }
+    /* 2-bit: the pair holding t (a lone last sub-block: its pair's other half of q is zero) */
+    const int64_t t0 = t & ~(int64_t)1;
+    uint8x16_t v = t0 + 1 < nsub ? vld1q_u8(row + t0 * 8) : vcombine_u8(vld1_u8(row + t0 * 8), vdup_n_u8(0));
+    int32x4_t d = NS(pair_q2)(z0, v, vdupq_n_s8(0), q + t0 * NSUB);
+    return (t & 1) ? vgetq_lane_s32(d, 2) + vgetq_lane_s32(d, 3) : vgetq_lane_s32(d, 0) + vgetq_lane_s32(d, 1);
+}
+
+/* f32 scales of the 4 sub-blocks t..t+3 (t % 4 == 0) */
+static NINLINE float32x4_t NS(scale4)(const uint16_t *sr, int64_t t, int lp) {
+    if (lp == 0) return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(sr + t)));
+    if (lp == 1) { /* blocks b, b, b + 1, b + 1 */
+        uint32_t two;
+        memcpy(&two, sr + (t >> 1), 4);
+        uint16x4_t v = vreinterpret_u16_u32(vdup_n_u32(two));
+        return vcvt_f32_f16(vreinterpret_f16_u16(vzip1_u16(v, v)));
+    }
+    return vdupq_n_f32(h2f(sr[t >> lp]));
+}
+
+/* zero points of the 4 sub-blocks t..t+3 minus off */
+static NINLINE int32x4_t NS(zero4)(const nq_ctx *c, const uint8_t *zr, int64_t t, int off) {
+    const int lp = c->lp;
+    if (lp >= 2) return vdupq_n_s32(zpoint(c, zr, t >> lp) - off);
+    int32x4_t z = vdupq_n_s32(0);
+    z = vsetq_lane_s32(zpoint(c, zr, t >> lp) - off, z, 0);
+    z = vsetq_lane_s32(zpoint(c, zr, (t + 1) >> lp) - off, z, 1);
+    z = vsetq_lane_s32(zpoint(c, zr, (t + 2) >> lp) - off, z, 2);
+    return vsetq_lane_s32(zpoint(c, zr, (t + 3) >> lp) - off, z, 3);
+}
+
+/* acc + float(D - z' * isum) * sw * sx for the 4 sub-blocks t..t+3 of one row */
+static NINLINE float32x4_t NS(step4)(const nq_ctx *c, float32x4_t acc, const uint8_t *row, const uint16_t *sr,
+                                     const uint8_t *zr, int64_t t, const int8x16_t *qv, float32x4_t sx4,
+                                     int32x4_t is4, int32x4_t zu, const int BITS, const int ZM) {
+    int32x4_t d = NS(dot4)(row, qv, t, BITS);
+    if (ZM == 1) d = vmlsq_s32(d, is4, zu);
+    if (ZM == 2) d = vmlsq_s32(d, is4, NS(zero4)(c, zr, t, BITS == 8 ? 128 : 0));
+    return vfmaq_f32(acc, vcvtq_f32_s32(d), vmulq_f32(NS(scale4)(sr, t, c->lp), sx4));
+}
+
+/* y[n0 .. n0 + R) (R = 1, 2: the second row reuses the activation loads) for 4-/8-bit and 2-bit without
+ * Q8_K; ZM: 0 no zero-point term (8-bit, none stored), 1 one zero point for all blocks (c->zdef), 2 per
+ * block */
+static NINLINE void NS(gemv_tile)(const nq_ctx *c, int64_t n0, const int R, const int BITS, const int ZM) {
+    const er_weight *w = c->w;
+    const int64_t nsub = c->nsub, n4 = nsub & ~(int64_t)3;
+    const int lp = c->lp, off = BITS == 8 ? 128 : 0;
+    const float *sx = c->sx;
+    const int32_t *is = c->isum;
+    const uint8_t *row[2];
+    const uint16_t *sr[2];
+    const uint8_t *zr[2];
+    for (int r = 0; r < 2; r++) {
+        const int64_t n = n0 + (r < R ? r : 0);
+        row[r] = (const uint8_t *)w->data + n * c->row_bytes;
+        sr[r] = w->scales + n * c->nb;
+        zr[r] = w->zero_points ? w->zero_points + n * c->zp_bytes : NULL;
+    }
+    const int32x4_t zu = vdupq_n_s32(c->zdef - off);
+    float32x4_t acc0 = vdupq_n_f32(0.0f), acc1 = acc0;
+    for (int64_t t = 0; t < n4; t += 4) {
+        const float32x4_t sx4 = vld1q_f32(sx + t);
+        const int32x4_t is4 = ZM ? vld1q_s32(is + t) : vdupq_n_s32(0);
+        int8x16_t qv[8];
+        for (int i = 0; i < 8; i++) qv[i] = vld1q_s8(c->q + t * NSUB + 16 * i);
+        acc0 = NS(step4)(c, acc0, row[0], sr[0], zr[0], t, qv, sx4, is4, zu, BITS, ZM);
+        if (R == 2) acc1 = NS(step4)(c, acc1, row[1], sr[1], zr[1], t, qv, sx4, is4, zu, BITS, ZM);
+    }
+    for (int r = 0; r < R; r++) {
+        float s = vaddvq_f32(r ? acc1 : acc0);
+        for (int64_t t = n4; t < nsub; t++) {
+            int32_t d = NS(dot1)(row[r], c->q, t, nsub, BITS);
+            if (ZM) d -= (zpoint(c, zr[r], t >> lp) - off) * is[t];
+            s += h2f(sr[r][t >> lp]) * sx[t] * (float)d;
+        }
+        c->y[n0 + r] = s;
+    }
+}
+
+/* 2-bit row with Q8_K activations (one scale per 8 sub-blocks, blocks >= 256): the zero point is taken
+ * off the codes, 4 pairs add in int32 before one float FMA */
+static NINLINE float NS(row_q2k)(const nq_ctx *c, int64_t n) {
     const er_weight *w = c->w;
     const uint8_t *row = (const uint8_t *)w->data + n * c->row_bytes;
     const uint16_t *sr = w->scales + n * c->nb;
@@ -69,78 +160,47 @@ static NINLINE float NS(row_q2)(const nq_ctx *c, int64_t n) {
     const float *sx = c->sx;
     const int8x16_t zd = vdupq_n_s8((int8_t)c->zdef);
     const int32x4_t z0 = vdupq_n_s32(0);
-    const int64_t nsub = c->nsub;
+    const int64_t nsub = c->nsub; /* a multiple of 8 */
     const int lp = c->lp, asym = c->asym;
     float32x4_t acc0 = vdupq_n_f32(0.0f), acc1 = acc0;
-    if (c->q8k) { /* nsub is a multiple of 8 */
-        for (int64_t g = 0; g < nsub; g += 8) {
-            int8x16_t z = asym ? vdupq_n_s8((int8_t)zpoint(c, zr, g >> lp)) : zd;
-            const uint8_t *rg = row + g * 8;
-            const int8_t *qg = q + g * NSUB;
-            int32x4_t d0 = NS(pair_q2)(z0, vld1q_u8(rg), z, qg);
-            int32x4_t d1 = NS(pair_q2)(z0, vld1q_u8(rg + 16), z, qg + 64);
-            d0 = NS(pair_q2)(d0, vld1q_u8(rg + 32), z, qg + 128);
-            d1 = NS(pair_q2)(d1, vld1q_u8(rg + 48), z, qg + 192);
-            float s = h2f(sr[g >> lp]) * sx[g];
-            if (g & 8) acc1 = vfmaq_n_f32(acc1, vcvtq_f32_s32(vaddq_s32(d0, d1)), s);
-            else acc0 = vfmaq_n_f32(acc0, vcvtq_f32_s32(vaddq_s32(d0, d1)), s);
-        }
-        return vaddvq_f32(vaddq_f32(acc0, acc1));
-    }
-    int64_t t = 0;
-    for (; t + 2 <= nsub; t += 2) {
-        int8x16_t z = asym ? vcombine_s8(vdup_n_s8((int8_t)zpoint(c, zr, t >> lp)),
-                                         vdup_n_s8((int8_t)zpoint(c, zr, (t + 1) >> lp)))
-                           : zd;
-        int32x4_t d = NS(pair_q2)(z0, vld1q_u8(row + t * 8), z, q + t * NSUB);
-        float32x4_t sv = vcombine_f32(vdup_n_f32(h2f(sr[t >> lp]) * sx[t]), vdup_n_f32(h2f(sr[(t + 1) >> lp]) * sx[t + 1]));
-        if (t & 2) acc1 = vfmaq_f32(acc1, vcvtq_f32_s32(d), sv);
-        else acc0 = vfmaq_f32(acc0, vcvtq_f32_s32(d), sv);
-    }
-    if (t < nsub) { /* a lone last sub-block: its pair's second half of q is zero, and so is its scale */
-        int8x16_t z = asym ? vdupq_n_s8((int8_t)zpoint(c, zr, t >> lp)) : zd;
-        uint8x16_t v = vcombine_u8(vld1_u8(row + t * 8), vdup_n_u8(0));
-        int32x4_t d = NS(pair_q2)(z0, v, z, q + t * NSUB);
-        float32x4_t sv = vcombine_f32(vdup_n_f32(h2f(sr[t >> lp]) * sx[t]), vdup_n_f32(0.0f));
-        acc0 = vfmaq_f32(acc0, vcvtq_f32_s32(d), sv);
+    int64_t g = 0;
+    for (; g < nsub; g += 8) {
+        int8x16_t z = asym ? vdupq_n_s8((int8_t)zpoint(c, zr, g >> lp)) : zd;
+        const uint8_t *rg = row + g * 8;
+        const int8_t *qg = q + g * NSUB;
+        int32x4_t d0 = NS(pair_q2)(z0, vld1q_u8(rg), z, qg);
+        int32x4_t d1 = NS(pair_q2)(z0, vld1q_u8(rg + 16), z, qg + 64);
+        d0 = NS(pair_q2)(d0, vld1q_u8(rg + 32), z, qg + 128);
+        d1 = NS(pair_q2)(d1, vld1q_u8(rg + 48), z, qg + 192);
+        float32x4_t f = vmulq_n_f32(vcvtq_f32_s32(vaddq_s32(d0, d1)), h2f(sr[g >> lp]) * sx[g]);
+        if (g & 8) acc1 = vaddq_f32(acc1, f);
+        else acc0 = vaddq_f32(acc0, f);
     }
     return vaddvq_f32(vaddq_f32(acc0, acc1));
 }
 
-/* 8-bit row: codes as (code - 128); (z - 128) * isum subtracted when a zero point differs from 128 */
-static NINLINE float NS(row_q8)(const nq_ctx *c, int64_t n) {
-    const er_weight *w = c->w;
-    const uint8_t *row = (const uint8_t *)w->data + n * c->row_bytes;
-    const uint16_t *sr = w->scales + n * c->nb;
-    const uint8_t *zr = w->zero_points ? w->zero_points + n * c->zp_bytes : NULL;
-    const int8_t *q = c->q;
-    const float *sx = c->sx;
-    const int32_t *is = c->isum;
-    const uint8x16_t f = vdupq_n_u8(0x80);
-    const int32x4_t z0 = vdupq_n_s32(0);
-    const int64_t nsub = c->nsub;
-    const int lp = c->lp, corr = c->asym || c->zdef != 128;
-    float32x4_t acc[2] = {vdupq_n_f32(0.0f), vdupq_n_f32(0.0f)};
-    for (int64_t t = 0; t < nsub; t++) {
-        const uint8_t *rt = row + t * NSUB;
-        int8x16_t s0 = vreinterpretq_s8_u8(veorq_u8(vld1q_u8(rt), f));
-        int8x16_t s1 = vreinterpretq_s8_u8(veorq_u8(vld1q_u8(rt + 16), f));
-        int32x4_t d = DOT(DOT(z0, s0, vld1q_s8(q + t * NSUB)), s1, vld1q_s8(q + t * NSUB + 16));
-        if (corr) d = vsubq_s32(d, vsetq_lane_s32((zpoint(c, zr, t >> lp) - 128) * is[t], z0, 0));
-        acc[t & 1] = vfmaq_n_f32(acc[t & 1], vcvtq_f32_s32(d), h2f(sr[t >> lp]) * sx[t]);
-    }
-    return vaddvq_f32(vaddq_f32(acc[0], acc[1]));
+static NINLINE void NS(gemv_rows_b)(const nq_ctx *c, int64_t start, int64_t end, const int BITS, const int ZM) {
+    int64_t n = start;
+    for (; n + 2 <= end; n += 2) NS(gemv_tile)(c, n, 2, BITS, ZM);
+    if (n < end) NS(gemv_tile)(c, n, 1, BITS, ZM);
 }
 
 /* GEMV (m == 1): rows [start, end) */
 static void NS(gemv_rows)(const nq_ctx *c, int64_t start, int64_t end) {
-    float *y = c->y;
-    if (c->bits == 4)
-        for (int64_t n = start; n < end; n++) y[n] = NS(row_q4)(c, n);
-    else if (c->bits == 2)
-        for (int64_t n = start; n < end; n++) y[n] = NS(row_q2)(c, n);
-    else
-        for (int64_t n = start; n < end; n++) y[n] = NS(row_q8)(c, n);
+    const int zm = c->asym ? 2 : (c->bits == 8 && c->zdef == 128) ? 0 : 1;
+    if (c->bits == 2 && c->q8k) {
+        for (int64_t n = start; n < end; n++) c->y[n] = NS(row_q2k)(c, n);
+    } else if (c->bits == 4) {
+        if (zm == 2) NS(gemv_rows_b)(c, start, end, 4, 2);
+        else NS(gemv_rows_b)(c, start, end, 4, 1);
+    } else if (c->bits == 2) {
+        if (zm == 2) NS(gemv_rows_b)(c, start, end, 2, 2);
+        else NS(gemv_rows_b)(c, start, end, 2, 1);
+    } else {
+        if (zm == 2) NS(gemv_rows_b)(c, start, end, 8, 2);
+        else if (zm == 1) NS(gemv_rows_b)(c, start, end, 8, 1);
+        else NS(gemv_rows_b)(c, start, end, 8, 0);
+    }
 }
 
 /* GEMM tile: 4 unpacked rows wt (4, kp) x the 4 tokens of group g; out[r][j] = y of row r, token 4g + j.
