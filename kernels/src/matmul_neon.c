@@ -211,19 +211,30 @@ static NINLINE int32x4_t dot_emul(int32x4_t acc, int8x16_t a, int8x16_t b) {
     return vaddq_s32(acc, vpaddq_s32(vpaddlq_s16(l), vpaddlq_s16(h)));
 }
 
+/* the same total over the 4 lanes (not per lane): bytes i and i + 8 share an int16 lane first, exact since
+ * |a b| <= 128 * 127 (two such products < 2^15). For dots whose lanes are summed anyway. */
+static NINLINE int32x4_t dot_emul_sum(int32x4_t acc, int8x16_t a, int8x16_t b) {
+    int16x8_t p = vmull_s8(vget_low_s8(a), vget_low_s8(b));
+    return vpadalq_s16(acc, vmlal_high_s8(p, a, b));
+}
+
 #define NS(name) name##_nodp
 #define DOT(acc, a, b) dot_emul(acc, a, b)
+#define DOTS(acc, a, b) dot_emul_sum(acc, a, b)
 #include "matmul_neon_body.h"
 #undef NS
 #undef DOT
+#undef DOTS
 
 #pragma GCC push_options
 #pragma GCC target("arch=armv8.2-a+dotprod") /* as arm_neon.h declares vdotq_s32 */
 #define NS(name) name##_dp
 #define DOT(acc, a, b) vdotq_s32(acc, a, b)
+#define DOTS(acc, a, b) vdotq_s32(acc, a, b)
 #include "matmul_neon_body.h"
 #undef NS
 #undef DOT
+#undef DOTS
 #pragma GCC pop_options
 
 /* ---- f32 / f16 weights (mirror fdot_scalar) ------------------------------------------------------ */

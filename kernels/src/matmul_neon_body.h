@@ -1,16 +1,23 @@
 /* The int8-dot kernels of matmul_neon.c, included twice by it: NS(name) names the variant (_dp: sdot,
  * _nodp: baseline-NEON emulation) and DOT(acc, a, b) adds the 4 sums of byte products a[4l..4l+3] *
- * b[4l..4l+3] to lane l of acc. Every function mirrors qdot_row_scalar (matmul.c) for its bit width:
+ * b[4l..4l+3] to lane l of acc; DOTS(acc, a, b) adds the same total to acc's lanes in any split (cheaper
+ * to emulate; for sums whose lanes are added together afterwards). Every function mirrors qdot_row_scalar (matmul.c) for its bit width:
  * y[n] = sum_t sw[b(t)] * sx[t] * sum_i (code_i - z_b) * q_i, the integer sums identical to the scalar's. */
 
 /* the 4 fields of 16 bytes of 2-bit codes (elements 4j + f of 2 sub-blocks) dotted with layout-2 q:
  * lanes [A A B B] */
-static NINLINE int32x4_t NS(pair_q2)(int32x4_t d, uint8x16_t v, int8x16_t z, const int8_t *qt) {
+static NINLINE int32x4_t NS(pair_q2)(int32x4_t d, uint8x16_t v, int8x16_t z, const int8_t *qt, const int EXACT) {
     const uint8x16_t m2 = vdupq_n_u8(3);
     int8x16_t f0 = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(v, m2)), z);
     int8x16_t f1 = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(vshrq_n_u8(v, 2), m2)), z);
     int8x16_t f2 = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(vshrq_n_u8(v, 4), m2)), z);
     int8x16_t f3 = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(v, 6)), z);
+    if (!EXACT) { /* lanes summed later */
+        d = DOTS(d, f0, vld1q_s8(qt));
+        d = DOTS(d, f1, vld1q_s8(qt + 16));
+        d = DOTS(d, f2, vld1q_s8(qt + 32));
+        return DOTS(d, f3, vld1q_s8(qt + 48));
+    }
     d = DOT(d, f0, vld1q_s8(qt));
     d = DOT(d, f1, vld1q_s8(qt + 16));
     d = DOT(d, f2, vld1q_s8(qt + 32));
@@ -30,15 +37,15 @@ static NINLINE int32x4_t NS(dot4)(const uint8_t *row, const int8x16_t *qv, int64
         const uint8x16_t m4 = vdupq_n_u8(15);
         for (int i = 0; i < 4; i++) {
             uint8x16_t v = vld1q_u8(row + (t + i) * 16);
-            d[i] = DOT(DOT(z0, vreinterpretq_s8_u8(vandq_u8(v, m4)), qv[2 * i]), vreinterpretq_s8_u8(vshrq_n_u8(v, 4)),
-                       qv[2 * i + 1]);
+            d[i] = DOTS(DOTS(z0, vreinterpretq_s8_u8(vandq_u8(v, m4)), qv[2 * i]),
+                        vreinterpretq_s8_u8(vshrq_n_u8(v, 4)), qv[2 * i + 1]);
         }
     } else if (BITS == 8) {
         const uint8x16_t f = vdupq_n_u8(0x80);
         for (int i = 0; i < 4; i++) {
             const uint8_t *rt = row + (t + i) * NSUB;
-            d[i] = DOT(DOT(z0, vreinterpretq_s8_u8(veorq_u8(vld1q_u8(rt), f)), qv[2 * i]),
-                       vreinterpretq_s8_u8(veorq_u8(vld1q_u8(rt + 16), f)), qv[2 * i + 1]);
+            d[i] = DOTS(DOTS(z0, vreinterpretq_s8_u8(veorq_u8(vld1q_u8(rt), f)), qv[2 * i]),
+                        vreinterpretq_s8_u8(veorq_u8(vld1q_u8(rt + 16), f)), qv[2 * i + 1]);
         }
     } else { /* two pairs, lanes [A A B B] each */
         const uint8x16_t m2 = vdupq_n_u8(3);
@@ -60,20 +67,20 @@ static NINLINE int32_t NS(dot1)(const uint8_t *row, const int8_t *q, int64_t t, 
     if (BITS == 4) {
         uint8x16_t v = vld1q_u8(row + t * 16);
         const int8_t *qt = q + t * NSUB;
-        return vaddvq_s32(DOT(DOT(z0, vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(15))), vld1q_s8(qt)),
-                              vreinterpretq_s8_u8(vshrq_n_u8(v, 4)), vld1q_s8(qt + 16)));
+        return vaddvq_s32(DOTS(DOTS(z0, vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(15))), vld1q_s8(qt)),
+                               vreinterpretq_s8_u8(vshrq_n_u8(v, 4)), vld1q_s8(qt + 16)));
     }
     if (BITS == 8) {
         const uint8x16_t f = vdupq_n_u8(0x80);
         const uint8_t *rt = row + t * NSUB;
         const int8_t *qt = q + t * NSUB;
-        return vaddvq_s32(DOT(DOT(z0, vreinterpretq_s8_u8(veorq_u8(vld1q_u8(rt), f)), vld1q_s8(qt)),
-                              vreinterpretq_s8_u8(veorq_u8(vld1q_u8(rt + 16), f)), vld1q_s8(qt + 16)));
+        return vaddvq_s32(DOTS(DOTS(z0, vreinterpretq_s8_u8(veorq_u8(vld1q_u8(rt), f)), vld1q_s8(qt)),
+                               vreinterpretq_s8_u8(veorq_u8(vld1q_u8(rt + 16), f)), vld1q_s8(qt + 16)));
     }
     /* 2-bit: the pair holding t (a lone last sub-block: its pair's other half of q is zero) */
     const int64_t t0 = t & ~(int64_t)1;
     uint8x16_t v = t0 + 1 < nsub ? vld1q_u8(row + t0 * 8) : vcombine_u8(vld1_u8(row + t0 * 8), vdup_n_u8(0));
-    int32x4_t d = NS(pair_q2)(z0, v, vdupq_n_s8(0), q + t0 * NSUB);
+    int32x4_t d = NS(pair_q2)(z0, v, vdupq_n_s8(0), q + t0 * NSUB, 1);
     return (t & 1) ? vgetq_lane_s32(d, 2) + vgetq_lane_s32(d, 3) : vgetq_lane_s32(d, 0) + vgetq_lane_s32(d, 1);
 }
 
@@ -168,10 +175,10 @@ static NINLINE float NS(row_q2k)(const nq_ctx *c, int64_t n) {
         int8x16_t z = asym ? vdupq_n_s8((int8_t)zpoint(c, zr, g >> lp)) : zd;
         const uint8_t *rg = row + g * 8;
         const int8_t *qg = q + g * NSUB;
-        int32x4_t d0 = NS(pair_q2)(z0, vld1q_u8(rg), z, qg);
-        int32x4_t d1 = NS(pair_q2)(z0, vld1q_u8(rg + 16), z, qg + 64);
-        d0 = NS(pair_q2)(d0, vld1q_u8(rg + 32), z, qg + 128);
-        d1 = NS(pair_q2)(d1, vld1q_u8(rg + 48), z, qg + 192);
+        int32x4_t d0 = NS(pair_q2)(z0, vld1q_u8(rg), z, qg, 0);
+        int32x4_t d1 = NS(pair_q2)(z0, vld1q_u8(rg + 16), z, qg + 64, 0);
+        d0 = NS(pair_q2)(d0, vld1q_u8(rg + 32), z, qg + 128, 0);
+        d1 = NS(pair_q2)(d1, vld1q_u8(rg + 48), z, qg + 192, 0);
         float32x4_t f = vmulq_n_f32(vcvtq_f32_s32(vaddq_s32(d0, d1)), h2f(sr[g >> lp]) * sx[g]);
         if (g & 8) acc1 = vaddq_f32(acc1, f);
         else acc0 = vaddq_f32(acc0, f);
@@ -228,7 +235,7 @@ static NINLINE void NS(gemm_tile_g)(const nq_ctx *c, const int8_t *wt, const flo
             const int8_t *xs[4] = {x0 + o, x1 + o, x2 + o, x3 + o};
             for (int j = 0; j < 4; j++) {
                 int8x16_t xa = vld1q_s8(xs[j]), xb = vld1q_s8(xs[j] + 16);
-                for (int r = 0; r < 4; r++) a[r][j] = DOT(DOT(a[r][j], wa[r], xa), wb[r], xb);
+                for (int r = 0; r < 4; r++) a[r][j] = DOTS(DOTS(a[r][j], wa[r], xa), wb[r], xb);
             }
         }
         const int64_t b = t0 >> lp;
