@@ -31,6 +31,41 @@ class ErWeight(ctypes.Structure):
     ]
 
 
+class ErLayer(ctypes.Structure):
+    """Mirror of ``er_layer`` (one decoder layer's weights and vectors for the fused decode)."""
+
+    _fields_ = [
+        ("w", c_void_p * 7),
+        ("attn_norm", c_void_p),
+        ("ffn_norm", c_void_p),
+        ("bias", c_void_p * 3),
+        ("q_norm", c_void_p),
+        ("k_norm", c_void_p),
+        ("post_attn_norm", c_void_p),
+        ("post_ffw_norm", c_void_p),
+        ("rope_theta", c_float),
+        ("rope_freq_scale", c_float),
+        ("window", c_int64),
+    ]
+
+
+class ErDecodeCfg(ctypes.Structure):
+    """Mirror of ``er_decode_cfg`` (model sizes and the decode scratch buffers)."""
+
+    _fields_ = [
+        ("dim", c_int64),
+        ("n_heads", c_int64),
+        ("n_kv_heads", c_int64),
+        ("head_dim", c_int64),
+        ("ffn_dim", c_int64),
+        ("eps", c_float),
+        ("attn_scale", c_float),
+        ("softcap", c_float),
+        ("gelu", c_int32),
+        *[(n, c_void_p) for n in ("x", "h", "q", "k", "v", "att", "o", "g", "u")],
+    ]
+
+
 TASK_FN = ctypes.CFUNCTYPE(None, c_void_p, c_int64, c_int64, c_int)
 
 _SIGNATURES = {
@@ -62,6 +97,9 @@ _SIGNATURES = {
         [c_void_p, c_void_p, c_void_p, c_void_p, c_int64, c_int64, c_int64, c_int64, c_int64, c_int64, c_int,
          c_float, c_float, c_int64],
     ),
+    "er_decode_attn_in": (c_int, [POINTER(ErDecodeCfg), POINTER(ErLayer), c_int64]),
+    "er_decode_attn_out": (c_int, [POINTER(ErDecodeCfg), POINTER(ErLayer)]),
+    "er_decode_layer": (c_int, [POINTER(ErDecodeCfg), POINTER(ErLayer), c_void_p, c_void_p, c_int64, c_int64]),
     "er_memcpy": (None, [c_void_p, c_void_p, c_size_t]),
     "er_read_sum": (c_double, [c_void_p, c_size_t]),
 }

@@ -84,6 +84,32 @@ int er_attention_prefill(const float *q, const void *k, const void *v, float *ou
                          int64_t n_kv_heads, int64_t head_dim, int64_t T, int64_t p0, int64_t kv_stride, int kv_f16,
                          float scale, float softcap, int64_t window);
 
+/* ---- fused decode (one token, one call per layer; src/decode.c) ------------------------------ */
+typedef struct er_layer {
+    const er_weight *w[7];        /* q, k, v, o, gate, up, down */
+    const float *attn_norm, *ffn_norm;                   /* (dim) */
+    const float *bias[3];         /* q, k, v biases (Qwen2) or NULL */
+    const float *q_norm, *k_norm; /* (head_dim) per-head norms (Gemma 3) or NULL */
+    const float *post_attn_norm, *post_ffw_norm;         /* (dim) (Gemma 3) or NULL */
+    float rope_theta, rope_freq_scale;
+    int64_t window;               /* sliding window in positions; <= 0: none */
+} er_layer;
+typedef struct er_decode_cfg {
+    int64_t dim, n_heads, n_kv_heads, head_dim, ffn_dim;
+    float eps, attn_scale, softcap;
+    int32_t gelu;                 /* 0: SwiGLU (silu(g) * u), 1: GeGLU (gelu_tanh(g) * u) */
+    float *x;                     /* (dim) residual stream, read and updated */
+    float *h, *q, *k, *v, *att, *o, *g, *u; /* scratch: (dim), (nh*hd), (nkv*hd) x2, (nh*hd), (dim), (ffn) x2 */
+} er_decode_cfg;
+/* norm -> q, k, v -> [bias] -> [q/k norm] -> RoPE at pos (pos < 0: no RoPE): leaves q, k, v in the scratch */
+int er_decode_attn_in(const er_decode_cfg *c, const er_layer *L, int64_t pos);
+/* att -> o -> [norm] -> x += o -> norm -> gate/up -> act -> down -> [norm] -> x += o */
+int er_decode_attn_out(const er_decode_cfg *c, const er_layer *L);
+/* the whole layer over a full float32 cache k, v (n_kv_heads, capacity, head_dim): attn_in, k/v stored at pos,
+ * attention over [max(0, pos + 1 - window), pos], attn_out. Returns 0, or < 0 on bad arguments. */
+int er_decode_layer(const er_decode_cfg *c, const er_layer *L, float *k_cache, float *v_cache, int64_t capacity,
+                    int64_t pos);
+
 /* ---- bandwidth probes (for benchmarks) ----------------------------------------------------- */
 void er_memcpy(void *dst, const void *src, size_t n);   /* threaded memcpy */
 double er_read_sum(const float *src, size_t n);         /* threaded streaming read */

@@ -11,6 +11,11 @@ decode step (T = 1), per layer, all buffers preallocated, pointers cached:
 prefill (T > 1): the same matmuls as GEMMs (M = T), RoPE in numpy, causal attention in one kernel call.
 ```
 
+Decode runs each layer as one C call (``er_decode_layer``, kernels/src/decode.c: the steps above, q/k/v and
+gate/up each from one activation quantization); the ring cache splits it around its own store/attention
+(``er_decode_attn_in`` / ``er_decode_attn_out``). ``_decode_ops`` is the same step op by op (the reference the
+fused path is tested against, bit for bit); ``fused_decode = False`` selects it.
+
 The numpy reference (``runtime/models``) defines the math; this file follows its hooks
 (``rope_theta``, ``rope_scale``, ``window``, ``attn_scale``) so llama, qwen2 and gemma3 run here.
 
@@ -154,9 +159,87 @@ class NativeModel:
             self.layers.append(L)
         self.out_norm = _ptr(self.V["output_norm.weight"])
         self.scale = float(self.ref.attn_scale())
+        self._build_fused()
+
+    def _build_fused(self) -> None:
+        """The C structs of the fused decode: sizes + scratch pointers (er_decode_cfg), per layer vectors."""
+        import ctypes
+
+        from ...kernels._lib import ErDecodeCfg
+
+        a, p = self.args, self.p
+        self.fused_decode = True
+        scratch = (p[n] for n in ("x", "h", "q", "k", "v", "att", "o", "g", "u"))
+        self._cfg = ErDecodeCfg(a.dim, a.n_heads, a.n_kv_heads, a.head_dim, a.ffn_dim, a.norm_eps, self.scale, 0.0,
+                                1 if self.gemma else 0, *scratch)
+        self._cfg_ref = ctypes.byref(self._cfg)
+        self._clayers: dict[tuple[int, int], tuple] = {}  # (layer, id(weights dict)) -> (dict, ErLayer, byref)
+
+    def _clayer(self, i: int, W: dict):
+        """byref(er_layer) of layer i with the weights of W (src.layer(i)); built once per weights dict."""
+        hit = self._clayers.get((i, id(W)))
+        if hit is not None and hit[0] is W:
+            return hit[2]
+        import ctypes
+
+        from ...kernels._lib import ErLayer
+
+        pre, L = f"blk.{i}.", self.layers[i]
+        vec = self.V.get
+        c = ErLayer()
+        for j, name in enumerate(("wq", "wk", "wv", "wo", "wg", "wu", "wd")):
+            c.w[j] = ctypes.addressof(W[name]._c)
+        c.attn_norm, c.ffn_norm = L["attn_norm"], L["ffn_norm"]
+        for j, b in enumerate(L["bias"]):
+            c.bias[j] = None if b is None else _ptr(b)
+        for field, name in (("q_norm", "attn_q_norm"), ("k_norm", "attn_k_norm"),
+                            ("post_attn_norm", "post_attention_norm"), ("post_ffw_norm", "post_ffw_norm")):
+            v = vec(pre + name + ".weight") if self.gemma else None
+            setattr(c, field, None if v is None else _ptr(v))
+        c.rope_theta, c.rope_freq_scale = L["theta"], L["fscale"]
+        c.window = 0 if L["window"] is None else int(L["window"])
+        self._clayers[(i, id(W))] = hit = (W, c, ctypes.byref(c))
+        return hit[2]
 
     def _decode(self, token: int, cache) -> np.ndarray:
-        """One token through every layer with the C kernels; returns logits (vocab,) (a fresh array)."""
+        """One token through every layer, one C call per layer; returns logits (vocab,) (a fresh array)."""
+        if not self.fused_decode:
+            return self._decode_ops(token, cache)
+        a, lib, b, p = self.args, self.lib, self.buf, self.p
+        nh, nkv, hd = a.n_heads, a.n_kv_heads, a.head_dim
+        pos = cache.length
+        ring = isinstance(cache, SinkWindowKVCache)
+        if not ring:
+            cache.reserve(pos + 1)
+        b["x"][:] = self.embed(np.array([token]))[0]
+        cfg = self._cfg_ref
+        for i in range(a.n_layers):
+            L = self._clayer(i, self.src.layer(i))
+            if not ring:
+                r = lib.er_decode_layer(cfg, L, cache.k_ptr[i], cache.v_ptr[i], cache.capacity, pos)
+            elif cache.layers[i].quant:  # KIVI layouts: the cache's attention (rotates q/k itself)
+                r = lib.er_decode_attn_in(cfg, L, -1)
+                att = cache.attend(i, b["q"].reshape(nh, 1, hd), b["k"].reshape(nkv, 1, hd),
+                                   b["v"].reshape(nkv, 1, hd), self.layers[i]["rope"], pos, self.scale)  # fmt: skip
+                b["att"][:] = att.reshape(-1)
+                r = r or lib.er_decode_attn_out(cfg, L)
+            else:
+                r = lib.er_decode_attn_in(cfg, L, pos)
+                self._attend_ring(i, self.layers[i], cache, pos)
+                r = r or lib.er_decode_attn_out(cfg, L)
+            if r:
+                raise ValueError(f"fused decode of layer {i} failed (code {r})")
+            self.src.release(i)
+        cache.advance(1)
+        lib.er_rmsnorm(p["x"], self.out_norm, p["h"], 1, a.dim, a.norm_eps)
+        if self.head is not None:
+            lib.er_matmul(self.head._ref, p["h"], p["logits"], 1)
+        else:
+            self.src.streamed_matmul(self.head_name, b["h"][None], b["logits"][None])
+        return b["logits"].copy()
+
+    def _decode_ops(self, token: int, cache) -> np.ndarray:
+        """The same step op by op (~16 C calls per layer): the reference of the fused path."""
         a, lib, b, p = self.args, self.lib, self.buf, self.p
         mm, norm, rope = lib.er_matmul, lib.er_rmsnorm, lib.er_rope_neox
         eps, hd, nh, nkv, dim = a.norm_eps, a.head_dim, a.n_heads, a.n_kv_heads, a.dim
