@@ -348,6 +348,35 @@ def bench(
     typer.echo(json.dumps(r, indent=1) if as_json else rb.format_bench(r))
 
 
+# ---- the artifact cache (runtime/cache.py) -------------------------------------------------------
+
+
+@app.command()
+@user_errors
+def cache(
+    prune: Annotated[bool, typer.Option("--prune", help="Delete the stale artifacts.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="With --prune: only say what would go.")] = False,
+):
+    """List the artifact cache (size, current or stale); --prune frees the stale exports."""
+    from .runtime import cache as rc
+    from .runtime.defaults import cache_dir
+
+    if prune:
+        gone = rc.prune(dry_run=dry_run)
+        verb = "would free" if dry_run else "freed"
+        for e in gone:
+            typer.echo(f"{e.nbytes / 1e6:9.1f} MB  {e.path.name}  ({e.status})")
+        typer.echo(f"{verb} {sum(e.nbytes for e in gone) / 1e6:.1f} MB in {len(gone)} stale artifacts")
+        return
+    listed = rc.entries()
+    typer.echo(f"{cache_dir()}: {sum(e.nbytes for e in listed) / 1e6:.1f} MB")
+    for e in listed:
+        typer.echo(f"{e.nbytes / 1e6:9.1f} MB  {e.path.name}  {e.status}")
+    n = sum(e.stale for e in listed)
+    if n:
+        typer.echo(f"{n} stale: `edgerun cache --prune` deletes them")
+
+
 def main():
     """Console-script entry point."""
     app()
