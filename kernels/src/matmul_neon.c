@@ -22,7 +22,7 @@
  * "arch=armv8.2-a+dotprod", as arm_neon.h declares it: no -march flag at build time) and with a
  * baseline-NEON emulation of sdot (smull + pairwise widening adds, same lane sums).
  * er_neon_dotprod() (cpu.c, HWCAP_ASIMDDP) picks one per call.
- * f32/f16 weights: 4 rows x 1..4 tokens of FMA (fdot_scalar's sums in another order).
+ * f32/f16 weights: 4 rows x 1 or 4 tokens of FMA (fdot_scalar's sums in another order).
  */
 #if defined(__aarch64__)
 #include <arm_neon.h>
@@ -47,7 +47,8 @@ typedef struct {
     int64_t nb, nsub, kp, qs, row_bytes, zp_bytes;
     int8_t *q;           /* GEMV: layout by bits (above); GEMM: (mp, qs) natural */
     float *sx;           /* GEMV: (nsub); GEMM: (mp / 4, nsub, 4) */
-    int32_t *isum;       /* same layout as sx (8-bit zero-point correction) */
+    int32_t *isum;       /* same layout as sx (zero-point terms z * isum) */
+    int32_t *gsum;       /* GEMV with Q8_K: isum of each group of 8 sub-blocks */
 } nq_ctx;
 
 static NINLINE float h2f(uint16_t h) {
@@ -248,42 +249,81 @@ static NINLINE float wel(const void *base, int f16, int64_t i) {
     return f16 ? h2f(((const uint16_t *)base)[i]) : ((const float *)base)[i];
 }
 
-/* y[t * N + r] = row (n0 + r) . x[t] for 4 rows (rows past N repeat the last; not stored) x T tokens */
-static NINLINE void ftile(const er_weight *w, int64_t n0, int R, const float *x, int T, float *y, const int TT) {
-    const int f16 = w->type == ER_W_F16;
-    const int64_t k = w->k, es = f16 ? 2 : 4;
+static NINLINE void ldw8(const void *base, int f16, int64_t i, float32x4_t *w0, float32x4_t *w1) {
+    if (f16) { /* 8 halves in one load */
+        float16x8_t h = vreinterpretq_f16_u16(vld1q_u16((const uint16_t *)base + i));
+        *w0 = vcvt_f32_f16(vget_low_f16(h));
+        *w1 = vcvt_high_f32_f16(h);
+    } else {
+        *w0 = vld1q_f32((const float *)base + i);
+        *w1 = vld1q_f32((const float *)base + i + 4);
+    }
+}
+
+/* rows n0..n0+3 (rows past R repeat the last; not stored) */
+static NINLINE void frows(const er_weight *w, int64_t n0, int R, const char *rp[4]) {
+    const int64_t es = w->type == ER_W_F16 ? 2 : 4;
+    for (int r = 0; r < 4; r++) rp[r] = (const char *)w->data + (n0 + (r < R ? r : R - 1)) * w->k * es;
+}
+
+/* GEMV: y[r] = row (n0 + r) . x for 4 rows, 8 accumulators (f16: weights are f16, a constant) */
+static NINLINE void fgemv4(const er_weight *w, int64_t n0, int R, const float *x, float *y, const int f16) {
+    const int64_t k = w->k;
     const char *rp[4];
-    for (int r = 0; r < 4; r++) rp[r] = (const char *)w->data + (n0 + (r < R ? r : R - 1)) * k * es;
+    frows(w, n0, R, rp);
+    float32x4_t a0 = vdupq_n_f32(0.0f), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+    int64_t i = 0;
+    for (; i + 8 <= k; i += 8) {
+        float32x4_t x0 = vld1q_f32(x + i), x1 = vld1q_f32(x + i + 4), u, v;
+        ldw8(rp[0], f16, i, &u, &v);
+        a0 = vfmaq_f32(a0, u, x0), b0 = vfmaq_f32(b0, v, x1);
+        ldw8(rp[1], f16, i, &u, &v);
+        a1 = vfmaq_f32(a1, u, x0), b1 = vfmaq_f32(b1, v, x1);
+        ldw8(rp[2], f16, i, &u, &v);
+        a2 = vfmaq_f32(a2, u, x0), b2 = vfmaq_f32(b2, v, x1);
+        ldw8(rp[3], f16, i, &u, &v);
+        a3 = vfmaq_f32(a3, u, x0), b3 = vfmaq_f32(b3, v, x1);
+    }
+    for (; i + 4 <= k; i += 4) {
+        float32x4_t x0 = vld1q_f32(x + i);
+        a0 = vfmaq_f32(a0, ldw4(rp[0], f16, i), x0);
+        a1 = vfmaq_f32(a1, ldw4(rp[1], f16, i), x0);
+        a2 = vfmaq_f32(a2, ldw4(rp[2], f16, i), x0);
+        a3 = vfmaq_f32(a3, ldw4(rp[3], f16, i), x0);
+    }
+    float s[4] = {vaddvq_f32(vaddq_f32(a0, b0)), vaddvq_f32(vaddq_f32(a1, b1)), vaddvq_f32(vaddq_f32(a2, b2)),
+                  vaddvq_f32(vaddq_f32(a3, b3))};
+    for (int r = 0; r < R; r++) {
+        for (int64_t e = i; e < k; e++) s[r] += wel(rp[r], f16, e) * x[e];
+        y[r] = s[r];
+    }
+}
+
+/* GEMM: y[j * N + r] = row (n0 + r) . x[j] for 4 rows x 4 tokens (tokens past T repeat the last) */
+static NINLINE void fgemm44(const er_weight *w, int64_t n0, int R, const float *x, int T, float *y, const int f16) {
+    const int64_t k = w->k;
+    const char *rp[4];
+    frows(w, n0, R, rp);
     const float *xp[4];
     for (int j = 0; j < 4; j++) xp[j] = x + (j < T ? j : T - 1) * k;
-    float32x4_t acc[4][4]; /* TT (1 or 4) is a constant after inlining: unused ones vanish */
+    float32x4_t acc[4][4];
     for (int r = 0; r < 4; r++)
-        for (int j = 0; j < TT; j++) acc[r][j] = vdupq_n_f32(0.0f);
+        for (int j = 0; j < 4; j++) acc[r][j] = vdupq_n_f32(0.0f);
     int64_t i = 0;
-    if (TT == 1) { /* GEMV: 8 accumulators (2 per row) */
-        float32x4_t b[4];
-        for (int r = 0; r < 4; r++) b[r] = vdupq_n_f32(0.0f);
-        for (; i + 8 <= k; i += 8) {
-            float32x4_t x0 = vld1q_f32(xp[0] + i), x1 = vld1q_f32(xp[0] + i + 4);
-            for (int r = 0; r < 4; r++) {
-                acc[r][0] = vfmaq_f32(acc[r][0], ldw4(rp[r], f16, i), x0);
-                b[r] = vfmaq_f32(b[r], ldw4(rp[r], f16, i + 4), x1);
-            }
-        }
-        for (int r = 0; r < 4; r++) acc[r][0] = vaddq_f32(acc[r][0], b[r]);
-    }
     for (; i + 4 <= k; i += 4) {
         float32x4_t wv[4], xv[4];
         for (int r = 0; r < 4; r++) wv[r] = ldw4(rp[r], f16, i);
-        for (int j = 0; j < TT; j++) xv[j] = vld1q_f32(xp[j] + i);
+        for (int j = 0; j < 4; j++) xv[j] = vld1q_f32(xp[j] + i);
         for (int r = 0; r < 4; r++)
-            for (int j = 0; j < TT; j++) acc[r][j] = vfmaq_f32(acc[r][j], wv[r], xv[j]);
+            for (int j = 0; j < 4; j++) acc[r][j] = vfmaq_f32(acc[r][j], wv[r], xv[j]);
     }
+    float s[4][4];
+    for (int r = 0; r < 4; r++) /* token sums of row r: one vector [j0 j1 j2 j3] */
+        vst1q_f32(s[r], vpaddq_f32(vpaddq_f32(acc[r][0], acc[r][1]), vpaddq_f32(acc[r][2], acc[r][3])));
     for (int r = 0; r < R; r++)
-        for (int j = 0; j < T && j < TT; j++) {
-            float s = vaddvq_f32(acc[r][j]);
-            for (int64_t e = i; e < k; e++) s += wel(rp[r], f16, e) * xp[j][e];
-            y[(int64_t)j * w->n + r] = s;
+        for (int j = 0; j < T; j++) {
+            for (int64_t e = i; e < k; e++) s[r][j] += wel(rp[r], f16, e) * xp[j][e];
+            y[(int64_t)j * w->n + r] = s[r][j];
         }
 }
 
@@ -294,20 +334,25 @@ typedef struct {
     int64_t m;
 } nf_ctx;
 
-static void ftask(void *vc, int64_t start, int64_t end, int tid) {
-    (void)tid;
-    const nf_ctx *c = (const nf_ctx *)vc;
+static NINLINE void frange(const nf_ctx *c, int64_t start, int64_t end, const int f16) {
     for (int64_t n = start; n < end; n += 4) {
         int R = end - n < 4 ? (int)(end - n) : 4;
         if (c->m == 1) {
-            ftile(c->w, n, R, c->x, 1, c->y + n, 1);
+            fgemv4(c->w, n, R, c->x, c->y + n, f16);
             continue;
         }
         for (int64_t t = 0; t < c->m; t += 4) {
             int T = c->m - t < 4 ? (int)(c->m - t) : 4;
-            ftile(c->w, n, R, c->x + t * c->w->k, T, c->y + t * c->w->n + n, 4);
+            fgemm44(c->w, n, R, c->x + t * c->w->k, T, c->y + t * c->w->n + n, f16);
         }
     }
+}
+
+static void ftask(void *vc, int64_t start, int64_t end, int tid) {
+    (void)tid;
+    const nf_ctx *c = (const nf_ctx *)vc;
+    if (c->w->type == ER_W_F16) frange(c, start, end, 1);
+    else frange(c, start, end, 0);
 }
 
 /* ---- the parallel tasks and the entry point --------------------------------------------------------- */
@@ -380,14 +425,21 @@ int er_matmul_neon(const er_weight *w, const float *x, float *y, int64_t m) {
     c.mp = gemm ? (m + 3) & ~(int64_t)3 : 1;
     c.qs = gemm ? c.kp + 64 : ((c.nsub + 1) & ~(int64_t)1) * NSUB; /* GEMV 2-bit: whole pairs */
     size_t qbytes = ((size_t)(c.mp * c.qs) + 63) & ~(size_t)63, nat = (size_t)(c.mp * c.nsub);
-    char *buf = get_nscratch(0, qbytes + 2 * sizeof(float) * nat + 64);
+    char *buf = get_nscratch(0, qbytes + 3 * sizeof(float) * nat + 64);
     if (!buf) return -3;
     c.q = (int8_t *)buf;
     c.sx = (float *)(buf + qbytes);
     c.isum = (int32_t *)(c.sx + nat);
+    c.gsum = c.isum + nat;
     if (!gemm) {
         if (bits == 2 && (c.nsub & 1)) memset(c.q + (c.nsub - 1) * NSUB, 0, 2 * NSUB);
         quant_row(x, w->k, c.nsub, c.q8k, bits == 8 ? 0 : bits, c.q, c.sx, c.isum, 1);
+        if (c.q8k)
+            for (int64_t g = 0; g < c.nsub / 8; g++) {
+                int32_t v = 0;
+                for (int i = 0; i < 8; i++) v += c.isum[8 * g + i];
+                c.gsum[g] = v;
+            }
         er_parallel_for(w->n, 16, qgemv_task, &c);
         return 0;
     }

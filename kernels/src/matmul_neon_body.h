@@ -156,34 +156,49 @@ static NINLINE void NS(gemv_tile)(const nq_ctx *c, int64_t n0, const int R, cons
     }
 }
 
-/* 2-bit row with Q8_K activations (one scale per 8 sub-blocks, blocks >= 256): the zero point is taken
- * off the codes, 4 pairs add in int32 before one float FMA */
-static NINLINE float NS(row_q2k)(const nq_ctx *c, int64_t n) {
+/* 2-bit (ternary) rows with Q8_K activations (one scale per group of 8 sub-blocks, blocks >= 256), R = 1
+ * or 2 rows sharing the activation loads: raw codes, then per group (dot - z * group isum) exactly in int32
+ * and one float FMA */
+static NINLINE void NS(gemv_q2k)(const nq_ctx *c, int64_t n0, const int R, const int ASYM) {
     const er_weight *w = c->w;
-    const uint8_t *row = (const uint8_t *)w->data + n * c->row_bytes;
-    const uint16_t *sr = w->scales + n * c->nb;
-    const uint8_t *zr = w->zero_points ? w->zero_points + n * c->zp_bytes : NULL;
-    const int8_t *q = c->q;
-    const float *sx = c->sx;
-    const int8x16_t zd = vdupq_n_s8((int8_t)c->zdef);
-    const int32x4_t z0 = vdupq_n_s32(0);
     const int64_t nsub = c->nsub; /* a multiple of 8 */
-    const int lp = c->lp, asym = c->asym;
-    float32x4_t acc0 = vdupq_n_f32(0.0f), acc1 = acc0;
-    int64_t g = 0;
-    for (; g < nsub; g += 8) {
-        int8x16_t z = asym ? vdupq_n_s8((int8_t)zpoint(c, zr, g >> lp)) : zd;
-        const uint8_t *rg = row + g * 8;
-        const int8_t *qg = q + g * NSUB;
-        int32x4_t d0 = NS(pair_q2)(z0, vld1q_u8(rg), z, qg, 0);
-        int32x4_t d1 = NS(pair_q2)(z0, vld1q_u8(rg + 16), z, qg + 64, 0);
-        d0 = NS(pair_q2)(d0, vld1q_u8(rg + 32), z, qg + 128, 0);
-        d1 = NS(pair_q2)(d1, vld1q_u8(rg + 48), z, qg + 192, 0);
-        float32x4_t f = vmulq_n_f32(vcvtq_f32_s32(vaddq_s32(d0, d1)), h2f(sr[g >> lp]) * sx[g]);
-        if (g & 8) acc1 = vaddq_f32(acc1, f);
-        else acc0 = vaddq_f32(acc0, f);
+    const int lp = c->lp;
+    const uint8_t *row[2];
+    const uint16_t *sr[2];
+    const uint8_t *zr[2];
+    for (int r = 0; r < 2; r++) {
+        const int64_t n = n0 + (r < R ? r : 0);
+        row[r] = (const uint8_t *)w->data + n * c->row_bytes;
+        sr[r] = w->scales + n * c->nb;
+        zr[r] = w->zero_points ? w->zero_points + n * c->zp_bytes : NULL;
     }
-    return vaddvq_f32(vaddq_f32(acc0, acc1));
+    const uint8x16_t m2 = vdupq_n_u8(3);
+    const int32x4_t z0 = vdupq_n_s32(0);
+    float acc[2] = {0.0f, 0.0f};
+    for (int64_t g = 0; g < nsub; g += 8) {
+        const int8_t *qg = c->q + g * NSUB;
+        int32x4_t d[2][2] = {{z0, z0}, {z0, z0}};
+        for (int p = 0; p < 4; p++) { /* 4 pairs of sub-blocks: 16 code bytes, 64 activation bytes each */
+            int8x16_t q0 = vld1q_s8(qg + 64 * p), q1 = vld1q_s8(qg + 64 * p + 16);
+            int8x16_t q2 = vld1q_s8(qg + 64 * p + 32), q3 = vld1q_s8(qg + 64 * p + 48);
+            for (int r = 0; r < R; r++) {
+                uint8x16_t v = vld1q_u8(row[r] + g * 8 + 16 * p);
+                int32x4_t e = d[r][p & 1];
+                e = DOTS(e, vreinterpretq_s8_u8(vandq_u8(v, m2)), q0);
+                e = DOTS(e, vreinterpretq_s8_u8(vandq_u8(vshrq_n_u8(v, 2), m2)), q1);
+                e = DOTS(e, vreinterpretq_s8_u8(vandq_u8(vshrq_n_u8(v, 4), m2)), q2);
+                d[r][p & 1] = DOTS(e, vreinterpretq_s8_u8(vshrq_n_u8(v, 6)), q3);
+            }
+        }
+        const int32_t gs = c->gsum[g >> 3];
+        const float sxg = c->sx[g];
+        for (int r = 0; r < R; r++) {
+            const int z = ASYM ? zpoint(c, zr[r], g >> lp) : c->zdef;
+            const int32_t dot = vaddvq_s32(vaddq_s32(d[r][0], d[r][1])) - z * gs;
+            acc[r] += h2f(sr[r][g >> lp]) * sxg * (float)dot;
+        }
+    }
+    for (int r = 0; r < R; r++) c->y[n0 + r] = acc[r];
 }
 
 static NINLINE void NS(gemv_rows_b)(const nq_ctx *c, int64_t start, int64_t end, const int BITS, const int ZM) {
@@ -196,7 +211,14 @@ static NINLINE void NS(gemv_rows_b)(const nq_ctx *c, int64_t start, int64_t end,
 static void NS(gemv_rows)(const nq_ctx *c, int64_t start, int64_t end) {
     const int zm = c->asym ? 2 : (c->bits == 8 && c->zdef == 128) ? 0 : 1;
     if (c->bits == 2 && c->q8k) {
-        for (int64_t n = start; n < end; n++) c->y[n] = NS(row_q2k)(c, n);
+        int64_t n = start;
+        if (c->asym) {
+            for (; n + 2 <= end; n += 2) NS(gemv_q2k)(c, n, 2, 1);
+            if (n < end) NS(gemv_q2k)(c, n, 1, 1);
+        } else {
+            for (; n + 2 <= end; n += 2) NS(gemv_q2k)(c, n, 2, 0);
+            if (n < end) NS(gemv_q2k)(c, n, 1, 0);
+        }
     } else if (c->bits == 4) {
         if (zm == 2) NS(gemv_rows_b)(c, start, end, 4, 2);
         else NS(gemv_rows_b)(c, start, end, 4, 1);
