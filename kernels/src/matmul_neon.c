@@ -150,18 +150,29 @@ static void quant_row(const float *x, int64_t k, int64_t nsub, int q8k, int layo
 
 /* ---- GEMM: unpack 4 weight rows to int8 (code - z; 8-bit: code - 128), natural order ------------- */
 
-/* dst (kp): row n's codes; swf (nb): its scales in f32; zc (nb): (z - 128) for 8-bit, else unused */
+/* dst (kp): row n's codes; swf (nb): its scales in f32; zc (nb): (z - 128) for 8-bit (else not written) */
 static void unpack_row(const nq_ctx *c, int64_t n, int8_t *dst, float *swf, int32_t *zc) {
     const er_weight *w = c->w;
     const uint8_t *row = (const uint8_t *)w->data + n * c->row_bytes;
     const uint16_t *sr = w->scales + n * c->nb;
     const uint8_t *zr = w->zero_points ? w->zero_points + n * c->zp_bytes : NULL;
     const int64_t nsub = c->nsub;
-    for (int64_t b = 0; b < c->nb; b++) {
-        swf[b] = h2f(sr[b]);
-        zc[b] = zpoint(c, zr, b) - 128;
-    }
-    if (c->bits == 8) {
+    int64_t b = 0;
+    for (; b + 4 <= c->nb; b += 4) vst1q_f32(swf + b, vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(sr + b))));
+    for (; b < c->nb; b++) swf[b] = h2f(sr[b]);
+    if (c->bits == 8)
+        for (b = 0; b < c->nb; b++) zc[b] = zpoint(c, zr, b) - 128;
+    if (c->bits == 4 && !c->asym) { /* one zero point */
+        const uint8x16_t m4 = vdupq_n_u8(15);
+        const int8x16_t z = vdupq_n_s8((int8_t)c->zdef);
+        for (int64_t t = 0; t < nsub; t++) {
+            uint8x16_t v = vld1q_u8(row + t * 16);
+            int8x16_t lo = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(v, m4)), z);
+            int8x16_t hi = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(v, 4)), z);
+            vst1q_s8(dst + t * NSUB, vzip1q_s8(lo, hi));
+            vst1q_s8(dst + t * NSUB + 16, vzip2q_s8(lo, hi));
+        }
+    } else if (c->bits == 8) {
         const uint8x16_t f = vdupq_n_u8(0x80);
         for (int64_t i = 0; i < nsub * NSUB; i += 16)
             vst1q_s8(dst + i, vreinterpretq_s8_u8(veorq_u8(vld1q_u8(row + i), f)));
