@@ -7,8 +7,9 @@
  *       scales      f16    (N, n_blocks)
  *       zero_points uint8  (N, ceil(n_blocks*bits/8)) packed low-bits-first, or NULL (= 2^(bits-1))
  *     w = scale * (code - zero_point); n_blocks = ceil(K / block_size), K zero-padded.
- *   - every kernel has a portable scalar variant and, on x86-64, an AVX2/FMA/F16C variant
- *     chosen at run time (er_set_isa overrides the choice, for tests and benchmarks).
+ *   - every kernel has a portable scalar variant and a vector variant chosen at run time: AVX2/FMA/F16C
+ *     on x86-64, NEON on aarch64 with an sdot path when the CPU has dotprod (RoPE stays scalar there);
+ *     er_set_isa overrides the choice, for tests and benchmarks. AVX-512/VNNI is not built yet.
  *   - multi-threaded kernels run on a small persistent pthread pool (er_set_num_threads).
  */
 #ifndef EDGERUN_KERNELS_H
