@@ -12,6 +12,7 @@ from ctypes import POINTER, c_float, c_int, c_int64, c_void_p
 import numpy as np
 
 from ._lib import ErWeight, lib
+from .reference import quantize_activations
 
 _F32 = np.float32
 _SIGNATURES = {
@@ -88,35 +89,14 @@ def _hsum8(lanes: np.ndarray) -> np.ndarray:
     return (h[..., 0] + h[..., 2]) + (h[..., 1] + h[..., 3])
 
 
-def quantize_q8_0_ref(x: np.ndarray):
-    """quantize_row_q8_0: x (T, K) -> int codes (T, K/32, 32), f16-rounded scales (T, K/32)."""
-    xb = _c32(x).reshape(x.shape[0], -1, 32)
-    mx = np.abs(xb).max(-1)
-    with np.errstate(divide="ignore"):
-        inv = np.where(mx != 0, _F32(127) / mx, _F32(0)).astype(_F32)
-    q = np.rint(xb * inv[..., None]).astype(np.int64)
-    return q, (mx / _F32(127)).astype(np.float16).astype(_F32)
-
-
-def quantize_q8_k_ref(x: np.ndarray):
-    """quantize_row_q8_K_ref: x (T, K) -> codes (T, K/256, 256), scales (T, K/256) float32."""
-    xb = _c32(x).reshape(x.shape[0], -1, 256)
-    idx = np.abs(xb).argmax(-1)
-    mx = np.take_along_axis(xb, idx[..., None], -1)[..., 0]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        iscale = np.where(mx != 0, _F32(-127) / mx, _F32(0)).astype(_F32)
-    q = np.minimum(np.rint((iscale[..., None] * xb).astype(_F32)), 127).astype(np.int64)
-    with np.errstate(divide="ignore"):
-        d = np.where(mx != 0, _F32(1) / iscale, _F32(0)).astype(_F32)
-    return q, d
-
-
 def matmul_ref(values: np.ndarray, scales: np.ndarray, x: np.ndarray, mode: int | str) -> np.ndarray:
     """numpy reference of :func:`matmul` from signed weight values (N, K) and per-block scales (N, K/B):
     mode MODE_REPACK / MODE_TINYBLAS for 32-blocks, "tq2" for 256-blocks."""
     n, k = values.shape
+    t = x.shape[0]
     if mode == "tq2":
-        q, d = quantize_q8_k_ref(x)  # (T, nb, 256)
+        q, d = quantize_activations(_c32(x), k, q8k=True)  # llama.cpp quantize_row_q8_K
+        q, d = q.reshape(t, -1, 256).astype(np.int64), d[:, ::8]  # (T, nb, 256), (T, nb)
         v = values.reshape(n, -1, 256).astype(np.int64)
         e = np.arange(256)
         lane_of = (e % 32) // 4
@@ -128,7 +108,8 @@ def matmul_ref(values: np.ndarray, scales: np.ndarray, x: np.ndarray, mode: int 
         for b in range(v.shape[1]):
             acc = _fma(lanes[:, :, b], sc[:, :, b, None].astype(_F32), acc)
         return _hsum8(acc)
-    q, d = quantize_q8_0_ref(x)  # (T, nb, 32), (T, nb)
+    q, d = quantize_activations(_c32(x), k)  # llama.cpp quantize_row_q8_0
+    q = q.reshape(t, -1, 32).astype(np.int64)  # (T, nb, 32); d (T, nb)
     v = values.reshape(n, -1, 32).astype(np.int64)
     ws = np.repeat(scales.astype(_F32), v.shape[1] // scales.shape[1], axis=1)  # (N, nb)
     sc = (ws[None] * d[:, None]).astype(_F32)  # (T, N, nb)

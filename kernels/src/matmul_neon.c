@@ -51,6 +51,18 @@ typedef struct {
     int32_t *gsum;       /* GEMV with Q8_K: isum of each group of 8 sub-blocks */
 } nq_ctx;
 
+/* data, scale and zero-point rows of rows n0 and n0 + 1 (n0 twice when only R = 1 row is valid) */
+static inline void row_ptrs(const nq_ctx *c, int64_t n0, int R, const uint8_t *row[2], const uint16_t *sr[2],
+                            const uint8_t *zr[2]) {
+    const er_weight *w = c->w;
+    for (int r = 0; r < 2; r++) {
+        const int64_t n = n0 + (r < R ? r : 0);
+        row[r] = (const uint8_t *)w->data + n * c->row_bytes;
+        sr[r] = w->scales + n * c->nb;
+        zr[r] = w->zero_points ? w->zero_points + n * c->zp_bytes : NULL;
+    }
+}
+
 static NINLINE float h2f(uint16_t h) {
     __fp16 v;
     memcpy(&v, &h, 2);

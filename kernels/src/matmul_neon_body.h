@@ -121,7 +121,6 @@ static NINLINE float32x4_t NS(step4)(const nq_ctx *c, float32x4_t acc, const uin
  * Q8_K; ZM: 0 no zero-point term (8-bit, none stored), 1 one zero point for all blocks (c->zdef), 2 per
  * block */
 static NINLINE void NS(gemv_tile)(const nq_ctx *c, int64_t n0, const int R, const int BITS, const int ZM) {
-    const er_weight *w = c->w;
     const int64_t nsub = c->nsub, n4 = nsub & ~(int64_t)3;
     const int lp = c->lp, off = BITS == 8 ? 128 : 0;
     const float *sx = c->sx;
@@ -129,12 +128,7 @@ static NINLINE void NS(gemv_tile)(const nq_ctx *c, int64_t n0, const int R, cons
     const uint8_t *row[2];
     const uint16_t *sr[2];
     const uint8_t *zr[2];
-    for (int r = 0; r < 2; r++) {
-        const int64_t n = n0 + (r < R ? r : 0);
-        row[r] = (const uint8_t *)w->data + n * c->row_bytes;
-        sr[r] = w->scales + n * c->nb;
-        zr[r] = w->zero_points ? w->zero_points + n * c->zp_bytes : NULL;
-    }
+    row_ptrs(c, n0, R, row, sr, zr);
     const int32x4_t zu = vdupq_n_s32(c->zdef - off);
     float32x4_t acc0 = vdupq_n_f32(0.0f), acc1 = acc0;
     for (int64_t t = 0; t < n4; t += 4) {
@@ -160,18 +154,12 @@ static NINLINE void NS(gemv_tile)(const nq_ctx *c, int64_t n0, const int R, cons
  * or 2 rows sharing the activation loads: raw codes, then per group (dot - z * group isum) exactly in int32
  * and one float FMA */
 static NINLINE void NS(gemv_q2k)(const nq_ctx *c, int64_t n0, const int R, const int ASYM) {
-    const er_weight *w = c->w;
     const int64_t nsub = c->nsub; /* a multiple of 8 */
     const int lp = c->lp;
     const uint8_t *row[2];
     const uint16_t *sr[2];
     const uint8_t *zr[2];
-    for (int r = 0; r < 2; r++) {
-        const int64_t n = n0 + (r < R ? r : 0);
-        row[r] = (const uint8_t *)w->data + n * c->row_bytes;
-        sr[r] = w->scales + n * c->nb;
-        zr[r] = w->zero_points ? w->zero_points + n * c->zp_bytes : NULL;
-    }
+    row_ptrs(c, n0, R, row, sr, zr);
     const uint8x16_t m2 = vdupq_n_u8(3);
     const int32x4_t z0 = vdupq_n_s32(0);
     float acc[2] = {0.0f, 0.0f};
