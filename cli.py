@@ -44,7 +44,7 @@ def user_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from .export.errors import EdgerunError
+        from edgerun.errors import EdgerunError
 
         try:
             return fn(*args, **kwargs)
@@ -93,7 +93,7 @@ class _Progress:
 
 
 def _load(model: str | None, threads: int | None, ram=None, kv_window=None, kv_sinks=None, kv_bits=None):
-    from .runtime.api import load
+    from edgerun.runtime.llm.model import load
 
     with _Progress("preparing model") as bar:
         return load(model, threads=threads, progress=bar, ram=ram, kv_window=kv_window, kv_sinks=kv_sinks,
@@ -114,8 +114,8 @@ def export(
     """Export a real model to an edgerun artifact (manifest.json + weights.bin + tokenizer.json)."""
     import json
 
-    from .export.exporter import export as do_export
-    from .export.recipe import format_error_table
+    from edgerun.export.exporter import export as do_export
+    from edgerun.export.recipe import format_error_table
 
     with _Progress("exporting") as bar:
         path = do_export(source, out, weights=weights, progress=bar, embeddings=embeddings, output=output,
@@ -205,8 +205,8 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="Print the full info as JSON.")] = False,
 ):
     """Show what an artifact holds: architecture, sizes, recipe, provenance."""
-    from .export.artifact import Artifact
-    from .runtime.api import resolve_model
+    from edgerun.export.artifact import Artifact
+    from edgerun.runtime.llm.model import resolve_model
 
     with _Progress("preparing model") as bar:
         art = Artifact(resolve_model(model, progress=bar))
@@ -240,7 +240,7 @@ def info(
 
 
 # --- speech commands --- (owned by the speech work: thin wrappers over runtime/audio/commands.py and
-# runtime/assistant.py)
+# runtime/audio/assistant.py)
 
 
 @app.command()
@@ -252,7 +252,7 @@ def transcribe(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ):
     """Speech to text with Whisper (VAD-segmented; `--stream` shows partial results)."""
-    from .runtime.audio.commands import transcribe as _transcribe
+    from edgerun.runtime.audio.commands import transcribe as _transcribe
 
     res = _transcribe(audio, stream=stream, model=model, echo=None if as_json else typer.echo)
     if as_json:
@@ -267,7 +267,7 @@ def speak(
     voice: Annotated[str | None, typer.Option(help="Piper voice .onnx (default: packaged joe-medium).")] = None,
 ):
     """Text to speech with a Piper voice (streamed phrase by phrase) into a WAV file."""
-    from .runtime.audio.commands import speak as _speak
+    from edgerun.runtime.audio.commands import speak as _speak
 
     _speak(text, out, voice=voice, echo=typer.echo)
 
@@ -285,7 +285,7 @@ def assistant(
     ram: RamOpt = None,
 ):
     """Voice assistant: mic -> VAD -> ASR -> LLM -> TTS -> speaker, with barge-in; or --input/--output files."""
-    from .runtime.assistant import assistant as _assistant
+    from edgerun.runtime.audio.assistant import assistant as _assistant
 
     def dev(d):
         return int(d) if d is not None and d.isdigit() else d
@@ -294,7 +294,7 @@ def assistant(
                output_device=dev(output_device), seconds=seconds, echo=typer.echo, ram=ram)
 
 
-# ---- benchmarks (runtime/bench.py) -------------------------------------------------------------
+# ---- benchmarks (bench/) -------------------------------------------------------------
 
 
 @app.command()
@@ -316,10 +316,10 @@ def bench(
     """Prompt and decode tok/s of edgerun (and llama.cpp on the same weights); --kernels; or a --ram sweep."""
     import json
 
-    from .runtime import bench as rb
+    from edgerun.bench import speed as rb
 
     if ram:
-        from .runtime.bench_ram import bench_ram
+        from edgerun.bench.memory import bench_ram
 
         budgets = None if ram == ["auto"] else ram
         r = bench_ram(model, ram=budgets, out=plot, threads=threads)
@@ -334,13 +334,13 @@ def bench(
         if as_json:
             typer.echo(json.dumps(r, indent=1))
         else:
-            from .kernels.bench import _print
+            from edgerun.bench.kernels import _print
 
             bw = r["bandwidth"]
             typer.echo(f"memory: copy {bw['copy_gbs']:.1f} GB/s, read {bw['read_gbs']:.1f} GB/s")
             _print(r["kernels"])
         return
-    from .runtime.api import resolve_model
+    from edgerun.runtime.llm.model import resolve_model
 
     path = resolve_model(model)
     r = rb.bench_model(path, vs_llama_cpp=vs_llama_cpp, threads=threads, n_prompt=n_prompt, n_decode=n_decode,
@@ -348,7 +348,41 @@ def bench(
     typer.echo(json.dumps(r, indent=1) if as_json else rb.format_bench(r))
 
 
-# ---- the artifact cache (runtime/cache.py) -------------------------------------------------------
+# ---- this machine (devices/) ---------------------------------------------------------------------
+
+
+@app.command()
+@user_errors
+def devices(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    disk: Annotated[bool, typer.Option("--disk/--no-disk", help="Measure the disk read speed (64 MiB).")] = True,
+):
+    """What this machine is (CPU, SIMD variant the kernels run, cores, RAM, disk, Jetson) and the defaults chosen."""
+    import json
+
+    from edgerun.devices.profiles import device_report
+    from edgerun.runtime.memory import fmt_bytes
+    from edgerun.runtime.store.defaults import cache_dir
+
+    r = device_report(measure_disk=disk, disk_dir=cache_dir())
+    if as_json:
+        typer.echo(json.dumps(r, indent=1))
+        return
+    c, m, d, j = r["cpu"], r["memory"], r["defaults"], r["jetson"]
+    typer.echo(f"cpu      {c['model']} ({c['arch']}), {c['physical_cores']} cores / {c['logical_cores']} threads")
+    typer.echo(f"simd     {c['simd']} (flags: {' '.join(c['kernel_flags']) or '-'}); "
+               f"kernels run: {r['kernel_variant'] or 'not built (numpy only)'}")  # fmt: skip
+    limit = f", cgroup limit {fmt_bytes(m['cgroup_limit'])}" if m["cgroup_limit"] else ""
+    typer.echo(f"memory   {fmt_bytes(m['total'])} total, {fmt_bytes(m['available'])} available{limit}")
+    if r["disk_read_bytes_per_s"]:
+        typer.echo(f"disk     {fmt_bytes(r['disk_read_bytes_per_s'])}/s cold read (export cache folder)")
+    typer.echo(f"jetson   {j['model']} (L4T {j['l4t']}, {j['soc']}, {j['cuda_arch']})" if j else "jetson   no")
+    typer.echo(f"profile  {r['profile']['name']}: threads {d['threads']}, under a --ram budget KV "
+               f"{d['kv_bits_under_budget']}-bit, window <= {d['max_kv_window']}, {d['prefetch_layers']} "
+               f"prefetched layers; suggested --ram {fmt_bytes(d['suggested_ram'])}")  # fmt: skip
+
+
+# ---- the artifact cache (runtime/store/cache.py) -------------------------------------------------------
 
 
 @app.command()
@@ -358,8 +392,8 @@ def cache(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="With --prune: only say what would go.")] = False,
 ):
     """List the artifact cache (size, current or stale); --prune frees the stale exports."""
-    from .runtime import cache as rc
-    from .runtime.defaults import cache_dir
+    from edgerun.runtime.store import cache as rc
+    from edgerun.runtime.store.defaults import cache_dir
 
     if prune:
         gone = rc.prune(dry_run=dry_run)

@@ -34,7 +34,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=60)
     args = ap.parse_args()
 
-    from edgerun.runtime.assistant import Assistant
+    from edgerun.runtime.audio.assistant import Assistant
 
     a = Assistant(max_tokens=args.max_tokens)
     rows = []

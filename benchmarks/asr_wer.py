@@ -13,94 +13,12 @@ Reports WER (normalized: lower case, no punctuation, hyphens split, Mr. -> miste
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
-import re
 import statistics
 import time
 
-import numpy as np
-
-LIBRIVOX = "/usr/share/pocketsphinx/test/data/librivox"
-
-
-_NUMBERS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
-            "sixteen seventeen eighteen nineteen twenty").split()
-
-
-def normalize(text: str) -> list[str]:
-    """Lower case words without punctuation; hyphenated words split; a few spoken forms; 0-20 as words;
-    -our/-or spelling folded (favourite = favorite)."""
-    t = text.lower().replace("-", " ")
-    t = re.sub(r"\b(\d{1,2})\b", lambda m: _NUMBERS[int(m.group(1))] if int(m.group(1)) <= 20 else m.group(1), t)
-    t = re.sub(r"(\w{3,})our(ite|ed|s)?\b", r"\1or\2", t)
-    t = re.sub(r"\bmr\b\.?", "mister", t)
-    t = re.sub(r"\bmrs\b\.?", "missus", t)
-    t = re.sub(r"[^a-z0-9' ]", " ", t)
-    return t.split()
-
-
-def edit_distance(ref: list[str], hyp: list[str]) -> int:
-    """Word-level Levenshtein distance."""
-    d = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        prev, d[0] = d[0], i
-        for j, h in enumerate(hyp, 1):
-            cur = min(d[j] + 1, d[j - 1] + 1, prev + (r != h))
-            prev, d[j] = d[j], cur
-    return d[len(hyp)]
-
-
-def wer(refs: list[str], hyps: list[str]) -> float:
-    """Corpus WER in percent."""
-    errors = sum(edit_distance(normalize(r), normalize(h)) for r, h in zip(refs, hyps, strict=True))
-    words = sum(len(normalize(r)) for r in refs)
-    return 100.0 * errors / max(1, words)
-
-
-def load_clips(limit: int | None = None) -> list[tuple[str, str]]:
-    """[(wav path, reference text)] from the pocketsphinx-testdata LibriVox folder."""
-    refs = {}
-    with open(os.path.join(LIBRIVOX, "transcription"), encoding="utf-8") as fh:
-        for line in fh:
-            m = re.match(r"<s>(.*)</s>\s*\((.+)\)", line.strip())
-            if m:
-                refs[m.group(2)] = m.group(1).strip()
-    files = sorted(glob.glob(os.path.join(LIBRIVOX, "*.wav")))
-    out = [(f, refs[os.path.basename(f)[:-4]]) for f in files if os.path.basename(f)[:-4] in refs]
-    return out[:limit] if limit else out
-
-
-def run_edgerun_stream(asr, x: np.ndarray, sr: int, chunk_s: float = 0.1) -> dict:
-    """Stream one clip (0.5 s silence + clip + 1 s silence); final text, compute, endpoint latency."""
-    lead, tail = int(0.5 * sr), int(1.0 * sr)
-    a = np.concatenate([np.zeros(lead, np.float32), x, np.zeros(tail, np.float32)])
-    s = asr.create_stream()
-    step = int(chunk_s * sr)
-    finals, partials = [], 0
-    t0 = time.perf_counter()
-    fed_at_final = None
-    for i in range(0, len(a), step):
-        for r in s.accept_waveform(sr, a[i : i + step]):
-            if r.is_final:
-                finals.append(r)
-                fed_at_final = fed_at_final or min(len(a), i + step) / sr
-            else:
-                partials += 1
-    for r in s.input_finished():
-        finals.append(r)
-        fed_at_final = fed_at_final or len(a) / sr
-    compute = time.perf_counter() - t0
-    speech_end = (lead + len(x)) / sr
-    final_compute = finals[-1].compute_seconds if finals else 0.0
-    return dict(
-        text=" ".join(r.text for r in finals),
-        compute=compute,
-        partials=partials,
-        endpoint_wait=max(0.0, fed_at_final - speech_end) if fed_at_final else 0.0,
-        final_compute=final_compute,
-    )
+from edgerun.bench.speech import load_clips, normalize, run_edgerun_stream, wer  # noqa: F401
 
 
 def main() -> None:

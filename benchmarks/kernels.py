@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from edgerun.kernels.bench import bench_kernels
+from edgerun.bench.kernels import bench_kernels
 
 
 def main() -> None:

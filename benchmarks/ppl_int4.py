@@ -26,7 +26,7 @@ from pathlib import Path
 def _gguf(src: Path, qtype: str, name: str) -> Path:
     """`src` rewritten as `qtype` in the edgerun cache (same file names as the tests use)."""
     from edgerun.export.gguf_writer import retype_gguf
-    from edgerun.runtime.defaults import _source_key, cache_dir
+    from edgerun.runtime.store.defaults import _source_key, cache_dir
 
     out = cache_dir() / f"{name}-{qtype.lower()}-{_source_key(src)}.gguf"
     if not out.exists():
@@ -40,18 +40,20 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--chunks", type=int, default=10, help="chunks of 512 tokens (default 10)")
     ap.add_argument("--ctx", type=int, default=512)
     ap.add_argument("--threads", type=int, default=1, help="threads for edgerun and llama.cpp (default 1)")
-    ap.add_argument("--wikitext", default="/work/shared/data/wikitext-2-test.raw")
+    ap.add_argument("--wikitext", default=None, help="text file (default: the packaged WikiText-2 test split)")
     ap.add_argument("--json", help="also write the rows here")
     args = ap.parse_args(argv)
 
     import edgerun
-    from edgerun.runtime import evaluate as ev
-    from edgerun.runtime.defaults import cached_export, packaged_smollm2_gguf
+    from edgerun.bench import perplexity as ev
+    from edgerun.runtime.store.defaults import cached_export, packaged_smollm2_gguf
 
     src = packaged_smollm2_gguf()
     q4_0 = _gguf(src, "Q4_0", "smollm2")
     f32 = _gguf(src, "F32", "smollm2")
-    text = Path(args.wikitext).read_text(encoding="utf-8")
+    from edgerun.bench import wikitext2_test
+
+    text = Path(args.wikitext).read_text(encoding="utf-8") if args.wikitext else wikitext2_test()
     # enough text for the chunks asked (SmolLM2: ~4.3 characters per token on WikiText)
     text = text[: 6000 * (args.chunks + 1) * args.ctx // 512]
 

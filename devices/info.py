@@ -51,7 +51,7 @@ class CpuInfo:
         return flag in self.flags
 
 
-def parse_cpuinfo(text: str, arch: str | None = None) -> CpuInfo:
+def parse_cpuinfo(text: str, arch: str | None = None, root: str = "/") -> CpuInfo:
     """Parse the text of /proc/cpuinfo (x86 or aarch64 layout) into a :class:`CpuInfo`."""
     arch = arch or platform.machine()
     flags: set[str] = set()
@@ -76,7 +76,7 @@ def parse_cpuinfo(text: str, arch: str | None = None) -> CpuInfo:
             core_id = val
             cores.add((phys_id, core_id))
     if not model and arch in ("aarch64", "arm64"):
-        model = _read("/proc/device-tree/model").strip("\x00\n ") or "arm64"
+        model = _read(os.path.join(root, "proc/device-tree/model")).strip("\x00\n ") or "arm64"
     logical = logical or (os.cpu_count() or 1)
     physical = len(cores) or logical
     return CpuInfo(
@@ -84,10 +84,17 @@ def parse_cpuinfo(text: str, arch: str | None = None) -> CpuInfo:
     )
 
 
-def cpu_info() -> CpuInfo:
-    """Describe this machine's CPU from /proc/cpuinfo; falls back to platform/os when /proc is absent."""
-    text = _read("/proc/cpuinfo")
-    info = parse_cpuinfo(text)
+def cpu_info(root: str = "/") -> CpuInfo:
+    """Describe this machine's CPU from /proc/cpuinfo; falls back to platform/os when /proc is absent.
+
+    `root` points at another file tree (tests use a real Jetson's files); its ISA is read from the tree."""
+    text = _read(os.path.join(root, "proc/cpuinfo"))
+    arch = None
+    if root != "/":
+        arch = "aarch64" if "Features" in text and "flags" not in text else "x86_64"
+    info = parse_cpuinfo(text, arch, root)
+    if root != "/":
+        return info
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else info.logical_cores
     if usable < info.logical_cores:  # containers / taskset: report what we may use
         info = CpuInfo(info.arch, info.model, usable, min(info.physical_cores, usable), info.flags)
@@ -120,19 +127,20 @@ def parse_meminfo(text: str) -> dict[str, int]:
     return out
 
 
-def memory_info() -> MemoryInfo:
+def memory_info(root: str = "/") -> MemoryInfo:
     """Total/available RAM from /proc/meminfo, capped by a cgroup memory limit when one applies."""
-    mi = parse_meminfo(_read("/proc/meminfo"))
+    mi = parse_meminfo(_read(os.path.join(root, "proc/meminfo")))
     total = mi.get("MemTotal", 0)
     avail = mi.get("MemAvailable", mi.get("MemFree", 0))
-    if not total and hasattr(os, "sysconf"):
+    if not total and root == "/" and hasattr(os, "sysconf"):
         try:
             total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
             avail = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
         except (ValueError, OSError):
             pass
     limit = None
-    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+    for path in (os.path.join(root, "sys/fs/cgroup/memory.max"),
+                 os.path.join(root, "sys/fs/cgroup/memory/memory.limit_in_bytes")):  # fmt: skip
         raw = _read(path).strip()
         if raw and raw != "max":
             try:
@@ -147,8 +155,12 @@ def memory_info() -> MemoryInfo:
     return MemoryInfo(total=total, available=avail, swap_total=mi.get("SwapTotal", 0), cgroup_limit=limit)
 
 
+# Tegra SoC (device-tree `compatible`) -> the GPU's CUDA architecture
+TEGRA_CUDA_ARCH = {"tegra234": "sm_87", "tegra194": "sm_72", "tegra186": "sm_62", "tegra210": "sm_53"}
+
+
 def jetson_info(root: str = "/") -> dict[str, str] | None:
-    """Return {'model', 'l4t'} when this is an NVIDIA Jetson (/etc/nv_tegra_release or a Tegra
+    """Return {'model', 'l4t', 'soc', 'cuda_arch'} when this is an NVIDIA Jetson (/etc/nv_tegra_release or a Tegra
     device-tree model), else None. `root` lets tests point at a fake file tree."""
     rel = _read(os.path.join(root, "etc/nv_tegra_release"))
     model = _read(os.path.join(root, "proc/device-tree/model")).strip("\x00\n ")
@@ -164,7 +176,8 @@ def jetson_info(root: str = "/") -> dict[str, str] | None:
         major = parts[0].split()[0] if parts and parts[0] else ""
         rev = next((p.split(":")[1].strip() for p in parts if p.upper().startswith("REVISION")), "")
         l4t = f"{major}.{rev}".lstrip("R") if major else ""
-    return {"model": model or "NVIDIA Jetson", "l4t": l4t}
+    soc = next((c.split(",")[1] for c in compat.split("\x00") if c.startswith("nvidia,tegra")), "")
+    return {"model": model or "NVIDIA Jetson", "l4t": l4t, "soc": soc, "cuda_arch": TEGRA_CUDA_ARCH.get(soc, "")}
 
 
 def _read(path: str) -> str:

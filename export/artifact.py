@@ -35,8 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from .errors import CorruptFileError, EdgerunError
+from edgerun.errors import CorruptFileError, EdgerunError
 
 FORMAT_NAME = "edgerun.artifact"
 FORMAT_VERSION = 1
@@ -267,7 +266,7 @@ class Artifact:
             raise CorruptFileError(f"{self.path / MANIFEST}: tensor {name!r} is missing")
         if entry["format"] in ("f16", "f32", "bf16"):
             return np.asarray(self.part(name), dtype=dtype)
-        from ..quant import dequantize_parts
+        from edgerun.quant import dequantize_parts
 
         parts = {p: self.part(name, p) for p in entry["parts"]}
         return dequantize_parts(entry, parts).astype(dtype, copy=False)

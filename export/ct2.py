@@ -24,7 +24,7 @@ import struct
 from dataclasses import dataclass, field
 
 import numpy as np
-from edgerun.export.errors import CorruptFileError, EdgerunError, UnsupportedError
+from edgerun.errors import CorruptFileError, EdgerunError, UnsupportedError
 
 _DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16, 5: "bfloat16"}
 

@@ -12,11 +12,11 @@ import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from .. import __version__
-from .artifact import TensorParts, layer_of, write_artifact
-from .errors import EdgerunError
-from .source import SourceModel, SourceTensor
-from .tokenizer_builder import EOG_TEXTS, build_tokenizer
+from edgerun import __version__
+from edgerun.errors import EdgerunError
+from edgerun.export.artifact import TensorParts, layer_of, write_artifact
+from edgerun.export.source import SourceModel, SourceTensor
+from edgerun.export.tokenizer_builder import EOG_TEXTS, build_tokenizer
 
 # Bump when the exporter's output changes, so cached artifacts are rebuilt.
 EXPORTER_REVISION = 3
@@ -39,10 +39,10 @@ def read_source(source: str | os.PathLike) -> SourceModel:
     if not p.exists():
         raise EdgerunError(f"{p}: not found; give a .gguf file or a Hugging Face checkpoint folder")
     if p.is_dir():
-        from .hf_reader import read_hf
+        from edgerun.export.hf_reader import read_hf
 
         return read_hf(p)
-    from .gguf_reader import read_gguf
+    from edgerun.export.gguf_reader import read_gguf
 
     return read_gguf(p)
 
@@ -81,7 +81,7 @@ def export(
     tensor. The manifest's `quant_errors` holds each tensor's format and relative RMS error.
     `onnx`: for quantized recipes, also write `model.onnx` over the same weights.bin (export/onnx_graph.py).
     """
-    from .recipe import PLAIN, GGUFRaw, convert, make_recipe
+    from edgerun.export.recipe import PLAIN, GGUFRaw, convert, make_recipe
 
     src = read_source(source)
     recipe = make_recipe(weights, embeddings, output, block_size)
@@ -132,7 +132,7 @@ def export(
     }
     path = write_artifact(out, manifest, stream(), tok.to_str())
     if onnx and recipe["weights"] not in PLAIN:
-        from .onnx_graph import SUPPORTED_ARCHS, build_onnx
+        from edgerun.export.onnx_graph import SUPPORTED_ARCHS, build_onnx
 
         if src.arch in SUPPORTED_ARCHS:
             build_onnx(path)

@@ -20,9 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-
-from .errors import CorruptFileError, EdgerunError, UnsupportedError
-from .source import SourceModel, SourceTensor, TokenizerSpec
+from edgerun.errors import CorruptFileError, EdgerunError, UnsupportedError
+from edgerun.export.source import SourceModel, SourceTensor, TokenizerSpec
 
 GGUF_MAGIC = b"GGUF"
 

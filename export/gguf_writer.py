@@ -11,8 +11,7 @@ import os
 from pathlib import Path
 
 import numpy as np
-
-from .gguf_reader import open_gguf
+from edgerun.export.gguf_reader import open_gguf
 
 
 def retype_gguf(src: str | os.PathLike, dst: str | os.PathLike, ggml_type: str = "F32", progress=None) -> Path:

@@ -27,10 +27,9 @@ import struct
 from pathlib import Path
 
 import numpy as np
-
-from .errors import CorruptFileError, EdgerunError, UnsupportedError
-from .gguf_reader import file_sha256
-from .source import SourceModel, SourceTensor, TokenizerSpec
+from edgerun.errors import CorruptFileError, EdgerunError, UnsupportedError
+from edgerun.export.gguf_reader import file_sha256
+from edgerun.export.source import SourceModel, SourceTensor, TokenizerSpec
 
 ARCH_FROM_HF = {
     "LlamaForCausalLM": "llama",

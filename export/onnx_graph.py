@@ -30,9 +30,8 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-
-from .artifact import MANIFEST, WEIGHTS, Artifact
-from .errors import EdgerunError
+from edgerun.errors import EdgerunError
+from edgerun.export.artifact import MANIFEST, WEIGHTS, Artifact
 
 ONNX_FILE = "model.onnx"
 SUPPORTED_ARCHS = ("llama", "qwen2", "gemma3")
@@ -316,8 +315,7 @@ def build_onnx(artifact_dir: str | os.PathLike) -> Path:
     Adds "onnx" to manifest["targets"] and records the file's crc32 in manifest["files"].
     """
     import onnx
-
-    from ..runtime.models import get_model_class
+    from edgerun.runtime.models import get_model_class
 
     art = Artifact(artifact_dir)
     if art.arch not in SUPPORTED_ARCHS:

@@ -28,8 +28,10 @@ recipe is a record of intent and the per-tensor entries are the truth.
 from __future__ import annotations
 
 import numpy as np
-
-from ..quant import (
+from edgerun.errors import EdgerunError
+from edgerun.export.artifact import TensorParts
+from edgerun.export.source import SourceTensor
+from edgerun.quant import (
     FORMATS,
     QuantizedTensor,
     dequantize,
@@ -39,9 +41,6 @@ from ..quant import (
     pack_zero_points,
     quantize,
 )
-from .artifact import TensorParts
-from .errors import EdgerunError
-from .source import SourceTensor
 
 PLAIN = {"f16": np.float16, "f32": np.float32}
 WEIGHT_CHOICES = ("f16", "f32", "int8", "int4", "int4_asym", "ternary", "auto")
@@ -196,7 +195,7 @@ class GGUFRaw:
     """Raw blocks of a GGUF's tensors by name (memory-mapped), for exact imports."""
 
     def __init__(self, path, arch: str, config: dict, reader=None):
-        from .gguf_reader import open_gguf, unpermute_rope_rows
+        from edgerun.export.gguf_reader import open_gguf, unpermute_rope_rows
 
         self.reader = reader if reader is not None else open_gguf(path)
         self.tensors = {t.name: t for t in self.reader.tensors}

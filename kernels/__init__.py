@@ -23,7 +23,7 @@ __all__ = list(_OPS)
 
 def __getattr__(name: str):
     if name in _OPS:
-        from . import ops
+        from edgerun.kernels import ops
 
         value = getattr(ops, name)
         globals()[name] = value

@@ -110,7 +110,7 @@ def library_path() -> str:
     found = sorted(glob.glob(os.path.join(_here, "_edgerun_kernels*.so")) +
                    glob.glob(os.path.join(_here, "_edgerun_kernels*.pyd")))
     if not found:
-        from edgerun.export.errors import EdgerunError
+        from edgerun.errors import EdgerunError
 
         raise EdgerunError(
             "the edgerun C kernels are not built; run `pip install -e .` (or "

@@ -10,9 +10,8 @@ from __future__ import annotations
 from ctypes import POINTER, c_float, c_int, c_int64, c_void_p
 
 import numpy as np
-
-from ._lib import ErWeight, lib
-from .reference import quantize_activations
+from edgerun.kernels._lib import ErWeight, lib
+from edgerun.kernels.reference import quantize_activations
 
 _F32 = np.float32
 _SIGNATURES = {

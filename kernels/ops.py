@@ -11,9 +11,8 @@ import contextlib
 import ctypes
 
 import numpy as np
+from edgerun.kernels._lib import ErWeight, lib
 from edgerun.quant import QuantizedTensor
-
-from ._lib import ErWeight, lib
 
 ISAS = {"scalar": 0, "avx2": 1, "avx512": 2, "neon": 3}
 _ISA_NAMES = {v: k for k, v in ISAS.items()}

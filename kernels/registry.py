@@ -9,9 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from edgerun.kernels import ops, reference
 from edgerun.quant import FORMATS
-
-from . import ops, reference
 
 
 @dataclass(frozen=True)
@@ -37,7 +36,7 @@ def get(op: str, fmt: str = "f32") -> Kernel:
     try:
         return REGISTRY[(op, fmt)]
     except KeyError:
-        from edgerun.export.errors import UnsupportedError
+        from edgerun.errors import UnsupportedError
 
         have = ", ".join(f"{o}/{f}" for o, f in sorted(REGISTRY))
         raise UnsupportedError(f"no kernel for {op}/{fmt}; available: {have}") from None

@@ -7,7 +7,7 @@ Public API::
     w2 = dequantize(q)                          # (N, K) float32
 """
 
-from .formats import (
+from edgerun.quant.formats import (
     FORMATS,
     QuantFormat,
     QuantizedTensor,
@@ -19,8 +19,8 @@ from .formats import (
     unpack_codes,
     unpack_zero_points,
 )
-from .gguf_convert import from_gguf
-from .parts import dequantize_parts, dequantize_rows, quantized_from_parts
+from edgerun.quant.gguf_convert import from_gguf
+from edgerun.quant.parts import dequantize_parts, dequantize_rows, quantized_from_parts
 
 __all__ = [
     "FORMATS",

@@ -87,7 +87,7 @@ def get_format(name: str) -> type[QuantFormat]:
     try:
         return FORMATS[name]
     except KeyError:
-        from edgerun.export.errors import UnsupportedError
+        from edgerun.errors import UnsupportedError
 
         raise UnsupportedError(
             f"unknown quantization format {name!r}; use one of {', '.join(sorted(FORMATS))}"
@@ -160,7 +160,7 @@ class QuantFormat:
         """Validate ``block_size`` (None = default) and return it."""
         bs = cls.default_block if block_size is None else int(block_size)
         if bs not in cls.block_sizes:
-            from edgerun.export.errors import UnsupportedError
+            from edgerun.errors import UnsupportedError
 
             raise UnsupportedError(
                 f"format {cls.name} does not support block size {bs}; use one of {cls.block_sizes}"

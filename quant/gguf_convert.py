@@ -27,8 +27,7 @@ the native kernels and onnxruntime's fast path use integer zero points.)
 from __future__ import annotations
 
 import numpy as np
-
-from .formats import FORMATS, QuantizedTensor, pack_codes, pack_zero_points
+from edgerun.quant.formats import FORMATS, QuantizedTensor, pack_codes, pack_zero_points
 
 # block layouts (bytes per block, elements per block)
 _GGUF_BLOCKS = {"Q8_0": (34, 32), "Q4_0": (18, 32), "Q4_1": (20, 32), "TQ2_0": (66, 256), "TQ1_0": (54, 256)}
@@ -144,7 +143,7 @@ def from_gguf(raw: np.ndarray, shape: tuple[int, int], qtype: str) -> QuantizedT
     try:
         conv = CONVERTERS[qtype]
     except KeyError:
-        from edgerun.export.errors import UnsupportedError
+        from edgerun.errors import UnsupportedError
 
         raise UnsupportedError(
             f"no direct conversion from GGUF {qtype}; dequantize and requantize it instead"

@@ -9,7 +9,7 @@ KIVI's observation: key outliers live in a few *channels*, value errors should s
 - both are asymmetric uniform: ``q = round((x - min) / scale)``, ``x' = q * scale + min``,
   ``scale = (max - min) / (2**bits - 1)``, so ``|x - x'| <= scale / 2`` (+ f16 rounding of scale/min);
 - the most recent tokens (fewer than one key group) stay in full precision (KIVI's residual),
-  which the cache (:mod:`edgerun.runtime.kv_cache`) keeps; this module is just the math.
+  which the cache (:mod:`edgerun.runtime.llm.kv_cache`) keeps; this module is just the math.
 
 Codes are packed little-end-first along the last axis: int8 one per byte, int4 two, int2 four.
 Scales and mins are float16. Byte sizes are asserted by :func:`key_group_nbytes` / :func:`value_nbytes`.
@@ -25,7 +25,7 @@ DEFAULT_GROUP = 32
 
 def check_bits(bits: int) -> int:
     """Validate a kv_bits value (32, 16, 8, 4, 2) and return it as int."""
-    from edgerun.export.errors import EdgerunError
+    from edgerun.errors import EdgerunError
 
     if int(bits) not in KV_BITS:
         raise EdgerunError(

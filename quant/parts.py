@@ -13,8 +13,7 @@ an alias), so the arrays handed in here may be read-only views of the memory-map
 from __future__ import annotations
 
 import numpy as np
-
-from .formats import FORMATS, QuantizedTensor, get_format
+from edgerun.quant.formats import FORMATS, QuantizedTensor, get_format
 
 PLAIN = ("f16", "f32", "bf16")
 

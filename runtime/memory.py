@@ -19,7 +19,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from edgerun.export.errors import EdgerunError
+from edgerun.errors import EdgerunError
 
 _UNITS = {
     "": 1, "b": 1,
@@ -243,7 +243,7 @@ class MemoryPlan:
 
 def kv_specs(fp: ModelFootprint, window: int, sinks: int):
     """Per-layer cache specs for a global window W and S sinks (local layers: own window, no sinks)."""
-    from edgerun.runtime.kv_cache import LayerSpec
+    from edgerun.runtime.llm.kv_cache import LayerSpec
 
     out = []
     for a in fp.attn:
@@ -256,7 +256,7 @@ def kv_specs(fp: ModelFootprint, window: int, sinks: int):
 
 def kv_nbytes(fp: ModelFootprint, window: int, sinks: int, bits: int, chunk: int) -> int:
     """Bytes of the sink + window cache (all layers, scratch included)."""
-    from edgerun.runtime.kv_cache import SinkWindowKVCache
+    from edgerun.runtime.llm.kv_cache import SinkWindowKVCache
 
     return SinkWindowKVCache.nbytes_for(kv_specs(fp, window, sinks), bits, chunk=chunk)
 

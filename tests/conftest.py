@@ -6,35 +6,25 @@ import importlib.util
 
 import pytest
 
-WIKITEXT = "/work/shared/data/wikitext-2-test.raw"
-
-
-def _shared_data(name: str):
-    from pathlib import Path
-
-    here = Path(__file__).resolve().parent.parent
-    for base in (here.parent / "shared" / "data", Path("/work/shared/data")):
-        if (base / name).exists():
-            return base / name
-    pytest.skip(f"{name} not found beside the repository (../shared/data)")
-
 
 @pytest.fixture(scope="session")
 def wikitext() -> str:
-    """The WikiText-2 raw test split (../shared/data/wikitext-2-test.raw)."""
-    return _shared_data("wikitext-2-test.raw").read_text(encoding="utf-8")
+    """The WikiText-2 raw test split, shipped with the package (edgerun/bench/data)."""
+    from edgerun.bench import wikitext2_test
+
+    return wikitext2_test()
 
 
 @pytest.fixture(scope="session")
 def smollm2_gguf():
-    from edgerun.runtime.defaults import packaged_smollm2_gguf
+    from edgerun.runtime.store.defaults import packaged_smollm2_gguf
 
     return packaged_smollm2_gguf()
 
 
 @pytest.fixture(scope="session")
 def gemma3_gguf():
-    from edgerun.runtime.defaults import packaged_gemma3_gguf
+    from edgerun.runtime.store.defaults import packaged_gemma3_gguf
 
     return packaged_gemma3_gguf()
 

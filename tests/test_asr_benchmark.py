@@ -1,15 +1,10 @@
 """Slow: the full LibriVox WER check against faster-whisper (benchmarks/asr_wer.py has the timings)."""
 
-import os
-import sys
-
 import pytest
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 
 
 def test_normalize_and_wer():
-    from asr_wer import normalize, wer
+    from edgerun.bench.speech import normalize, wer
 
     assert normalize("Mr. Dashwood's favourite 3 ill-disposed men!") == [
         "mister", "dashwood's", "favorite", "three", "ill", "disposed", "men"]
@@ -20,7 +15,7 @@ def test_normalize_and_wer():
 @pytest.mark.model
 def test_wer_within_one_point_of_faster_whisper():
     fw = pytest.importorskip("faster_whisper")
-    from asr_wer import load_clips, wer
+    from edgerun.bench.speech import load_clips, wer
     from edgerun.export.whisper_export import assemble_ct2_dir
     from edgerun.runtime.audio.asr import ASR
     from edgerun.runtime.audio.wavio import read_audio

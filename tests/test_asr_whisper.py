@@ -6,8 +6,8 @@ import struct
 
 import numpy as np
 import pytest
+from edgerun.errors import CorruptFileError
 from edgerun.export.ct2 import load_ct2
-from edgerun.export.errors import CorruptFileError
 from edgerun.runtime.audio.features import log_mel, mel_filters
 from edgerun.runtime.models.whisper import Linear, ModelArgs, conv1d, set_matmul
 

@@ -9,7 +9,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from edgerun.runtime.assistant import llm_phrases
+from edgerun.runtime.audio.assistant import llm_phrases
 
 
 def test_llm_phrases_groups_stream():
@@ -34,7 +34,7 @@ def question_wav(tmp_path_factory):
 
 @pytest.mark.model
 def test_headless_files(question_wav, tmp_path):
-    from edgerun.runtime.assistant import assistant
+    from edgerun.runtime.audio.assistant import assistant
     from edgerun.runtime.audio.wavio import read_audio
 
     lines = []
@@ -51,7 +51,7 @@ def test_headless_files(question_wav, tmp_path):
 
 @pytest.mark.model
 def test_headless_silent_input_is_clean(tmp_path):
-    from edgerun.runtime.assistant import assistant
+    from edgerun.runtime.audio.assistant import assistant
     from edgerun.runtime.audio.wavio import write_wav
 
     p = write_wav(str(tmp_path / "silent.wav"), np.zeros(16000, np.float32), 16000)
@@ -99,7 +99,7 @@ def test_live_loop_fake_alsa_with_barge_in(question_wav, tmp_path):
                           resample(second, 22050, 16000), np.zeros(16000 * 3, np.float32)])
     fake = _fake_alsa(tmp_path, mic)
     code = textwrap.dedent("""
-        from edgerun.runtime.assistant import assistant
+        from edgerun.runtime.audio.assistant import assistant
         turns = assistant(seconds=40, max_turns=2, max_tokens=60)
         for t in turns:
             print("TURN", repr(t.transcript), t.interrupted, round(t.first_audio_seconds, 3))
@@ -134,7 +134,7 @@ def test_missing_device_one_line(tmp_path):
 ASSISTANT_UNDER_BUDGET = r"""
 import sys
 from edgerun.runtime.memory import peak_rss_bytes, reset_peak_rss, rss_bytes
-from edgerun.runtime.assistant import assistant
+from edgerun.runtime.audio.assistant import assistant
 base = rss_bytes()
 reset_peak_rss()
 lines = []

@@ -7,7 +7,7 @@ import wave
 
 import numpy as np
 import pytest
-from edgerun.export.errors import EdgerunError
+from edgerun.errors import EdgerunError
 from edgerun.runtime.audio.commands import speak, transcribe
 from edgerun.runtime.audio.wavio import write_wav
 

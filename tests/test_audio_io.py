@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from edgerun.export.errors import EdgerunError
+from edgerun.errors import EdgerunError
 from edgerun.runtime.audio.resample import StreamResampler, resample
 from edgerun.runtime.audio.wavio import check_rate, read_audio, to_mono, write_wav
 

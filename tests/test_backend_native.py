@@ -5,15 +5,15 @@ from __future__ import annotations
 import edgerun
 import numpy as np
 import pytest
-from edgerun.runtime import evaluate as ev
+from edgerun.bench import perplexity as ev
 
 pytestmark = pytest.mark.model
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory, smollm2_gguf):
+    from edgerun.bench.speed import random_llama_gguf
     from edgerun.export.exporter import export
-    from edgerun.runtime.bench import random_llama_gguf
 
     d = tmp_path_factory.mktemp("native")
     g = random_llama_gguf(d / "tiny.gguf", smollm2_gguf, dim=256, n_layers=2, n_heads=4, n_kv_heads=2,
@@ -25,7 +25,7 @@ def test_backend_choice(tiny):
     assert edgerun.load(tiny["int4"]).backend == "native"
     assert edgerun.load(tiny["f16"]).backend == "native"  # the C kernels run every format
     assert edgerun.load(tiny["f16"], backend="reference").backend == "reference"
-    with pytest.raises(edgerun.export.errors.EdgerunError, match="backend"):
+    with pytest.raises(edgerun.errors.EdgerunError, match="backend"):
         edgerun.load(tiny["f16"], backend="gpu")
 
 

@@ -13,8 +13,8 @@ import edgerun
 import numpy as np
 import onnx
 import pytest
+from edgerun.bench import perplexity as ev
 from edgerun.export.onnx_graph import ONNX_FILE, build_onnx
-from edgerun.runtime import evaluate as ev
 from tiny_models import make_tiny
 
 PROMPTS = ["Once upon a time, in a small village, there lived ", "The capital of France is",
@@ -38,8 +38,8 @@ def _same_greedy(a, b, ids, n: int) -> bool:
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory, smollm2_gguf):
+    from edgerun.bench.speed import random_llama_gguf
     from edgerun.export.exporter import export
-    from edgerun.runtime.bench import random_llama_gguf
 
     d = tmp_path_factory.mktemp("ort")
     g = random_llama_gguf(d / "tiny.gguf", smollm2_gguf, dim=256, n_layers=2, n_heads=4, n_kv_heads=2,
@@ -126,7 +126,7 @@ def test_corrupt_onnx_is_reported(tiny, tmp_path):
     raw = bytearray((art / ONNX_FILE).read_bytes())
     raw[-3] ^= 0xFF
     (art / ONNX_FILE).write_bytes(bytes(raw))
-    with pytest.raises(edgerun.export.errors.CorruptFileError, match="model.onnx"):
+    with pytest.raises(edgerun.errors.CorruptFileError, match="model.onnx"):
         edgerun.load(art, backend="onnxruntime")
 
 

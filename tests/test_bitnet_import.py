@@ -166,7 +166,7 @@ def test_bitnet_online_master_weights(tok_src, tmp_path):
 
 
 def test_bitnet_architecture_is_refused_clearly(tok_src, tmp_path):
-    from edgerun.export.errors import UnsupportedError
+    from edgerun.errors import UnsupportedError
     from edgerun.export.hf_reader import read_hf
 
     folder, _ = make_bitnet(tmp_path, "packed", tok_src)

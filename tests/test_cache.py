@@ -17,7 +17,7 @@ def _artifact(folder, name, source):
 
 def test_prune_removes_only_stale_exports(tmp_path, monkeypatch):
     from edgerun.cli import app
-    from edgerun.runtime.defaults import _source_key
+    from edgerun.runtime.store.defaults import _source_key
 
     cache = tmp_path / "cache"
     cache.mkdir()

@@ -68,7 +68,7 @@ def test_jetson_detection(tmp_path):
     (tmp_path / "proc/device-tree").mkdir(parents=True)
     (tmp_path / "proc/device-tree/model").write_text("NVIDIA Jetson Orin Nano Developer Kit\x00")
     j = jetson_info(str(tmp_path))
-    assert j == {"model": "NVIDIA Jetson Orin Nano Developer Kit", "l4t": "35.4.1"}
+    assert j == {"model": "NVIDIA Jetson Orin Nano Developer Kit", "l4t": "35.4.1", "soc": "", "cuda_arch": ""}
 
 
 def test_disk_read_speed(tmp_path):
@@ -81,3 +81,40 @@ def test_disk_read_speed(tmp_path):
     (tmp_path / "empty").write_bytes(b"")
     with pytest.raises(ValueError, match="empty"):
         disk_read_speed(str(tmp_path / "empty"))
+
+
+ORIN = os.path.join(os.path.dirname(__file__), "fixtures", "jetson_orin_nano")
+
+
+def test_jetson_orin_fixture_profile_and_report():
+    """A Jetson Orin Nano's /etc, /proc and /sys entries (the real files' layout): detected, and its profile
+    decides the defaults a load() would take there."""
+    from edgerun.devices.profiles import PROFILES, default_threads, detect_profile, device_report
+
+    j = jetson_info(ORIN)
+    assert j["model"].startswith("NVIDIA Jetson Orin Nano") and j["l4t"] == "36.3.0"
+    assert j["soc"] == "tegra234" and j["cuda_arch"] == "sm_87"
+    cpu = cpu_info(ORIN)
+    assert cpu.arch == "aarch64" and cpu.logical_cores == 6 and cpu.simd == "neon_dotprod"
+    assert memory_info(ORIN).total == 7802236 * 1024
+    assert detect_profile(ORIN) is PROFILES["jetson"]
+    assert default_threads(root=ORIN) == 6
+    r = device_report(ORIN)
+    assert r["jetson"]["cuda_arch"] == "sm_87" and r["profile"]["name"] == "jetson"
+    assert r["defaults"]["kv_bits_under_budget"] == 8 and r["defaults"]["max_kv_window"] == 2048
+
+
+def test_profile_decides_load_defaults(tmp_path, smollm2_gguf):
+    """load() takes threads from the profile when none is given, and the budgeted plan its KV bits / window."""
+    import edgerun
+    from edgerun.devices.profiles import PROFILES
+    from tiny_models import make_tiny
+
+    hf, _ = make_tiny("llama", tmp_path, smollm2_gguf)
+    path = edgerun.export(hf, tmp_path / "llama.edge", weights="int8")
+    m = edgerun.load(path, profile=PROFILES["small-arm"], ram="400MB")
+    assert m.plan.kv_bits == 8 and m.plan.kv_window <= 1024 and m.threads >= 1
+    m2 = edgerun.load(path, profile=PROFILES["laptop"], ram="400MB")
+    assert m2.plan.kv_bits == 16
+    m3 = edgerun.load(path, threads=1, profile=PROFILES["small-arm"])
+    assert m3.threads == 1 and not m3.budgeted and m3.plan.budget is None

@@ -1,8 +1,8 @@
 """The kernel benchmark runs and reports bandwidth rows next to the copy bandwidth; the pool resizes."""
 
 import numpy as np
+from edgerun.bench.kernels import bench_kernels
 from edgerun.kernels import Weight, get_num_threads, matmul, set_num_threads
-from edgerun.kernels.bench import bench_kernels
 
 
 def test_bench_smoke():

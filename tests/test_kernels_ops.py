@@ -101,7 +101,7 @@ def test_registry():
         k = registry.get("matmul", fmt)
         assert k.impl is not None and k.reference is not None
     assert registry.get("attention", "f16").op == "attention"
-    from edgerun.export.errors import UnsupportedError
+    from edgerun.errors import UnsupportedError
 
     with pytest.raises(UnsupportedError):
         registry.get("matmul", "int3")

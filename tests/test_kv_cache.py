@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from edgerun.runtime.kv_cache import LayerSpec, SinkWindowKVCache, rope_neox
+from edgerun.runtime.llm.kv_cache import LayerSpec, SinkWindowKVCache, rope_neox
 
 HD = 32
 

@@ -28,10 +28,9 @@ def tiny(tmp_path_factory, smollm2_gguf):
 @pytest.mark.parametrize("bits", [32, 16, 4])
 def test_ring_decode_matches_reference(tiny, arch, bits):
     from edgerun.export.artifact import Artifact
-    from edgerun.runtime.api import LLM
-    from edgerun.runtime.budgeted import load_budgeted
+    from edgerun.runtime.llm.model import LLM, load
 
-    m = load_budgeted(tiny[arch], ram=None, kv_bits=bits, kv_window=24, kv_sinks=4, prefill_chunk=8)
+    m = load(tiny[arch], ram=None, kv_bits=bits, kv_window=24, kv_sinks=4, prefill_chunk=8)
     assert m.backend == "native"
     ref = LLM(Artifact(tiny[arch]), backend="reference")
     c_nat, c_ref = m.new_cache(), m.new_cache()  # the same preallocated layout for both
@@ -50,10 +49,10 @@ def test_ring_decode_matches_reference(tiny, arch, bits):
 
 def test_ring_differs_from_full_attention_past_the_window(tiny):
     """The check above is not vacuous: past the window, the ring's logits leave full attention's."""
-    from edgerun.runtime.budgeted import load_budgeted
+    from edgerun.runtime.llm.model import load
 
-    m = load_budgeted(tiny["llama"], ram=None, kv_bits=32, kv_window=24, kv_sinks=4, prefill_chunk=8)
-    full = load_budgeted(tiny["llama"], ram=None, kv_bits=32, kv_window=512, kv_sinks=4, prefill_chunk=8)
+    m = load(tiny["llama"], ram=None, kv_bits=32, kv_window=24, kv_sinks=4, prefill_chunk=8)
+    full = load(tiny["llama"], ram=None, kv_bits=32, kv_window=512, kv_sinks=4, prefill_chunk=8)
     ids = np.random.default_rng(0).integers(10, m.args.vocab_size, 60).tolist()
     a, b = m.logits(ids), full.logits(ids)
     np.testing.assert_allclose(a[:24], b[:24], atol=1e-4 * np.abs(b).max())

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from edgerun.export.errors import EdgerunError
+from edgerun.errors import EdgerunError
 from edgerun.quant import kv
 
 

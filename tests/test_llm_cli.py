@@ -46,7 +46,7 @@ def test_run_streams_only_generated_text(tiny):
     assert r.returncode == 0, r.stderr
     again = edgerun("run", art, "Hello", "--max-tokens", "8", "--seed", "1", "--temperature", "0.7")
     assert r.stdout == again.stdout  # seeded sampling is reproducible
-    from edgerun.runtime.api import load
+    from edgerun.runtime.llm.model import load
 
     expected = load(art).generate("Hello", max_tokens=8, temperature=0.7, seed=1)
     assert r.stdout == expected + "\n"  # the generated text alone, without the prompt

@@ -16,8 +16,8 @@ def tiny_dir(tmp_path_factory):
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
 def test_hf_checkpoint_matches_llama_cpp(arch, tiny_dir, smollm2_gguf, llama_cpp):
     import edgerun
+    from edgerun.bench import perplexity as ev
     from edgerun.export.exporter import export
-    from edgerun.runtime import evaluate as ev
 
     hf, gguf_path = make_tiny(arch, tiny_dir, smollm2_gguf)
     art = export(hf, tiny_dir / f"{arch}.edge", weights="f32")

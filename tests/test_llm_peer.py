@@ -18,7 +18,7 @@ import os
 
 import numpy as np
 import pytest
-from edgerun.runtime import evaluate as ev
+from edgerun.bench import perplexity as ev
 
 pytestmark = pytest.mark.model
 
@@ -43,7 +43,7 @@ def setup(request, llama_cpp, smollm2_gguf, gemma3_gguf):
     """(edgerun model on f32 weights, llama.cpp scorer on the same weights, source GGUF)."""
     import edgerun
     from edgerun.export.gguf_writer import retype_gguf
-    from edgerun.runtime.defaults import _source_key, cache_dir, cached_export
+    from edgerun.runtime.store.defaults import _source_key, cache_dir, cached_export
 
     src = smollm2_gguf if request.param == "smollm2" else gemma3_gguf
     f32_gguf = cache_dir() / f"{request.param}-f32-{_source_key(src)}.gguf"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from edgerun.runtime.sampling import Sampler, SamplingParams
+from edgerun.runtime.llm.sampling import Sampler, SamplingParams
 
 LOGITS = np.log(np.array([0.5, 0.25, 0.15, 0.07, 0.03]))
 

@@ -32,7 +32,7 @@ HARD = [
 def pair(request, llama_cpp, smollm2_gguf, gemma3_gguf):
     from edgerun.export.gguf_reader import read_gguf
     from edgerun.export.tokenizer_builder import build_tokenizer
-    from edgerun.runtime.tokenizer import Tokenizer
+    from edgerun.runtime.llm.tokenizer import Tokenizer
 
     path = smollm2_gguf if request.param == "smollm2" else gemma3_gguf
     src = read_gguf(path, hash_source=False)

@@ -15,13 +15,13 @@ pytestmark = pytest.mark.model
 
 
 def _smollm2():
-    from edgerun.runtime.defaults import default_model_path
+    from edgerun.runtime.store.defaults import default_model_path
 
     return default_model_path()
 
 
 def _gemma3():
-    from edgerun.runtime.defaults import cached_export, packaged_gemma3_gguf
+    from edgerun.runtime.store.defaults import cached_export, packaged_gemma3_gguf
 
     return cached_export(packaged_gemma3_gguf())
 
@@ -29,11 +29,12 @@ def _gemma3():
 MEASURE = r"""
 import json, os, sys, time
 import numpy as np
-from edgerun.runtime.budgeted import load_budgeted
+from edgerun.runtime.llm.model import load
 from edgerun.runtime.memory import PeakRSS, rss_bytes
 path, ram, prompt_len, decode, count_tok = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
-text = open("/work/shared/data/wikitext-2-test.raw", encoding="utf-8").read()[:20000]
-m = load_budgeted(path, ram=ram, count_tokenizer=count_tok == "1")
+from edgerun.bench import wikitext2_test
+text = wikitext2_test()[:20000]
+m = load(path, ram=ram, count_tokenizer=count_tok == "1")
 with PeakRSS() as p:
     p.start = m.baseline_rss
     ids = m.tokenizer.encode(text)[:prompt_len]
@@ -63,10 +64,10 @@ def test_too_small_budget_fails_at_once_with_minimum():
     # In a fresh process, as a user runs it: the budget counts what loading adds to the process
     # (tokenizer included), which a long-lived test process partly has already.
     code = (
-        "import sys, time\nfrom edgerun.export.errors import EdgerunError\n"
-        "from edgerun.runtime.budgeted import load_budgeted\n"
+        "import sys, time\nfrom edgerun.errors import EdgerunError\n"
+        "from edgerun.runtime.llm.model import load\n"
         "t0 = time.perf_counter()\n"
-        "try:\n    load_budgeted(sys.argv[1], ram='30MB')\nexcept EdgerunError as e:\n"
+        "try:\n    load(sys.argv[1], ram='30MB')\nexcept EdgerunError as e:\n"
         "    print(time.perf_counter() - t0); print(e)\n"
     )
     out = subprocess.run([sys.executable, "-c", code, str(_smollm2())], capture_output=True, text=True)
@@ -79,13 +80,12 @@ def test_too_small_budget_fails_at_once_with_minimum():
 
 def test_budgeted_logits_match_reference():
     from edgerun.export.artifact import Artifact
-    from edgerun.runtime.api import LLM
-    from edgerun.runtime.budgeted import load_budgeted
+    from edgerun.runtime.llm.model import LLM, load
 
     path = _smollm2()
     ids = list(range(100, 140))
     ref = LLM(Artifact(path)).logits(ids)  # dense float32, full cache
-    m = load_budgeted(path, ram="120MB", kv_bits=32, kv_window=64)  # streamed layers, window covers all
+    m = load(path, ram="120MB", kv_bits=32, kv_window=64)  # streamed layers, window covers all
     assert m.plan.weights == "streamed"
     got = m.logits(ids)
     m.close()
@@ -113,13 +113,13 @@ def test_gemma3_under_40_percent_of_artifact():
 
 def test_gemma3_local_and_global_layers_match_reference():
     """Gemma-3: local layers keep their own 512 window inside the ring, global layers the budget window."""
+    from edgerun.bench import wikitext2_test
     from edgerun.export.artifact import Artifact
-    from edgerun.runtime.api import LLM
-    from edgerun.runtime.budgeted import load_budgeted
+    from edgerun.runtime.llm.model import LLM, load
 
     path = _gemma3()
-    text = open("/work/shared/data/wikitext-2-test.raw", encoding="utf-8").read()[:6000]
-    m = load_budgeted(path, ram=None, kv_bits=32, kv_window=1024, prefill_chunk=64)
+    text = wikitext2_test()[:6000]
+    m = load(path, ram=None, kv_bits=32, kv_window=1024, prefill_chunk=64)
     ids = m.tokenizer.encode(text)[:540]  # past the 512-token local window
     assert m.plan.layer_windows[0] == 512 and m.plan.layer_windows[5] == 1024 and m.plan.layer_sinks[0] == 0
     got = m.logits(ids)[-40:]

@@ -5,7 +5,7 @@ import sys
 
 import numpy as np
 import pytest
-from edgerun.export.errors import EdgerunError
+from edgerun.errors import EdgerunError
 from edgerun.runtime import memory as mem
 from edgerun.runtime.memory import AttnLayer, ModelFootprint, parse_budget, plan_memory
 

@@ -9,7 +9,7 @@ import pytest
 
 SCRIPT = """
 import json, sys
-from edgerun.runtime.bench_ram import soak
+from edgerun.bench.memory import soak
 print("RESULT " + json.dumps(soak(None, n_tokens=int(sys.argv[1]), ram=sys.argv[2], kv_window=int(sys.argv[4]),
                                    every=int(sys.argv[3]), threads=1)))
 """

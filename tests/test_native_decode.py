@@ -52,9 +52,9 @@ def test_fused_decode_equals_per_op(tiny, arch, weights, threads):
 @pytest.mark.parametrize("kv_bits", [32, 4])
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
 def test_fused_decode_ring_cache_equals_per_op(tiny, arch, kv_bits):
-    from edgerun.runtime.budgeted import load_budgeted
+    from edgerun.runtime.llm.model import load
 
-    m = load_budgeted(tiny[arch, "int4"], ram=None, kv_bits=kv_bits, kv_window=16, kv_sinks=4, prefill_chunk=8)
+    m = load(tiny[arch, "int4"], ram=None, kv_bits=kv_bits, kv_window=16, kv_sinks=4, prefill_chunk=8)
     try:
         fused, ops = _steps(m, m.model, True), _steps(m, m.model, False)  # 51 tokens through a 16-token window
     finally:

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from edgerun.export.errors import EdgerunError
+from edgerun.errors import EdgerunError
 from edgerun.export.recipe import make_recipe, pick_block, rel_rms
 from edgerun.quant import FORMATS, dequantize, dequantize_parts, dequantize_rows, quantize
 
@@ -45,7 +45,7 @@ def test_recipe_defaults_and_errors():
 
 @pytest.fixture(scope="module")
 def tiny_gguf(tmp_path_factory, smollm2_gguf):
-    from edgerun.runtime.bench import random_llama_gguf
+    from edgerun.bench.speed import random_llama_gguf
 
     d = tmp_path_factory.mktemp("tiny")
     return random_llama_gguf(d / "tiny.gguf", smollm2_gguf, dim=256, n_layers=2, n_heads=4, n_kv_heads=2,

@@ -35,7 +35,7 @@ import os
 
 import numpy as np
 import pytest
-from edgerun.runtime import evaluate as ev
+from edgerun.bench import perplexity as ev
 
 pytestmark = pytest.mark.model
 N_CTX = 512
@@ -45,7 +45,7 @@ MARGIN = 0.5  # logits between llama.cpp's top-1 and runner-up: not a near-tie
 
 def _peer_gguf(src, qtype, name):
     from edgerun.export.gguf_writer import retype_gguf
-    from edgerun.runtime.defaults import _source_key, cache_dir
+    from edgerun.runtime.store.defaults import _source_key, cache_dir
 
     out = cache_dir() / f"{name}-{qtype.lower()}-{_source_key(src)}.gguf"
     if not out.exists():
@@ -56,8 +56,8 @@ def _peer_gguf(src, qtype, name):
 @pytest.fixture(scope="module", params=["Q4_0", "Q8_0", "TQ2_0"])
 def setup(request, llama_cpp, smollm2_gguf):
     import edgerun
-    from edgerun.runtime.bench import random_llama_gguf
-    from edgerun.runtime.defaults import cache_dir, cached_export
+    from edgerun.bench.speed import random_llama_gguf
+    from edgerun.runtime.store.defaults import cache_dir, cached_export
 
     qtype = request.param
     if qtype == "TQ2_0":

@@ -99,7 +99,7 @@ def test_zero_weights():
 
 
 def test_unknown_format():
-    from edgerun.export.errors import UnsupportedError
+    from edgerun.errors import UnsupportedError
 
     with pytest.raises(UnsupportedError):
         quantize(np.zeros((1, 32), np.float32), "int3")

@@ -47,7 +47,7 @@ def test_q4_1_exact_blocks_and_requantized_rest():
 
 
 def test_unsupported():
-    from edgerun.export.errors import UnsupportedError
+    from edgerun.errors import UnsupportedError
 
     with pytest.raises(UnsupportedError):
         from_gguf(np.zeros((1, 144), np.uint8), (1, 256), "Q4_K")

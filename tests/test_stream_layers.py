@@ -6,8 +6,8 @@ import time
 
 import numpy as np
 import pytest
-from edgerun.export.errors import CorruptFileError
-from edgerun.runtime.layer_stream import LayerStreamer
+from edgerun.errors import CorruptFileError
+from edgerun.runtime.llm.layer_stream import LayerStreamer
 
 
 def make_file(path, n=8, nbytes=100_000, head=4096):
@@ -89,7 +89,7 @@ def test_prefetch_overlaps_reads_with_compute(tmp_path):
 
 RSS_SCRIPT = """
 import sys, numpy as np
-from edgerun.runtime.layer_stream import LayerStreamer
+from edgerun.runtime.llm.layer_stream import LayerStreamer
 from edgerun.runtime.memory import rss_bytes, PeakRSS
 path, n, nb = sys.argv[1], 20, 10 << 20
 layers = [{"index": i, "offset": i * nb, "nbytes": nb} for i in range(n)]

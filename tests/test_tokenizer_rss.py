@@ -130,7 +130,7 @@ def _toy_vocab(seed: int):
 @pytest.mark.parametrize("add_space_prefix", [False, True])
 def test_spm_matches_reference_on_toy_vocab(seed, add_space_prefix):
     from edgerun.export.spm_format import dump_spm
-    from edgerun.runtime.spm_tokenizer import SpmTokenizer
+    from edgerun.runtime.llm.spm_tokenizer import SpmTokenizer
 
     tokens, scores, types = _toy_vocab(seed)
     tok = SpmTokenizer(dump_spm(tokens, scores, types, add_space_prefix, 0))
@@ -147,7 +147,7 @@ def test_spm_matches_reference_on_toy_vocab(seed, add_space_prefix):
 
 def test_spm_decode_bytes_and_specials():
     from edgerun.export.spm_format import dump_spm
-    from edgerun.runtime.spm_tokenizer import SpmTokenizer
+    from edgerun.runtime.llm.spm_tokenizer import SpmTokenizer
 
     tokens, scores, types = _toy_vocab(0)
     tok = SpmTokenizer(dump_spm(tokens, scores, types, False, 0))
@@ -180,7 +180,7 @@ def gemma_files(gemma3_gguf, tmp_path_factory):
 _MEASURE = textwrap.dedent("""
     import json, sys, time
     from edgerun.runtime.memory import peak_rss_bytes, reset_peak_rss, rss_bytes
-    from edgerun.runtime.tokenizer import Tokenizer
+    from edgerun.runtime.llm.tokenizer import Tokenizer
     import numpy  # imported before measuring: the runtime has it loaded anyway
     reset_peak_rss()
     r0, t0 = rss_bytes(), time.perf_counter()
@@ -211,7 +211,7 @@ def test_gemma_tokenizer_rss_bound(gemma_files):
 def test_gemma_hf_path_matches_compact(gemma_files, wikitext):
     """Old artifacts hold a `tokenizers` JSON: it still loads, and (with one merge per formable piece)
     gives the compact tokenizer's ids."""
-    from edgerun.runtime.tokenizer import Tokenizer
+    from edgerun.runtime.llm.tokenizer import Tokenizer
 
     compact = Tokenizer((gemma_files / "compact.json").read_text(encoding="utf-8"), {})
     hf = Tokenizer((gemma_files / "hf.json").read_text(encoding="utf-8"), {})

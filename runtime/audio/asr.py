@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from edgerun.export.errors import EdgerunError
+from edgerun.errors import EdgerunError
 from edgerun.runtime.audio.features import N_SAMPLES, SAMPLE_RATE, log_mel
 from edgerun.runtime.audio.resample import resample
 from edgerun.runtime.audio.vad import VAD, SileroModel, SpeechSegment, detect_speech

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 
 import numpy as np
-from edgerun.export.errors import EdgerunError
+from edgerun.errors import EdgerunError
 from edgerun.runtime.audio.wavio import read_audio, write_wav
 
 

@@ -17,7 +17,7 @@ import subprocess
 import threading
 import unicodedata
 
-from edgerun.export.errors import EdgerunError
+from edgerun.errors import EdgerunError
 
 _LOCK = threading.Lock()
 _LIB = None

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
-from edgerun.export.errors import EdgerunError
+from edgerun.errors import EdgerunError
 from edgerun.runtime.audio.phonemes import phoneme_ids, phonemize, split_clauses
 
 _SENTENCE_END = (".", "!", "?", ";", ":")

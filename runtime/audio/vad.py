@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
-from edgerun.export.errors import EdgerunError
+from edgerun.errors import EdgerunError
 from edgerun.runtime.audio.resample import StreamResampler
 from edgerun.runtime.audio.wavio import check_rate, to_mono
 

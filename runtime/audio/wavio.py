@@ -9,7 +9,7 @@ import os
 import wave
 
 import numpy as np
-from edgerun.export.errors import EdgerunError
+from edgerun.errors import EdgerunError
 
 MIN_RATE = 4000
 MAX_RATE = 384000

@@ -1,13 +1,13 @@
 """Backends that run an artifact's decoder: ``reference`` (numpy), ``native`` (C kernels), ``onnxruntime``.
 
 Each builds an object with the reference Transformer's interface (``args``, ``window(layer)``,
-``new_cache()``, ``forward(tokens, cache, last_only)``), so :class:`edgerun.runtime.api.LLM`
+``new_cache()``, ``forward(tokens, cache, last_only)``), so :class:`edgerun.runtime.llm.model.LLM`
 drives all of them the same way.
 """
 
 from __future__ import annotations
 
-from ...export.errors import EdgerunError
+from edgerun.errors import EdgerunError
 
 BACKENDS = ("auto", "reference", "native", "onnxruntime")
 PLAIN = ("f16", "f32", "bf16")
@@ -16,7 +16,7 @@ PLAIN = ("f16", "f32", "bf16")
 def kernels_available() -> bool:
     """Whether edgerun's compiled C kernels load on this machine."""
     try:
-        from ... import kernels
+        from edgerun import kernels
 
         kernels.get_num_threads()
         return True
@@ -34,16 +34,18 @@ def resolve_backend(artifact, backend: str | None) -> str:
     return backend
 
 
-def build_model(artifact, backend: str, ref_model, threads: int | None = None):
-    """The model object for `backend` (`ref_model` is the reference model, used for its hooks)."""
+def build_model(artifact, backend: str, ref_model, threads: int | None = None, plan=None, read_cache: str = "drop"):
+    """The model object for `backend` (`ref_model` is the reference model, used for its hooks).
+
+    `plan` (a budgeted :class:`edgerun.runtime.memory.MemoryPlan`, native only) streams weights as it says."""
     if backend == "reference":
         return ref_model
     if backend == "native":
-        from .native import NativeModel
+        from edgerun.runtime.backends.native import NativeModel
 
-        return NativeModel(artifact, ref_model, threads=threads)
+        return NativeModel(artifact, ref_model, threads=threads, plan=plan, read_cache=read_cache)
     if backend == "onnxruntime":
-        from .onnxruntime import OrtModel
+        from edgerun.runtime.backends.onnxruntime import OrtModel
 
         return OrtModel(artifact, ref_model, threads=threads)
     raise EdgerunError(f"unknown backend '{backend}'; choose one of: {', '.join(BACKENDS)}")

@@ -19,7 +19,7 @@ The serving forward (``native.py``) keeps its own, faster order.
 from __future__ import annotations
 
 import numpy as np
-from edgerun.export.errors import UnsupportedError
+from edgerun.errors import UnsupportedError
 
 _F16, _F32 = np.float16, np.float32
 

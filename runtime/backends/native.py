@@ -20,7 +20,7 @@ The numpy reference (``runtime/models``) defines the math; this file follows its
 (``rope_theta``, ``rope_scale``, ``window``, ``attn_scale``) so llama, qwen2 and gemma3 run here.
 
 Two caches: :class:`NativeKVCache` (full context, the default) and the RAM-budgeted
-:class:`edgerun.runtime.kv_cache.SinkWindowKVCache` (sinks + window ring; float layouts attend in
+:class:`edgerun.runtime.llm.kv_cache.SinkWindowKVCache` (sinks + window ring; float layouts attend in
 one kernel call over [sinks | ring], KIVI layouts through the cache's own numpy attention).
 Weights come from :class:`WeightSource`: the file map, or the layer streamer under a memory plan.
 """
@@ -30,11 +30,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-
-from ...export.artifact import Artifact
-from ..kv_cache import SinkWindowKVCache
-from ..models.base import apply_rope, rope_tables
-from .native_weights import WeightSource
+from edgerun.export.artifact import Artifact
+from edgerun.runtime.backends.native_weights import WeightSource
+from edgerun.runtime.llm.kv_cache import SinkWindowKVCache
+from edgerun.runtime.models.base import apply_rope, rope_tables
 
 
 def _ptr(a: np.ndarray) -> int:
@@ -90,8 +89,8 @@ class NativeModel:
     """
 
     def __init__(self, artifact: Artifact, ref, threads: int | None = None, plan=None, read_cache: str = "drop"):
-        from ... import kernels
-        from ...kernels._lib import lib
+        from edgerun import kernels
+        from edgerun.kernels._lib import lib
 
         self.k = kernels
         self.lib = lib
@@ -165,7 +164,7 @@ class NativeModel:
         """The C structs of the fused decode: sizes + scratch pointers (er_decode_cfg), per layer vectors."""
         import ctypes
 
-        from ...kernels._lib import ErDecodeCfg
+        from edgerun.kernels._lib import ErDecodeCfg
 
         a, p = self.args, self.p
         self.fused_decode = True
@@ -182,7 +181,7 @@ class NativeModel:
             return hit[2]
         import ctypes
 
-        from ...kernels._lib import ErLayer
+        from edgerun.kernels._lib import ErLayer
 
         pre, L = f"blk.{i}.", self.layers[i]
         vec = self.V.get

@@ -23,10 +23,9 @@ import os
 import zlib
 
 import numpy as np
-
-from ...export.artifact import Artifact
-from ...export.errors import CorruptFileError
-from ...quant.parts import dequantize_rows, quantized_from_parts
+from edgerun.errors import CorruptFileError
+from edgerun.export.artifact import Artifact
+from edgerun.quant.parts import dequantize_rows, quantized_from_parts
 
 PLAIN = ("f16", "f32")
 LAYER_MATRICES = {
@@ -41,7 +40,7 @@ def _addr(a) -> int:
 
 
 def _weight(entry: dict, parts: dict[str, np.ndarray]):
-    from ... import kernels
+    from edgerun import kernels
 
     if entry["format"] in PLAIN:
         return kernels.Weight(parts["data"])
@@ -62,7 +61,7 @@ class WeightSource:
         self.stream_globals = bool(plan is not None and plan.stream_globals)
         self.streamer = None
         if plan is not None and plan.weights == "streamed":
-            from ..layer_stream import LayerStreamer
+            from edgerun.runtime.llm.layer_stream import LayerStreamer
 
             self.streamer = LayerStreamer(artifact.weights_path, artifact.manifest["layers"], plan.n_buffers,
                                           plan.pinned, cache=read_cache)  # fmt: skip
@@ -191,7 +190,7 @@ class WeightSource:
 
     def streamed_matmul(self, name: str, x: np.ndarray, out: np.ndarray) -> np.ndarray:
         """out (M, N) = x (M, K) @ W.T, W read from the map in row chunks whose pages are dropped after."""
-        from ... import kernels
+        from edgerun import kernels
 
         entry = self.tensors[name]
         parts = self._global_parts(name)

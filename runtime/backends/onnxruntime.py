@@ -10,9 +10,8 @@ from __future__ import annotations
 import zlib
 
 import numpy as np
-
-from ...export.artifact import Artifact
-from ...export.errors import CorruptFileError, EdgerunError
+from edgerun.errors import CorruptFileError, EdgerunError
+from edgerun.export.artifact import Artifact
 
 
 class OrtKVCache:
@@ -34,8 +33,7 @@ class OrtModel:
 
     def __init__(self, artifact: Artifact, ref, threads: int | None = None):
         import onnxruntime as ort
-
-        from ...export.onnx_graph import ONNX_FILE, build_onnx
+        from edgerun.export.onnx_graph import ONNX_FILE, build_onnx
 
         self.artifact, self.ref, self.args = artifact, ref, ref.args
         path = artifact.path / ONNX_FILE

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-from ...export.errors import UnsupportedError
+from edgerun.errors import UnsupportedError
 
 SUPPORTED = ("llama", "gemma3", "qwen2")
 ALIASES = {"mistral": "llama", "smollm": "llama", "gemma3_text": "gemma3"}

@@ -17,9 +17,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-
-from .base import ModelArgs as BaseArgs
-from .base import Transformer, gelu_tanh, rms_norm
+from edgerun.runtime.models.base import ModelArgs as BaseArgs
+from edgerun.runtime.models.base import Transformer, gelu_tanh, rms_norm
 
 
 @dataclass

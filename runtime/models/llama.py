@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import ModelArgs as BaseArgs
-from .base import Transformer
+from edgerun.runtime.models.base import ModelArgs as BaseArgs
+from edgerun.runtime.models.base import Transformer
 
 
 @dataclass

@@ -142,7 +142,7 @@ def set_matmul(fn: Callable[[np.ndarray, Linear], np.ndarray] | str | None) -> N
     global _MATMUL
     if isinstance(fn, str):
         if fn not in MATMUL_BACKENDS:
-            from edgerun.export.errors import EdgerunError
+            from edgerun.errors import EdgerunError
 
             raise EdgerunError(f"unknown matmul backend '{fn}'; use one of {', '.join(MATMUL_BACKENDS)}")
         fn = MATMUL_BACKENDS[fn]
@@ -372,8 +372,8 @@ class Whisper:
 
 def load_whisper(path: str, verify: bool = True) -> tuple[Whisper, dict, str]:
     """Open a Whisper artifact: returns (model, manifest, tokenizer.json text)."""
+    from edgerun.errors import UnsupportedError
     from edgerun.export.artifact import Artifact
-    from edgerun.export.errors import UnsupportedError
     from edgerun.quant import QuantizedTensor
 
     art = Artifact(path)

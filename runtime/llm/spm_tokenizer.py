@@ -36,8 +36,7 @@ import zlib
 from array import array
 
 import numpy as np
-
-from ..export.spm_format import KIND, SPACE, VERSION, unpack
+from edgerun.export.spm_format import KIND, SPACE, VERSION, unpack
 
 # llama.cpp token types (gguf TokenType)
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6

@@ -19,18 +19,20 @@ from pathlib import Path
 
 import numpy as np
 
-WIKITEXT = "/work/shared/data/wikitext-2-test.raw"
-
 GGML_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8}
 
 
 def _text(path: str | None) -> str:
-    with open(path or WIKITEXT, encoding="utf-8") as f:
+    if path is None:
+        from edgerun.bench import wikitext2_test
+
+        return wikitext2_test()
+    with open(path, encoding="utf-8") as f:
         return f.read()
 
 
 def _tokens_and_chunks(model, text_path, n_ctx, n_chunks):
-    from .evaluate import chunks
+    from edgerun.bench.perplexity import chunks
 
     tok = model.tokenizer
     ids = tok.encode(_text(text_path))
@@ -46,12 +48,12 @@ def kv_perplexity(path=None, bits=(16, 8, 4, 2), n_ctx: int = 512, n_chunks: int
     `prefill_chunk` tokens read every earlier token back from the (quantized) cache, close to decode.
     Returns {"rows": [{"kv": "f16", "ppl": ..}, ...], "n_scored": .., "n_ctx": .., "n_chunks": ..}.
     """
-    from .budgeted import load_budgeted
-    from .evaluate import perplexity
+    from edgerun.bench.perplexity import perplexity
+    from edgerun.runtime.llm.model import load
 
     rows, n_scored, chunk_list = [], 0, None
     for b in bits:
-        m = load_budgeted(path, ram=None, kv_bits=b, kv_window=n_ctx, prefill_chunk=prefill_chunk)
+        m = load(path, ram=None, kv_bits=b, kv_window=n_ctx, prefill_chunk=prefill_chunk)
         if chunk_list is None:
             _, chunk_list = _tokens_and_chunks(m, text_path, n_ctx, n_chunks)
         t0 = time.perf_counter()
@@ -70,10 +72,10 @@ def llama_cpp_kv_perplexity(
     """llama.cpp (llama-cpp-python) perplexity on the same token chunks with K/V cache types `types`.
 
     Quantized V needs flash attention, so every row runs with flash_attn=True."""
-    from .budgeted import load_budgeted
-    from .evaluate import llama_cpp_scorer, perplexity
+    from edgerun.bench.perplexity import llama_cpp_scorer, perplexity
+    from edgerun.runtime.llm.model import load
 
-    m = load_budgeted(path, ram=None)  # for the tokenizer and chunking only (same ids as edgerun's rows)
+    m = load(path, ram=None)  # for the tokenizer and chunking only (same ids as edgerun's rows)
     _, chunk_list = _tokens_and_chunks(m, text_path, n_ctx, n_chunks)
     m.close()
     rows = []
@@ -95,12 +97,12 @@ def streaming_perplexity(path=None, window: int = 256, sinks=(4, 0), n_tokens: i
     token-by-token decoding (each query sees its own sinks + window). Returns
     {"segments": [[start, end], ...], "rows": [{"sinks": s, "ppl": total, "seg_ppl": [...]}, ...]}.
     """
-    from .budgeted import load_budgeted
-    from .evaluate import log_softmax
+    from edgerun.bench.perplexity import log_softmax
+    from edgerun.runtime.llm.model import load
 
     rows, segs = [], None
     for s in sinks:
-        m = load_budgeted(path, ram=None, kv_bits=kv_bits, kv_window=window, kv_sinks=s, prefill_chunk=block)
+        m = load(path, ram=None, kv_bits=kv_bits, kv_window=window, kv_sinks=s, prefill_chunk=block)
         ids = m.tokenizer.encode(_text(text_path))[:n_tokens]
         if m.tokenizer.bos_token_id is not None:
             ids = [m.tokenizer.bos_token_id] + ids[: n_tokens - 1]
@@ -126,12 +128,12 @@ def streaming_perplexity(path=None, window: int = 256, sinks=(4, 0), n_tokens: i
 _WORKER = r"""
 import json, sys, time
 import numpy as np
-from edgerun.runtime.budgeted import load_budgeted
+from edgerun.runtime.llm.model import load
 from edgerun.runtime.memory import PeakRSS, rss_bytes
 a = json.loads(sys.argv[1])
 base = rss_bytes()
 with PeakRSS() as p:
-    m = load_budgeted(a["path"], ram=a["ram"], kv_bits=a["kv_bits"], read_cache=a["read_cache"],
+    m = load(a["path"], ram=a["ram"], kv_bits=a["kv_bits"], read_cache=a["read_cache"],
                       count_tokenizer=a["count_tokenizer"], threads=a["threads"])
     if not a["count_tokenizer"]:
         base = m.baseline_rss
@@ -208,7 +210,7 @@ def llama_cpp_reference(gguf_path, n_tokens: int = 64, prompt: str | None = None
 
 
 def _source_gguf(path) -> str | None:
-    from ..export.artifact import Artifact
+    from edgerun.export.artifact import Artifact
 
     src = (Artifact(path).manifest.get("provenance") or {}).get("source")
     return src if src and str(src).endswith(".gguf") and os.path.exists(src) else None
@@ -223,17 +225,16 @@ def bench_ram(model=None, ram=None, out: str | os.PathLike = "bench_ram.png", n_
     to "everything resident". Each budget runs in a fresh process. llama.cpp's decode speed and peak
     RSS on the model's source GGUF are drawn as reference lines. Returns {"rows", "llama_cpp", "png"}.
     """
-    from .api import resolve_model
-    from .budgeted import BudgetLLM
-    from .memory import fmt_bytes, parse_budget
+    from edgerun.runtime.llm.model import LLM, resolve_model
+    from edgerun.runtime.memory import fmt_bytes, parse_budget
 
     path = resolve_model(model)
     if ram is None or (isinstance(ram, (list, tuple)) and not ram):
-        from ..export.artifact import Artifact
+        from edgerun.export.artifact import Artifact
 
-        probe = BudgetLLM(Artifact(path), ram=None)
+        probe = LLM(Artifact(path), ram=None)
         fp, lo = probe.footprint, None
-        from .memory import plan_memory
+        from edgerun.runtime.memory import plan_memory
 
         try:
             plan_memory(1, fp)
@@ -309,10 +310,10 @@ def soak(path=None, n_tokens: int = 20000, ram=None, kv_window: int = 512, kv_bi
          seed: int = 0, threads: int | None = None) -> dict:  # fmt: skip
     """Generate `n_tokens` (sampled, EOS ignored) under `ram` with a `kv_window` cache; per `every` tokens
     report RSS (current and peak, MB) and decode tok/s. The conversation never ends: the window slides."""
-    from .budgeted import load_budgeted
-    from .memory import peak_rss_bytes, rss_bytes
+    from edgerun.runtime.llm.model import load
+    from edgerun.runtime.memory import peak_rss_bytes, rss_bytes
 
-    m = load_budgeted(path, ram=ram, kv_window=kv_window, kv_bits=kv_bits, threads=threads)
+    m = load(path, ram=ram, kv_window=kv_window, kv_bits=kv_bits, threads=threads)
     rng = np.random.default_rng(seed)
     cache = m.new_cache()
     lg = m.prefill(m.tokenizer.encode("Once upon a time"), cache)

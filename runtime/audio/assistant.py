@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
-from edgerun.export.errors import EdgerunError
+from edgerun.errors import EdgerunError
 from edgerun.runtime.audio.resample import resample
 from edgerun.runtime.audio.wavio import read_audio, write_wav
 
@@ -314,8 +314,7 @@ def load_within_budget(ram, model=None, asr=None, voice=None) -> tuple[object, o
     Returns (llm, asr, tts, report). Raises EdgerunError with the total minimum when `ram` is too small.
     """
     import edgerun
-
-    from .memory import fmt_bytes, parse_budget, peak_rss_bytes, reset_peak_rss, rss_bytes
+    from edgerun.runtime.memory import fmt_bytes, parse_budget, peak_rss_bytes, reset_peak_rss, rss_bytes
 
     budget = parse_budget(ram)
     base = rss_bytes()
@@ -376,7 +375,7 @@ def assistant(input: str | None = None, output: str | None = None, model: str | 
 
 def _memory_line(budget: dict) -> str:
     """One line: the models' peak resident memory against the budget, and how it was split."""
-    from .memory import fmt_bytes, peak_rss_bytes
+    from edgerun.runtime.memory import fmt_bytes, peak_rss_bytes
 
     peak = peak_rss_bytes() - budget["baseline"]
     return (f"memory: peak {fmt_bytes(peak)} of the {fmt_bytes(budget['budget'])} budget (speech models "

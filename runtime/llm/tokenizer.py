@@ -9,7 +9,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 
-from ..export.spm_format import is_spm_file
+from edgerun.export.spm_format import is_spm_file
 
 
 def _raise(message):
@@ -60,7 +60,7 @@ class Tokenizer:
 
     def __init__(self, tokenizer_json: str, info: dict):
         if is_spm_file(tokenizer_json):
-            from .spm_tokenizer import SpmTokenizer
+            from edgerun.runtime.llm.spm_tokenizer import SpmTokenizer
 
             self._tok = SpmTokenizer(tokenizer_json)
         else:
@@ -106,7 +106,7 @@ class Tokenizer:
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
         """Render `messages` ([{"role": ..., "content": ...}]) with the model's jinja2 chat template."""
         if not self.chat_template:
-            from ..export.errors import EdgerunError
+            from edgerun.errors import EdgerunError
 
             raise EdgerunError("this model has no chat template; use `generate`/`edgerun run` with a raw prompt")
         if self._template is None:

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from edgerun.export.errors import CorruptFileError
+from edgerun.errors import CorruptFileError
 
 PAGE = 4096
 

@@ -39,7 +39,7 @@ def _timed(fn) -> float:
 def bench_edgerun(model, n_prompt: int = 128, n_decode: int = 64, threads: int | None = None,
                   repeats: int = 3, backend: str | None = None) -> dict:
     """Prompt-processing and decode tok/s of an edgerun model (path or loaded LLM)."""
-    from .api import load
+    from edgerun.runtime.llm.model import load
 
     llm = load(model, threads=threads, backend=backend) if isinstance(model, (str, os.PathLike)) else model
     ids = (llm.tokenizer.encode(PROMPT * 8))[:n_prompt]
@@ -99,7 +99,7 @@ def bench_llama_cpp(gguf: str | os.PathLike, ids: list[int], n_decode: int = 64,
 def bench_model(model, vs_llama_cpp: str | os.PathLike | None = None, threads: int | None = None,
                 n_prompt: int = 128, n_decode: int = 64, repeats: int = 3, backend: str | None = None) -> dict:
     """edgerun (and llama.cpp on `vs_llama_cpp`) prompt/decode tok/s in one run; ratios edgerun / llama.cpp."""
-    from .. import kernels
+    from edgerun import kernels
 
     threads = threads or os.cpu_count()
     kernels.set_num_threads(threads)
@@ -127,7 +127,7 @@ def format_bench(r: dict) -> str:
 
 def bench_kernels_report(threads: int | None = None, quick: bool = False) -> dict:
     """Kernel GB/s (kernels/bench.py) next to this machine's measured memory bandwidth."""
-    from ..kernels import bench as kb
+    from edgerun.bench import kernels as kb
 
     bw = kb.memory_bandwidth()
     rows = kb.bench_kernels(threads=threads, quick=quick)
@@ -146,8 +146,7 @@ def random_llama_gguf(path: str | os.PathLike, tokenizer_gguf: str | os.PathLike
     logits are not flat. Dims that are multiples of 256 let TQ2_0 cover every matrix.
     """
     import gguf
-
-    from ..export.gguf_reader import open_gguf
+    from edgerun.export.gguf_reader import open_gguf
 
     path = Path(path)
     src = open_gguf(tokenizer_gguf)

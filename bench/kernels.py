@@ -2,7 +2,7 @@
 
 ``bench_kernels(threads=None) -> list[dict]`` measures in one run: memcpy and streaming-read
 bandwidth, each matmul format on model-size shapes larger than the cache, the Python->C call
-overhead, and prints a rich table. ``python -m edgerun.kernels.bench [--threads N] [--quick]``.
+overhead, and prints a rich table. ``python -m edgerun.bench.kernels [--threads N] [--quick]``.
 
 Bytes per GEMV = stored weight bytes (codes + scales + zero points); activations are noise.
 """
@@ -12,10 +12,9 @@ from __future__ import annotations
 import time
 
 import numpy as np
+from edgerun.kernels import ops
+from edgerun.kernels._lib import lib
 from edgerun.quant import quantize
-
-from . import ops
-from ._lib import lib
 
 DECODE_SHAPES = [(4096, 4096), (1536, 576), (576, 1536), (49152, 576)]
 FORMATS = ["f32", "f16", "int8", "int4", "int4_asym", "ternary"]
@@ -168,7 +167,7 @@ def _print(rows: list[dict]) -> None:
 
 
 def main(argv=None) -> None:
-    """CLI: ``python -m edgerun.kernels.bench [--threads N ...] [--quick]``."""
+    """CLI: ``python -m edgerun.bench.kernels [--threads N ...] [--quick]``."""
     import argparse
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

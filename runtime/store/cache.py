@@ -15,7 +15,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .defaults import _source_key, cache_dir
+from edgerun.runtime.store.defaults import _source_key, cache_dir
 
 
 @dataclass

@@ -11,7 +11,7 @@ import json
 import os
 from pathlib import Path
 
-from ..export.errors import EdgerunError
+from edgerun.errors import EdgerunError
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
@@ -48,9 +48,9 @@ def packaged_gemma3_gguf() -> Path:
 
 def _source_key(src: Path) -> str:
     st = src.stat()
-    from .. import __version__
-    from ..export.artifact import FORMAT_VERSION
-    from ..export.exporter import EXPORTER_REVISION
+    from edgerun import __version__
+    from edgerun.export.artifact import FORMAT_VERSION
+    from edgerun.export.exporter import EXPORTER_REVISION
 
     raw = json.dumps([str(src.resolve()), st.st_size, int(st.st_mtime), FORMAT_VERSION, EXPORTER_REVISION, __version__])
     return hashlib.sha256(raw.encode()).hexdigest()[:10]
@@ -63,7 +63,7 @@ def cached_export(src: Path, progress=None, name: str | None = None, **export_op
     out = cache_dir() / f"{stem}{suffix}-{_source_key(src)}.edge"
     if (out / "manifest.json").exists():
         return out
-    from ..export.exporter import export
+    from edgerun.export.exporter import export
 
     return export(src, out, progress=progress, **export_options)
 

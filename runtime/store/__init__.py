@@ -1,0 +1,1 @@
+"""Where models come from: the packaged defaults and the user cache of exported artifacts."""
