@@ -126,7 +126,7 @@ def format_bench(r: dict) -> str:
 
 
 def bench_kernels_report(threads: int | None = None, quick: bool = False) -> dict:
-    """Kernel GB/s (kernels/bench.py) next to this machine's measured memory bandwidth."""
+    """Kernel GB/s (bench/kernels.py) next to this machine's measured memory bandwidth."""
     from edgerun.bench import kernels as kb
 
     bw = kb.memory_bandwidth()

@@ -1,6 +1,6 @@
 """SmolLM2-135M WikiText-2 perplexity: f16, edgerun INT4, the Q4_0 import, and llama.cpp on Q4_0 / f32.
 
-Perplexity as llama.cpp's `perplexity` tool measures it (runtime/evaluate.py): ctx 512, BOS in each
+Perplexity as llama.cpp's `perplexity` tool measures it (bench/perplexity.py): ctx 512, BOS in each
 chunk's first slot, the second half of each chunk scored. Every row scores the same token chunks
 (tokenized once with the f16 artifact's tokenizer, which equals llama.cpp's).
 

@@ -8,7 +8,7 @@ same as for a `tokenizers` JSON), its arrays zlib-compressed and base64-encoded:
      "pieces": UTF-8 bytes of all pieces back to back, "offsets": uint32 (N+1,),
      "scores": float32 (N,), "types": uint8 (N,) llama.cpp token types}
 
-runtime/spm_tokenizer.py reads it; numpy only, so loading it never imports `tokenizers`.
+runtime/llm/spm_tokenizer.py reads it; numpy only, so loading it never imports `tokenizers`.
 """
 
 from __future__ import annotations

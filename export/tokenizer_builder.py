@@ -6,7 +6,7 @@ Two GGUF tokenizer models are covered, matching llama.cpp's `llama-vocab.cpp`:
   `tokenizer.ggml.pre` (smollm, llama-bpe, qwen2, default gpt2).
 - `llama`: SentencePiece vocabularies driven by piece scores (Gemma, Llama-2). llama.cpp
   merges the adjacent pair whose concatenation is the highest-scoring piece. Artifacts store
-  these as the compact file of export/spm_format.py, which runtime/spm_tokenizer.py runs with
+  these as the compact file of export/spm_format.py, which runtime/llm/spm_tokenizer.py runs with
   llama.cpp's own algorithm (~10 MB resident for Gemma-3's 262k pieces). `build_hf_tokenizer`
   still gives an equivalent `tokenizers` BPE (one merge per piece the algorithm can form,
   ranked by score); byte pieces (`<0x0A>`) are the byte fallback; spaces become U+2581.
@@ -185,7 +185,7 @@ def _build_spm(spec: TokenizerSpec) -> Tokenizer:
 
 
 class SpmFile:
-    """The compact SentencePiece tokenizer file (runtime/spm_tokenizer.py) of a GGUF vocabulary, with
+    """The compact SentencePiece tokenizer file (runtime/llm/spm_tokenizer.py) of a GGUF vocabulary, with
     the two look-ups the exporter needs; `to_str()` is the artifact's tokenizer file text."""
 
     def __init__(self, spec: TokenizerSpec):
@@ -223,7 +223,7 @@ def build_hf_tokenizer(spec: TokenizerSpec) -> Tokenizer:
 
 def build_tokenizer(spec: TokenizerSpec) -> Tokenizer | SpmFile:
     """The tokenizer an artifact stores: SentencePiece vocabularies (GGUF `llama` model: Gemma,
-    Llama-2) as the compact `SpmFile` (runtime/spm_tokenizer.py runs llama.cpp's algorithm on it in
+    Llama-2) as the compact `SpmFile` (runtime/llm/spm_tokenizer.py runs llama.cpp's algorithm on it in
     ~10 MB instead of ~90-370 MB for a 262k-piece `tokenizers` BPE); everything else as a
     `tokenizers.Tokenizer`. Both have `to_str()` and `token_to_id()`; ids equal llama.cpp's."""
     if spec.tokenizer_json is None and spec.model == "llama":

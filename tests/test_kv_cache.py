@@ -1,4 +1,4 @@
-"""runtime/kv_cache.py: sink + window cache vs plain attention and a re-encoding StreamingLLM reference."""
+"""runtime/llm/kv_cache.py: sink + window cache vs plain attention and a re-encoding StreamingLLM reference."""
 
 import numpy as np
 import pytest

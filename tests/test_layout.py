@@ -124,3 +124,18 @@ def test_the_graph_sees_imports():
     assert "edgerun.runtime.memory" in graph["edgerun.runtime.llm.model"]
     assert "edgerun.kernels._lib" in graph["edgerun.kernels.ops"]
     assert "edgerun.bench" not in {_group(t) for t in graph["edgerun.runtime.llm.model"]}
+
+
+def test_public_api_names():
+    """What the README's Python section uses is reachable from `edgerun` itself (no internal module paths)."""
+    import edgerun
+    from edgerun.runtime.audio.asr import ASR
+    from edgerun.runtime.audio.assistant import Assistant
+    from edgerun.runtime.audio.tts import TTS
+    from edgerun.runtime.llm.model import LLM, load
+
+    assert edgerun.load is load and edgerun.LLM is LLM
+    assert edgerun.ASR is ASR and edgerun.TTS is TTS and edgerun.Assistant is Assistant
+    from edgerun.export import exporter  # noqa: F401 - binds the package to the name, which must stay callable
+
+    assert callable(edgerun.export) and callable(edgerun.device_report)

@@ -1,4 +1,4 @@
-"""runtime/layer_stream.py on a synthetic weights file: contents, read counts, prefetch overlap, RSS."""
+"""runtime/llm/layer_stream.py on a synthetic weights file: contents, read counts, prefetch overlap, RSS."""
 
 import subprocess
 import sys
