@@ -48,7 +48,9 @@ class QuantizedTensor:
     """A block-quantized ``(N, K)`` weight in MatMulNBits layout (see module docstring).
 
     ``data`` (N, n_blocks, blob_size) uint8; ``scales`` (N, n_blocks) float16;
-    ``zero_points`` (N, ceil(n_blocks*bits/8)) uint8 or None.
+    ``zero_points`` (N, ceil(n_blocks*bits/8)) uint8 or None. The verbatim ggml block formats
+    (quant/ggml_blocks.py: q4_1 ... q6_k) keep their scales inside the blocks: ``data`` is
+    (N, n_blocks, type_size) and ``scales`` / ``zero_points`` are None.
     """
 
     format: str
@@ -56,7 +58,7 @@ class QuantizedTensor:
     block_size: int
     bits: int
     data: np.ndarray
-    scales: np.ndarray
+    scales: np.ndarray | None
     zero_points: np.ndarray | None = None
 
     @property
@@ -67,12 +69,15 @@ class QuantizedTensor:
     @property
     def nbytes(self) -> int:
         """Total stored bytes (codes + scales + zero points)."""
-        zp = 0 if self.zero_points is None else self.zero_points.nbytes
-        return self.data.nbytes + self.scales.nbytes + zp
+        extra = [a.nbytes for a in (self.scales, self.zero_points) if a is not None]
+        return self.data.nbytes + sum(extra)
 
     def parts(self) -> dict[str, np.ndarray]:
-        """The stored arrays by MatMulNBits input name (``B``, ``scales``, ``zero_points``)."""
-        out = {"B": self.data, "scales": self.scales}
+        """The stored arrays by MatMulNBits input name (``B``, ``scales``, ``zero_points``); only ``B``
+        for the ggml block formats."""
+        out = {"B": self.data}
+        if self.scales is not None:
+            out["scales"] = self.scales
         if self.zero_points is not None:
             out["zero_points"] = self.zero_points
         return out
@@ -83,7 +88,8 @@ class QuantizedTensor:
 
 
 def get_format(name: str) -> type[QuantFormat]:
-    """The format class registered under ``name`` (``int8``, ``int4``, ``int4_asym``, ``ternary``)."""
+    """The format class registered under ``name`` (``int8``, ``int4``, ``int4_asym``, ``ternary``, and the
+    ggml block formats ``q4_1 q5_0 q5_1 q2_k q3_k q4_k q5_k q6_k``)."""
     try:
         return FORMATS[name]
     except KeyError:

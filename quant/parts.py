@@ -6,8 +6,9 @@ An artifact entry (see ``edgerun/export/artifact.py``) of a block-quantized tens
      "parts": {"data": {...}, "scales": {...}, "zero_points": {...}?}}
 
 The parts are the MatMulNBits inputs (``data`` is MatMulNBits' ``B``; ``B`` is accepted as
-an alias), so the arrays handed in here may be read-only views of the memory-mapped
-``weights.bin``: nothing is copied until :func:`dequantize_parts` computes floats.
+an alias); the verbatim ggml block formats (``q4_k`` ...) have ``data`` alone, (N, n_blocks,
+type_size) with the scales inside the blocks. The arrays handed in here may be read-only views of
+the memory-mapped ``weights.bin``: nothing is copied until :func:`dequantize_parts` computes floats.
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ def quantized_from_parts(entry: dict, parts: dict[str, np.ndarray]) -> Quantized
     block = int(q.get("block_size", cls.default_block))
     n, k = (int(d) for d in entry["shape"])
     nb = -(-k // block)
-    data = codes_part(parts).reshape(n, nb, block * bits // 8)
-    scales = parts["scales"].reshape(n, nb)
+    blob = getattr(cls, "type_size", 0) or block * bits // 8  # ggml block formats: the whole block
+    data = codes_part(parts).reshape(n, nb, blob)
+    scales = parts["scales"].reshape(n, nb) if "scales" in parts else None
     zp = parts.get("zero_points")
     zp = None if zp is None else zp.reshape(n, -1)
     return QuantizedTensor(fmt, (n, k), block, bits, data, scales, zp)
@@ -56,6 +58,6 @@ def dequantize_rows(entry: dict, parts: dict[str, np.ndarray], rows: np.ndarray)
     if fmt in PLAIN:
         return np.asarray(parts["data"][rows], dtype=np.float32)
     q = quantized_from_parts(entry, parts)
-    zp = None if q.zero_points is None else q.zero_points[rows]
-    sub = QuantizedTensor(q.format, (len(rows), q.shape[1]), q.block_size, q.bits, q.data[rows], q.scales[rows], zp)
+    sc, zp = (None if a is None else a[rows] for a in (q.scales, q.zero_points))
+    sub = QuantizedTensor(q.format, (len(rows), q.shape[1]), q.block_size, q.bits, q.data[rows], sc, zp)
     return sub.dequantize()

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from edgerun.errors import EdgerunError
 from edgerun.export.recipe import make_recipe, pick_block, rel_rms
-from edgerun.quant import FORMATS, dequantize, dequantize_parts, dequantize_rows, quantize
+from edgerun.quant import FORMATS, MATMULNBITS_FORMATS, dequantize, dequantize_parts, dequantize_rows, quantize
 
 
-@pytest.mark.parametrize("fmt", sorted(FORMATS))
+@pytest.mark.parametrize("fmt", sorted(MATMULNBITS_FORMATS))
 def test_dequantize_parts_matches_dequantize(fmt):
     rng = np.random.default_rng(0)
     w = rng.standard_normal((48, 320)).astype(np.float32)

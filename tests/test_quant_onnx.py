@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from edgerun.quant import FORMATS, dequantize, quantize
+from edgerun.quant import MATMULNBITS_FORMATS, dequantize, quantize
 
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
@@ -35,7 +35,7 @@ def _session(q, a_dtype):
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
-CASES = [(f, None) for f in sorted(FORMATS)] + [("int4", 64), ("int4", 128), ("int4_asym", 128),
+CASES = [(f, None) for f in sorted(MATMULNBITS_FORMATS)] + [("int4", 64), ("int4", 128), ("int4_asym", 128),
                                                 ("ternary", 64), ("ternary", 32)]
 
 
