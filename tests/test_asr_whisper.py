@@ -245,6 +245,22 @@ def test_packaged_whisper_matches_faster_whisper(asr):
 
 
 @pytest.mark.model
+def test_transcript_is_the_same_at_every_sample_rate(asr):
+    """The same speech at 16, 22.05, 44.1 and 48 kHz (made by scipy's polyphase filter, a peer resampler)
+    gives the same transcript through our input resampling."""
+    from edgerun.runtime.audio.wavio import read_audio
+    from scipy.signal import resample_poly
+
+    x, sr = read_audio(_librivox(1)[0])
+    assert sr == 16000
+    texts = {16000: asr.transcribe(x, sr).text}
+    for rate, up, down in ((22050, 441, 320), (44100, 441, 160), (48000, 3, 1)):
+        y = resample_poly(x.astype(np.float64), up, down).astype(np.float32)
+        texts[rate] = asr.transcribe(y, rate).text
+    assert len({" ".join(_norm(t)) for t in texts.values()}) == 1, texts
+
+
+@pytest.mark.model
 def test_stream_partials_grow_and_final(asr):
     from edgerun.runtime.audio.wavio import read_audio
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from edgerun.errors import EdgerunError
-from edgerun.runtime.audio.resample import resample
+from edgerun.runtime.audio.resample import StreamResampler
 from edgerun.runtime.audio.wavio import read_audio, write_wav
 
 SYSTEM_PROMPT = "You are a helpful voice assistant. Answer briefly, in one or two short sentences."
@@ -191,11 +191,13 @@ class Assistant:
                 overruns[0] += 1
 
         def speak(text: str, t_end: float, asr_s: float):
+            to_device = StreamResampler(self.tts.sample_rate, out_rate)  # one stream per reply: no chunk seams
+
             def to_player(chunk):
-                rate = self.tts.sample_rate
-                player.add(chunk if out_rate == rate else resample(chunk, rate, out_rate))
+                player.add(to_device.process(chunk))
 
             turn = self.reply(text, on_audio=to_player, cancel=cancel, t_end=t_end)
+            player.add(to_device.flush())
             turn.asr_final_seconds = asr_s
             turns.append(turn)
             echo(f"assistant: {turn.reply}" + (" [interrupted]" if turn.interrupted else "")
