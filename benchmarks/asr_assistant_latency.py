@@ -39,7 +39,7 @@ def main() -> None:
     a = Assistant(max_tokens=args.max_tokens)
     rows = []
     with tempfile.TemporaryDirectory() as d:
-        a.run_files(_question_wav(a, "Hello.", d), None)  # warm-up
+        print(f"warm-up at start: {a.warmup_seconds * 1000:.0f} ms (the first turn below is measured warm)")
         for q in QUESTIONS:
             a.history.clear()
             turns = a.run_files(_question_wav(a, q, d), os.path.join(d, "reply.wav"))

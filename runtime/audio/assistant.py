@@ -78,10 +78,10 @@ def voice_of(voice=None):
 
 
 class Assistant:
-    """Holds the models (ASR, LLM, TTS) and the conversation."""
+    """Holds the models (ASR, LLM, TTS) and the conversation; warms every model up at construction."""
 
     def __init__(self, llm=None, asr=None, tts=None, system_prompt: str = SYSTEM_PROMPT,
-                 max_tokens: int = 80, temperature: float = 0.0, history_turns: int = 4):
+                 max_tokens: int = 80, temperature: float = 0.0, history_turns: int = 4, warm_up: bool = True):
 
         if llm is None or isinstance(llm, str):
             import edgerun
@@ -95,6 +95,22 @@ class Assistant:
         self.temperature = temperature
         self.history: list[dict] = []
         self.history_turns = history_turns
+        self.warmup_seconds = self.warm_up() if warm_up else 0.0
+
+    def warm_up(self) -> float:
+        """Run each model once on a tiny input so the first turn pays no first-call costs (onnxruntime session
+        set-up, page faults of the mapped weights, kernel thread start, espeak init). Returns the seconds spent."""
+        t0 = time.perf_counter()
+        noise = np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 1e-3
+        s = self.asr.create_stream()
+        s.accept_waveform(16000, noise)
+        s.input_finished()
+        self.asr.decode(noise, full_window=False)  # the Whisper encoder + decoder on a short window
+        for _ in self.tts.stream("Hello."):
+            pass
+        for _ in self.llm.stream_chat(self.messages("Hi"), max_tokens=2, temperature=0.0):
+            pass
+        return time.perf_counter() - t0
 
     def messages(self, user_text: str) -> list[dict]:
         """The chat for the next reply: system prompt, recent history, the new user message."""
