@@ -105,8 +105,9 @@ def _load(model: str | None, threads: int | None, ram=None, kv_window=None, kv_s
 def export(
     source: Annotated[str, typer.Argument(help="A .gguf file or a Hugging Face checkpoint folder.")],
     out: Annotated[str, typer.Option("-o", "--out", help="Artifact folder to write (NAME.edge).")],
-    weights: Annotated[str, typer.Option(
-        help="Matrices: f16, f32, int8, int4, int4_asym, ternary, auto (keep GGUF Q8_0/Q4_0/TQ*).")] = "f16",
+    weights: Annotated[str | None, typer.Option(
+        help="Matrices: f16, f32, int8, int4, int4_asym, ternary, auto (keep every GGUF tensor's own "
+             "quantization). Default: auto for a .gguf, f16 for a Hugging Face folder.")] = None,
     embeddings: Annotated[str | None, typer.Option(help="Embedding format (default int8 when quantized).")] = None,
     output: Annotated[str | None, typer.Option(help="Output head format (default: as embeddings).")] = None,
     block_size: Annotated[int | None, typer.Option(help="Quantization block size (default per format).")] = None,
@@ -179,6 +180,7 @@ def chat(
 ):
     """Interactive chat using the model's chat template (empty line or Ctrl-D to quit)."""
     m = _load(model, threads, ram, kv_window, kv_sinks, kv_bits)
+    m.tokenizer.require_chat_template()
     messages = [{"role": "system", "content": system}] if system else []
     interactive = sys.stdin.isatty()
     while True:
@@ -196,6 +198,13 @@ def chat(
             reply += r.text
         sys.stdout.write("\n")
         messages.append({"role": "assistant", "content": reply.strip()})
+
+
+def _format_counts(tensors: dict) -> dict[str, int]:
+    """Tensor count per stored format (most frequent first), e.g. {"q5_0": 81, "f32": 73, ...}."""
+    from collections import Counter
+
+    return dict(Counter(e["format"] for e in tensors.values()).most_common())
 
 
 @app.command()
@@ -218,6 +227,7 @@ def info(
         "recipe": m.get("recipe"),
         "weights_bytes": m["files"]["weights.bin"]["nbytes"],
         "tensors": len(m["tensors"]),
+        "formats": _format_counts(m["tensors"]),
         "layers": len(m.get("layers", [])),
         "targets": m.get("targets"),
         "provenance": m.get("provenance"),
@@ -231,6 +241,7 @@ def info(
     t = Table(show_header=False, title=str(art.path))
     for k in ("arch", "weights_bytes", "tensors", "layers", "targets"):
         t.add_row(k, str(data[k]))
+    t.add_row("formats", ", ".join(f"{f} x{n}" for f, n in data["formats"].items()))
     for k, v in data["config"].items():
         t.add_row(f"config.{k}", str(v))
     t.add_row("recipe", json.dumps(data["recipe"]))

@@ -19,19 +19,7 @@ from edgerun.export.source import SourceModel, SourceTensor
 from edgerun.export.tokenizer_builder import EOG_TEXTS, build_tokenizer
 
 # Bump when the exporter's output changes, so cached artifacts are rebuilt.
-EXPORTER_REVISION = 3
-
-# Chat templates for models whose file carries none (llama.cpp has the same built in).
-DEFAULT_CHAT_TEMPLATES = {
-    "gemma3": (
-        "{{ bos_token }}{% for message in messages %}"
-        "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
-        "{% if role == 'system' %}{% set role = 'user' %}{% endif %}"
-        "{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}"
-        "{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
-    ),
-}
-
+EXPORTER_REVISION = 4  # 4: GGUF sources default to weights="auto" (Q4_1/Q5_x/K-quant blocks kept verbatim)
 
 def read_source(source: str | os.PathLike) -> SourceModel:
     """Open a source model by what it is: a GGUF file or a Hugging Face checkpoint folder."""
@@ -67,7 +55,7 @@ def _ordered(src: SourceModel) -> Iterator[SourceTensor]:
 def export(
     source: str | os.PathLike,
     out: str | os.PathLike,
-    weights: str = "f16",
+    weights: str | None = None,
     progress: Callable[[int, int, str], None] | None = None,
     embeddings: str | None = None,
     output: str | None = None,
@@ -77,15 +65,19 @@ def export(
     """Export `source` (GGUF file or HF folder) to the artifact folder `out`; returns its path.
 
     `weights` / `embeddings` / `output` / `block_size` make the recipe (export/recipe.py: f16, f32,
-    int8, int4, int4_asym, ternary, auto). `progress(done, total, tensor_name)` is called after each
+    int8, int4, int4_asym, ternary, auto). `weights=None`: "auto" for a GGUF (every tensor keeps its own
+    quantization, blocks copied verbatim), "f16" for a Hugging Face checkpoint.
+    `progress(done, total, tensor_name)` is called after each
     tensor. The manifest's `quant_errors` holds each tensor's format and relative RMS error.
     `onnx`: for quantized recipes, also write `model.onnx` over the same weights.bin (export/onnx_graph.py).
     """
     from edgerun.export.recipe import PLAIN, GGUFRaw, convert, make_recipe
 
     src = read_source(source)
-    recipe = make_recipe(weights, embeddings, output, block_size)
     reader = getattr(src, "gguf_reader", None)
+    if weights is None:
+        weights = "auto" if reader is not None else "f16"
+    recipe = make_recipe(weights, embeddings, output, block_size)
     raw = GGUFRaw(source, src.arch, src.config, reader) if reader is not None else None
     errors: dict[str, list] = {}
     tok = build_tokenizer(src.tokenizer)
@@ -121,7 +113,7 @@ def export(
             "eos_token": token_text(spec.eos_token_id),
             "stop_token_ids": stop_ids,
             "add_bos": spec.add_bos,
-            "chat_template": spec.chat_template or DEFAULT_CHAT_TEMPLATES.get(src.arch),
+            "chat_template": spec.chat_template,  # none invented: a base model has none
         },
         "provenance": {
             **src.provenance,

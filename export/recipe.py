@@ -6,16 +6,18 @@
      "block_size": null, "exact_import": true}
 
 * ``weights``     format of the decoder matrices: f16, f32, int8, int4, int4_asym, ternary, or
-                  ``auto`` (keep each GGUF tensor's own quantization where an exact mapping
-                  exists: Q8_0 -> int8, Q4_0 -> int4, TQ2_0/TQ1_0 -> ternary, F32/F16 kept;
-                  anything else -> int8)
+                  ``auto`` (the default for GGUF sources: keep each GGUF tensor's own quantization:
+                  Q8_0 -> int8, Q4_0 -> int4, TQ2_0/TQ1_0 -> ternary, Q4_1 Q5_0 Q5_1 Q2_K..Q6_K ->
+                  the verbatim block formats q4_1 ... q6_k (quant/ggml_blocks.py), F32 -> f32,
+                  F16/BF16 -> f16; any other type -> int8)
 * ``embeddings``  ``token_embd.weight`` (also the head when tied); default int8 for quantized
                   recipes ("auto" keeps the source's), else the weights' format
 * ``output``      ``output.weight`` (untied head), same default as embeddings
 * ``vectors``     1-D tensors (norms, biases): f32
 * ``block_size``  None = the format's default, shrunk for ternary to a block dividing the row
 * ``exact_import`` when a GGUF tensor already is in the target format (Q8_0 for int8, Q4_0 for
-                  int4, TQ2_0/TQ1_0 for ternary) its blocks are copied bit-exactly instead of
+                  int4, TQ2_0/TQ1_0 for ternary, its own block format for q4_1 ... q6_k) its blocks
+                  are copied bit-exactly instead of
                   being dequantized and quantized again; a matrix whose values already are
                   {-s, 0, +s} per block (BitNet checkpoints: source type TERNARY from the HF
                   reader, or any float tensor found so under ``auto``) becomes ternary holding
@@ -32,10 +34,13 @@ from edgerun.errors import EdgerunError
 from edgerun.export.artifact import TensorParts
 from edgerun.export.source import SourceTensor
 from edgerun.quant import (
+    BLOCK_TYPES,
+    FORMAT_OF_GGML,
     FORMATS,
     QuantizedTensor,
     dequantize,
     from_gguf,
+    from_gguf_blocks,
     get_format,
     pack_codes,
     pack_zero_points,
@@ -45,7 +50,7 @@ from edgerun.quant import (
 PLAIN = {"f16": np.float16, "f32": np.float32}
 WEIGHT_CHOICES = ("f16", "f32", "int8", "int4", "int4_asym", "ternary", "auto")
 # GGUF type -> edgerun format it maps to exactly
-EXACT_FROM_GGUF = {"Q8_0": "int8", "Q4_0": "int4", "TQ2_0": "ternary", "TQ1_0": "ternary"}
+EXACT_FROM_GGUF = {"Q8_0": "int8", "Q4_0": "int4", "TQ2_0": "ternary", "TQ1_0": "ternary", **FORMAT_OF_GGML}
 EMBEDDING_NAMES = ("token_embd.weight",)
 OUTPUT_NAMES = ("output.weight",)
 
@@ -148,8 +153,11 @@ def rel_rms(ref: np.ndarray, got: np.ndarray) -> float:
 
 
 def quant_parts(name: str, q: QuantizedTensor, source: str) -> TensorParts:
-    """TensorParts of a QuantizedTensor: parts data (MatMulNBits B), scales, [zero_points]."""
-    parts = {"data": q.data, "scales": q.scales}
+    """TensorParts of a QuantizedTensor: parts data (MatMulNBits B), scales, [zero_points]; data alone for
+    the verbatim ggml block formats."""
+    parts = {"data": q.data}
+    if q.scales is not None:
+        parts["scales"] = q.scales
     if q.zero_points is not None:
         parts["zero_points"] = q.zero_points
     quant = {"bits": q.bits, "block_size": q.block_size, "source": source}
@@ -179,13 +187,16 @@ def convert(t: SourceTensor, recipe: dict, raw=None) -> tuple[TensorParts, float
         get_format(fmt)
     w2 = np.asarray(w, np.float32).reshape(w.shape[0], -1)
     if raw is not None and recipe.get("exact_import", True) and EXACT_FROM_GGUF.get(raw[1]) == fmt \
-            and recipe.get("block_size") in (None, 32 if fmt != "ternary" else 256):
+            and (fmt in BLOCK_TYPES or recipe.get("block_size") in (None, 32 if fmt != "ternary" else 256)):
         data, qtype, perm = raw
-        q = from_gguf(data, w2.shape, qtype)
-        if perm is not None:
-            zp = None if q.zero_points is None else q.zero_points[perm]
-            q = QuantizedTensor(q.format, q.shape, q.block_size, q.bits, q.data[perm], q.scales[perm], zp)
+        q = (from_gguf_blocks if fmt in BLOCK_TYPES else from_gguf)(data, w2.shape, qtype)
+        if perm is not None:  # llama Q/K: the reader's row un-permutation, applied to whole rows of blocks
+            sc, zp = (None if a is None else a[perm] for a in (q.scales, q.zero_points))
+            q = QuantizedTensor(q.format, q.shape, q.block_size, q.bits, q.data[perm], sc, zp)
         return quant_parts(t.name, q, f"{qtype} exact"), rel_rms(w2, dequantize(q))
+    if fmt in BLOCK_TYPES:
+        raise EdgerunError(f"{t.name}: format {fmt} holds GGUF {BLOCK_TYPES[fmt].ggml} blocks as they are; this "
+                           f"tensor is {t.source_type}. Use weights='auto' or a quantized format such as int4")
     bs = pick_block(fmt, w2.shape[1], recipe.get("block_size"))
     q = quantize(w2, fmt, bs)
     return quant_parts(t.name, q, f"{t.source_type} quantized"), rel_rms(w2, dequantize(q))

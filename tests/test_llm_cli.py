@@ -62,6 +62,9 @@ def test_info_json(tiny):
     assert info["arch"] == "llama" and info["config"]["n_layers"] == 2
     assert info["provenance"]["source_format"] == "gguf"
     assert len(info["provenance"]["source_sha256"]) == 64
+    assert sum(info["formats"].values()) == info["tensors"] and info["formats"]["f32"] >= 2 * 2 + 1  # norms
+    r = edgerun("info", art)
+    assert r.returncode == 0 and "formats" in r.stdout, r.stderr
 
 
 def test_chat_reads_stdin(tiny):
@@ -74,6 +77,15 @@ def test_chat_reads_stdin(tiny):
         timeout=300,
     )
     assert r.returncode == 0, r.stderr
+
+
+def test_chat_on_a_base_model_says_so(tmp_path, smollm2_gguf):
+    """A model without a chat template (a base model): chat refuses in one line; raw prompts still run."""
+    _, gguf_path = make_tiny("llama", tmp_path, smollm2_gguf, chat_template=False)
+    r = subprocess.run([sys.executable, "-c", "from edgerun.cli import main; main()", "chat", str(gguf_path)],
+                       input="hi\n\n", capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert_one_line_error(r, "no chat template")
+    assert edgerun("run", gguf_path, "Hello", "-n", "2").returncode == 0
 
 
 def test_flipped_byte_in_weights_is_named(tiny, tmp_path):
