@@ -15,7 +15,6 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 _LAZY = {
-    "load": ("edgerun.runtime.llm.model", "load"),
     "LLM": ("edgerun.runtime.llm.model", "LLM"),
     "ASR": ("edgerun.runtime.audio.asr", "ASR"),
     "TTS": ("edgerun.runtime.audio.tts", "TTS"),
@@ -26,7 +25,18 @@ _LAZY = {
     "default_model_path": ("edgerun.runtime.store.defaults", "default_model_path"),
 }
 
-__all__ = ["__version__", *_LAZY]
+__all__ = ["__version__", "load", *_LAZY]
+
+
+def load(path=None, **options):
+    """Load a model (see :func:`edgerun.runtime.llm.model.load`). The RSS is read before the runtime is
+    imported, so a ram budget also covers what the first load's imports add to the process."""
+    from edgerun.runtime.memory import rss_bytes
+
+    options.setdefault("baseline_rss", rss_bytes())
+    from edgerun.runtime.llm.model import load as _load
+
+    return _load(path, **options)
 
 
 def __getattr__(name: str):

@@ -1,9 +1,10 @@
-"""The edgerun artifact: a `NAME.edge/` folder (format version 1).
+"""The edgerun artifact: a `NAME.edge/` folder (format version 2).
 
 ```
 NAME.edge/
   manifest.json   format version, arch + config, quant recipe, tensor table, layer groups,
-                  tokenizer info + chat template, provenance, targets, file checksums
+                  tokenizer info + chat template, provenance, targets, file checksums,
+                  and its own checksum (`manifest_sha256`)
   weights.bin     every tensor part once, 64-byte aligned; each decoder layer's tensors
                   contiguous and page-aligned (one layer = one byte range, for streaming)
   tokenizer.json  Hugging Face `tokenizers` file
@@ -20,11 +21,21 @@ Tensor table entries (`manifest["tensors"][name]`)::
 A plain tensor has one part (`data`); a quantized tensor has the parts its format
 defines (MatMulNBits layout: `data`, `scales`, optional `zero_points`), each of which
 an ONNX graph can reference as external data in `weights.bin`.
+
+Integrity: `manifest_sha256` is the sha256 of the manifest without that key, as sorted, compact,
+ASCII JSON (`canonical_manifest`). It is checked before anything in the manifest is used, then the
+structure is validated (types, dtypes, part sizes, every byte range inside weights.bin). So a changed
+byte anywhere in manifest.json either fails with a one-line `CorruptFileError` or is provably
+harmless (the parsed manifest is exactly the one written: whitespace, or `1e5` -> `1E5`). Each
+tensor part and tokenizer.json carry a crc32, checked before use; bytes of weights.bin outside every
+part (alignment padding) are never read.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -38,7 +49,8 @@ import numpy as np
 from edgerun.errors import CorruptFileError, EdgerunError
 
 FORMAT_NAME = "edgerun.artifact"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the manifest carries its own sha256 (manifest_sha256)
+CHECKSUM_KEY = "manifest_sha256"
 ALIGN = 64
 PAGE = 4096
 MANIFEST = "manifest.json"
@@ -52,6 +64,121 @@ def layer_of(name: str) -> int | None:
     """Decoder layer index of a tensor name (`blk.7.attn_q.weight` -> 7), None for global tensors."""
     m = _LAYER_RE.match(name)
     return int(m.group(1)) if m else None
+
+
+def canonical_manifest(manifest: dict) -> bytes:
+    """The bytes `manifest_sha256` covers: the manifest without that key, as sorted compact ASCII JSON."""
+    body = {k: v for k, v in manifest.items() if k != CHECKSUM_KEY}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+
+def manifest_text(manifest: dict) -> str:
+    """manifest.json text: the manifest (indented, readable) with its checksum added."""
+    digest = hashlib.sha256(canonical_manifest(manifest)).hexdigest()
+    body = {k: v for k, v in manifest.items() if k != CHECKSUM_KEY}
+    return json.dumps({**body, CHECKSUM_KEY: digest}, indent=1)
+
+
+def write_manifest(folder: str | os.PathLike, manifest: dict) -> None:
+    """Write `folder/manifest.json` (checksum added) atomically: a temporary file, then a rename."""
+    path = Path(folder) / MANIFEST
+    fd, tmp = tempfile.mkstemp(prefix=".manifest.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(manifest_text(manifest))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_manifest(path: str | os.PathLike) -> dict:
+    """Parse and checksum-verify manifest.json; raises a one-line CorruptFileError / EdgerunError.
+
+    Nothing in the manifest is trusted before its checksum matches (an older format version without a
+    checksum gets the re-export message)."""
+    path = Path(path)
+    try:
+        manifest = json.loads(path.read_bytes().decode("utf-8"))
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, over-long ints
+        first = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+        raise CorruptFileError(f"{path}: not valid JSON ({first}); export the model again") from None
+    if not isinstance(manifest, dict):
+        raise CorruptFileError(f"{path}: not an edgerun manifest (a JSON {type(manifest).__name__}); export again")
+    stored = manifest.get(CHECKSUM_KEY)
+    if stored is None:
+        version = manifest.get("version")
+        if manifest.get("format") == FORMAT_NAME and type(version) is int and version < FORMAT_VERSION:
+            raise EdgerunError(
+                f"{path}: artifact format version {version}, this edgerun reads version {FORMAT_VERSION}; "
+                "re-export the model with this edgerun"
+            )
+        raise CorruptFileError(f"{path}: no {CHECKSUM_KEY}; not an edgerun manifest or damaged, export again")
+    if not isinstance(stored, str) or hashlib.sha256(canonical_manifest(manifest)).hexdigest() != stored:
+        raise CorruptFileError(f"{path}: checksum mismatch; the manifest is corrupt or was edited, export again")
+    if manifest.get("format") != FORMAT_NAME:
+        raise CorruptFileError(f"{path}: not an edgerun manifest")
+    if manifest.get("version") != FORMAT_VERSION:
+        raise EdgerunError(
+            f"{path}: artifact format version {manifest.get('version')}, this edgerun reads version "
+            f"{FORMAT_VERSION}; re-export the model with this edgerun"
+        )
+    return manifest
+
+
+_PART_DTYPES = ("float32", "float16", "uint8", "int8", "uint16", "int16", "uint32", "int32", "int64", "float64")
+
+
+def _is_int(v, lo: int = 0) -> bool:
+    return type(v) is int and v >= lo
+
+
+def validate_manifest(m: dict, path: Path, weights_size: int) -> None:
+    """Check the manifest's structure: types, dtypes, part sizes = shape x itemsize, every part and layer
+    byte range inside weights.bin, each layer's tensors inside its layer group. One-line CorruptFileError."""
+
+    def bad(what: str):
+        raise CorruptFileError(f"{path}: {what}; the artifact is damaged, export again")
+
+    for key, typ in (("arch", str), ("config", dict), ("tensors", dict), ("layers", list), ("files", dict)):
+        if not isinstance(m.get(key), typ):
+            bad(f"'{key}' is missing or not a {typ.__name__}")
+    if "tokenizer" in m and not isinstance(m["tokenizer"], dict):
+        bad("'tokenizer' is not an object")
+    files = m["files"]
+    if not isinstance(files.get(WEIGHTS), dict) or not _is_int(files[WEIGHTS].get("nbytes")):
+        bad(f"files.{WEIGHTS}.nbytes is missing")
+    if not isinstance(files.get(TOKENIZER), dict) or not _is_int(files[TOKENIZER].get("crc32")):
+        bad(f"files.{TOKENIZER}.crc32 is missing")
+    groups = {}
+    for g in m["layers"]:
+        if not (isinstance(g, dict) and _is_int(g.get("index")) and _is_int(g.get("offset"))
+                and _is_int(g.get("nbytes")) and g["offset"] + g["nbytes"] <= weights_size):  # fmt: skip
+            bad(f"layer group {str(g)[:80]} is malformed or outside weights.bin")
+        groups[g["index"]] = (g["offset"], g["offset"] + g["nbytes"])
+    for name, e in m["tensors"].items():
+        if not (isinstance(e, dict) and isinstance(e.get("format"), str) and isinstance(e.get("shape"), list)
+                and all(_is_int(d) for d in e["shape"]) and isinstance(e.get("parts"), dict)
+                and e["parts"]):  # fmt: skip
+            bad(f"tensor {name!r} entry is malformed")
+        layer = e.get("layer")
+        if layer is not None and layer not in groups:
+            bad(f"tensor {name!r} names layer {layer!r}, which has no layer group")
+        if "quant" in e and not isinstance(e["quant"], dict):
+            bad(f"tensor {name!r} quant parameters are malformed")
+        for part, info in e["parts"].items():
+            if not (isinstance(info, dict) and info.get("dtype") in _PART_DTYPES and isinstance(info.get("shape"), list)
+                    and all(_is_int(d) for d in info["shape"]) and _is_int(info.get("offset"))
+                    and _is_int(info.get("nbytes")) and _is_int(info.get("crc32"))):  # fmt: skip
+                bad(f"tensor {name!r} part {part!r} is malformed")
+            if math.prod(info["shape"]) * np.dtype(info["dtype"]).itemsize != info["nbytes"]:
+                bad(f"tensor {name!r} part {part!r}: shape {info['shape']} x {info['dtype']} != {info['nbytes']} bytes")
+            lo, hi = info["offset"], info["offset"] + info["nbytes"]
+            if hi > weights_size:
+                bad(f"tensor {name!r} part {part!r} ends at byte {hi}, past the end of weights.bin ({weights_size})")
+            if layer is not None and not groups[layer][0] <= lo <= hi <= groups[layer][1]:
+                bad(f"tensor {name!r} part {part!r} lies outside layer {layer}'s byte range")
 
 
 def _align(n: int, a: int) -> int:
@@ -135,9 +262,9 @@ class ArtifactWriter:
         for name, data in (extra_files or {}).items():
             (self.tmp_dir / name).write_bytes(data)
         full = {
+            **manifest,
             "format": FORMAT_NAME,
             "version": FORMAT_VERSION,
-            **manifest,
             "tensors": self.tensors,
             "layers": [self.layers[i] for i in sorted(self.layers)],
             "files": {
@@ -145,7 +272,7 @@ class ArtifactWriter:
                 TOKENIZER: {"crc32": zlib.crc32(tokenizer_json.encode("utf-8"))},
             },
         }
-        (self.tmp_dir / MANIFEST).write_text(json.dumps(full, indent=1), encoding="utf-8")
+        (self.tmp_dir / MANIFEST).write_text(manifest_text(full), encoding="utf-8")
         if self.out_dir.exists():
             old = self.out_dir.with_name(self.out_dir.name + ".old")
             shutil.rmtree(old, ignore_errors=True)
@@ -194,23 +321,13 @@ class Artifact:
         mpath = self.path / MANIFEST
         if not mpath.exists():
             raise CorruptFileError(f"{mpath}: missing; the artifact is incomplete, export it again")
-        try:
-            self.manifest = json.loads(mpath.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise CorruptFileError(f"{mpath}: not valid JSON ({e}); export the model again") from None
-        if self.manifest.get("format") != FORMAT_NAME:
-            raise CorruptFileError(f"{mpath}: not an edgerun manifest")
-        version = self.manifest.get("version")
-        if version != FORMAT_VERSION:
-            raise EdgerunError(
-                f"{mpath}: artifact format version {version}, this edgerun reads version {FORMAT_VERSION}; "
-                "re-export the model with this edgerun"
-            )
+        self.manifest = read_manifest(mpath)
         wpath = self.path / WEIGHTS
         if not wpath.exists():
             raise CorruptFileError(f"{wpath}: missing; the artifact is incomplete, export it again")
-        expected = self.manifest["files"][WEIGHTS]["nbytes"]
         size = wpath.stat().st_size
+        validate_manifest(self.manifest, mpath, size)
+        expected = self.manifest["files"][WEIGHTS]["nbytes"]
         if size != expected:
             raise CorruptFileError(
                 f"{wpath}: {size} bytes, the manifest says {expected}; the file is truncated or replaced, "
@@ -240,7 +357,10 @@ class Artifact:
         raw = p.read_bytes()
         if zlib.crc32(raw) != self.manifest["files"][TOKENIZER]["crc32"]:
             raise CorruptFileError(f"{p}: checksum mismatch; the file is corrupt, export again")
-        return raw.decode("utf-8")
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise CorruptFileError(f"{p}: not UTF-8 text; export again") from None
 
     def part(self, name: str, part: str = "data", verify: bool = True) -> np.ndarray:
         """A read-only array view of one part of a tensor, straight from the memory map."""

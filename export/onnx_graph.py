@@ -23,15 +23,14 @@ broadcasting each KV head over its group of query heads in MatMul.
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 import zlib
 from pathlib import Path
 
 import numpy as np
 from edgerun.errors import EdgerunError
-from edgerun.export.artifact import MANIFEST, WEIGHTS, Artifact
+from edgerun.export.onnx_blocks import BlockDequant
+from edgerun.export.artifact import MANIFEST, WEIGHTS, Artifact, read_manifest, write_manifest
 
 ONNX_FILE = "model.onnx"
 SUPPORTED_ARCHS = ("llama", "qwen2", "gemma3")
@@ -41,20 +40,10 @@ _DT = {"uint8": 2, "int8": 3, "float16": 10, "float32": 1, "int64": 7}
 
 
 def update_manifest(artifact_dir: str | os.PathLike, fn) -> dict:
-    """Apply `fn(manifest) -> None` to manifest.json and replace the file atomically; returns it."""
-    path = Path(artifact_dir) / MANIFEST
-    manifest = json.loads(path.read_text(encoding="utf-8"))
+    """Apply `fn(manifest) -> None` to manifest.json and replace the file atomically (checksum renewed)."""
+    manifest = read_manifest(Path(artifact_dir) / MANIFEST)
     fn(manifest)
-    mode = path.stat().st_mode & 0o777
-    fd, tmp = tempfile.mkstemp(prefix=".manifest.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(manifest, f, indent=1)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_manifest(artifact_dir, manifest)
     return manifest
 
 
@@ -109,6 +98,7 @@ class _Builder:
     def __init__(self, art: Artifact, ref):
         self.art, self.ref, self.a = art, ref, ref.args
         self.g = _G(art)
+        self.blocks = BlockDequant(self.g)
         self.gemma = art.arch == "gemma3"
 
     # --- pieces
@@ -121,6 +111,10 @@ class _Builder:
         """x (..., K) float32 @ W(name).T -> (..., N) float32."""
         g, e = self.g, self.art.tensors[name]
         n, k = e["shape"]
+        if e["format"] in BLOCK_TYPES:  # exact float32 weight from the raw ggml blocks, folded at session start
+            w = self.blocks.dequant(g.external(name), e["format"], 2)  # [N, nb, QK]
+            w = g.op("Reshape", [w, g.const(np.array([n, k], np.int64))])
+            return g.op("MatMul", [x, g.op("Transpose", [w], perm=[1, 0])])
         if e["format"] in PLAIN:
             w = g.external(name)
             if e["format"] != "f32":
@@ -148,6 +142,10 @@ class _Builder:
         if e["format"] in PLAIN:
             x = g.op("Gather", [g.external(name), ids], axis=0)
             return x if e["format"] == "f32" else g.op("Cast", [x], to=1)
+        if e["format"] in BLOCK_TYPES:  # the rows' raw blocks, dequantized per call
+            rows = g.op("Gather", [g.external(name), ids], axis=0)  # [1, T, nb, type_size] uint8
+            w = self.blocks.dequant(rows, e["format"], 3)  # [1, T, nb, QK]
+            return g.op("Reshape", [w, g.const(np.array([1, -1, dim], np.int64))])
         q, parts = e["quant"], e["parts"]
         bits, bs = int(q["bits"]), int(q["block_size"])
         n, nb, blob = parts["data"]["shape"]

@@ -198,6 +198,7 @@ class ModelFootprint:
     global_dense_bytes: int = 0
     context_length: int = 4096
     global_stream_bytes: int = 0  # globals that can be read in chunks per token instead (embedding / tied head)
+    load_peak: int = 0  # measured peak while opening (imports, tokenizer parse transient), before any weight
 
 
 @dataclass
@@ -299,6 +300,7 @@ def plan_memory(
     w_min = kv_window if kv_window is not None else min(min_window, w_target)
     gs = fp.global_stream_bytes
     minimum = int((fixed - gs + kv_nbytes(fp, w_min, sinks, bits, chunk) + big) / (1 - reserve)) + 1
+    minimum = max(minimum, fp.load_peak + 1)  # opening the model already reached this much
 
     def done(weights, k, pinned, w, stream_globals=False):
         held = fp.global_bytes - (gs if stream_globals else 0)
@@ -323,7 +325,8 @@ def plan_memory(
         need = fmt_bytes(minimum, up=True)
         raise EdgerunError(
             f"ram budget {fmt_bytes(budget)} is below this model's minimum working set {need} "
-            f"(one layer {fmt_bytes(big)} + globals {fmt_bytes(fp.global_bytes - gs)} + KV + scratch); "
+            f"(one layer {fmt_bytes(big)} + globals {fmt_bytes(fp.global_bytes - gs)} + KV + scratch; "
+            f"opening it peaked at {fmt_bytes(fp.load_peak)}); "
             f"use ram of at least {need}"
         )
     budget = int(budget * (1 - reserve))

@@ -39,9 +39,10 @@ def cache_dir() -> str:
 
 def default_asr_model(weights: str = "int8") -> str:
     """The packaged Whisper base as an artifact; exported (a few seconds) on first use."""
+    from edgerun.export.artifact import FORMAT_VERSION
     from edgerun.export.whisper_export import export_whisper
 
-    path = os.path.join(cache_dir(), f"whisper-base-{weights}.edge")
+    path = os.path.join(cache_dir(), f"whisper-base-{weights}-v{FORMAT_VERSION}.edge")  # a new format re-exports
     if not os.path.isfile(os.path.join(path, "manifest.json")):
         os.makedirs(cache_dir(), exist_ok=True)
         export_whisper(None, path, weights=weights)

@@ -8,8 +8,8 @@ no plan / plan "resident":  every layer    -> views of the weights.bin map (page
 plan "streamed":            pinned layers  -> views of the streamer's resident buffers (read once)
                             other layers   -> views of one of k prefetch buffers, valid between
                                               layer(i) and release(i); Weights cached per (layer, buffer)
-plan.stream_globals:        the embedding / head is read through the map row chunk by row chunk and
-                            its pages dropped from RSS after each chunk (madvise DONTNEED)
+plan.stream_globals:        the embedding rows and the head are read with pread, the head row chunk by
+                            row chunk into one fixed buffer (no map pages held)
 ```
 
 Checksums: each tensor part is verified once, on first use (streamed layers: in the buffer the
@@ -44,7 +44,22 @@ def _weight(entry: dict, parts: dict[str, np.ndarray]):
 
     if entry["format"] in PLAIN:
         return kernels.Weight(parts["data"])
-    return kernels.Weight(quantized_from_parts(entry, parts))
+    q = quantized_from_parts(entry, parts)
+    return _f16_fallback(q) or kernels.Weight(q)
+
+
+def _f16_fallback(q):
+    """TEMPORARY, remove when the C kernels for the verbatim ggml block formats (q4_1 ... q6_k) land from
+    the kquant-kernels branch: until ``edgerun.kernels.ops`` lists a block format in ``BLOCK_FORMATS``,
+    such a tensor runs as a dequantized f16 ``kernels.Weight`` (a private copy: 2 bytes per weight, values
+    rounded to f16). None for every format the kernels take as stored."""
+    from edgerun import kernels
+    from edgerun.kernels import ops
+    from edgerun.quant import BLOCK_TYPES
+
+    if q.format not in BLOCK_TYPES or q.format in getattr(ops, "BLOCK_FORMATS", ()):
+        return None
+    return kernels.Weight(q.dequantize().astype(np.float16))
 
 
 class WeightSource:
@@ -70,6 +85,7 @@ class WeightSource:
         self._map = mmap.mmap(self._fd, size, prot=mmap.PROT_READ) if size else None
         self._verified: set[str] = set()
         self._globals: dict[str, dict[str, np.ndarray]] = {}  # embedding / head part views, built once
+        self._chunk_bufs: dict[str, dict[str, np.ndarray]] = {}  # streamed head: one row-chunk buffer per part
         self._resident: dict[int, dict] = {}
         self._streamed_cache: dict[tuple[int, int], dict] = {}  # (layer, buffer address) -> Weights
         for i in range(n_layers):
@@ -189,29 +205,36 @@ class WeightSource:
         return dequantize_rows(_rows_entry(entry, len(tokens)), rows, np.arange(len(tokens)))
 
     def streamed_matmul(self, name: str, x: np.ndarray, out: np.ndarray) -> np.ndarray:
-        """out (M, N) = x (M, K) @ W.T, W read from the map in row chunks whose pages are dropped after."""
+        """out (M, N) = x (M, K) @ W.T, W read by pread in row chunks into one fixed buffer per part.
+
+        (Read through the map, each chunk's page faults also mapped neighbouring pages: a 4.2 MiB chunk
+        of Gemma-3's head raised RSS by 6.4 MiB and a whole pass by ~10 MiB that the plan did not count.
+        The buffers here are ROW_CHUNK_BYTES in all, allocated once and counted in `act_fixed`.)"""
         from edgerun import kernels
 
         entry = self.tensors[name]
-        parts = self._global_parts(name)
+        self._global_parts(name)  # checksums, verified once through a small read buffer
         n_out = entry["shape"][0]
         row_bytes = sum(p["nbytes"] for p in entry["parts"].values()) / n_out
-        step = max(1, int(ROW_CHUNK_BYTES // row_bytes))
+        step = min(n_out, max(1, int(ROW_CHUNK_BYTES // row_bytes)))
+        bufs = self._chunk_bufs.get(name)
+        if bufs is None:
+            bufs = self._chunk_bufs[name] = {
+                p: np.empty((step, *info["shape"][1:]), np.dtype(info["dtype"])) for p, info in entry["parts"].items()
+            }  # (step, ...) per part
         for r0 in range(0, n_out, step):
             r1 = min(n_out, r0 + step)
-            sub = {p: a[r0:r1] for p, a in parts.items()}
+            sub = {}
+            for part, info in entry["parts"].items():
+                per = info["nbytes"] // n_out
+                view = bufs[part][: r1 - r0]
+                got = os.preadv(self._fd, [memoryview(view.reshape(-1).view(np.uint8))], info["offset"] + r0 * per)
+                if got != (r1 - r0) * per:
+                    raise CorruptFileError(f"{self.artifact.weights_path}: short read in tensor {name}; "
+                                           "the file changed while in use, export again")  # fmt: skip
+                sub[part] = view
             out[:, r0:r1] = kernels.matmul(_weight(_rows_entry(entry, r1 - r0), sub), x)
-            self._drop_rows(entry, r0, r1)
         return out
-
-    def _drop_rows(self, entry: dict, r0: int, r1: int) -> None:
-        """Drop the map pages of rows r0:r1 (every part) from this process's RSS (page cache untouched)."""
-        n_out = entry["shape"][0]
-        for info in entry["parts"].values():
-            per = info["nbytes"] // n_out
-            lo = info["offset"] + r0 * per
-            lo_al = lo - lo % mmap.PAGESIZE
-            self._map.madvise(mmap.MADV_DONTNEED, lo_al, info["offset"] + r1 * per - lo_al)
 
     def close(self) -> None:
         """Stop the streamer thread; the map goes when the last view does."""

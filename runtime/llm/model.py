@@ -116,20 +116,28 @@ class LLM:
     def __init__(self, artifact: Artifact, threads: int | None = None, backend: str | None = None, ram=None,
                  kv_window: int | None = None, kv_sinks: int | None = None, kv_bits: int | None = None,
                  prefill_chunk: int = 64, read_cache: str = "direct", count_tokenizer: bool = True,
-                 profile=None):  # fmt: skip
+                 profile=None, baseline_rss: int | None = None):  # fmt: skip
         from edgerun.devices.profiles import default_threads, detect_profile
         from edgerun.runtime.backends import build_model, resolve_backend
 
+        # the budget counts from `baseline_rss` (load() passes the RSS it found on entry, before its imports
+        # and the manifest parse), so what opening the model added is measured and planned for too
+        self.baseline_rss = rss_bytes() if baseline_rss is None else baseline_rss
         self.profile = profile or detect_profile()
         self.threads = threads if threads is not None else default_threads(self.profile)
-        self.baseline_rss = rss_bytes()
+        self.open_rss = max(0, rss_bytes() - self.baseline_rss)  # imports, manifest, profile (measured)
         self.artifact = artifact
         self.path = artifact.path
         self.arch = artifact.arch
         model_cls, args_cls = get_model_class(self.arch)
         self.args = args_cls.from_dict(artifact.config)
+        before_tok, hwm0 = rss_bytes(), peak_rss_bytes()
         self.tokenizer = Tokenizer(artifact.tokenizer_json(), artifact.manifest["tokenizer"])
-        self.tokenizer_rss = max(0, rss_bytes() - self.baseline_rss)  # measured (Gemma-3: ~10 MB)
+        self.tokenizer_rss = max(0, rss_bytes() - before_tok)  # measured (Gemma-3: ~10 MB)
+        # parsing a `tokenizers` JSON peaks well above what stays (SmolLM2: +25 MiB for a moment); VmHWM moved
+        # only if this load set a new process peak, which is then the load's own peak (else: a lower bound)
+        hwm1 = peak_rss_bytes()
+        self.load_peak_rss = max(0, (hwm1 if hwm1 > hwm0 else rss_bytes()) - self.baseline_rss)
         if not count_tokenizer:  # budget the model alone (weights, KV, scratch); the tokenizer is reported
             self.baseline_rss = rss_bytes()
         self.budgeted = any(v is not None for v in (ram, kv_window, kv_sinks, kv_bits))
@@ -138,8 +146,9 @@ class LLM:
             raise EdgerunError(f"ram / kv_* settings run on the native backend, not '{self.backend}'; "
                                "drop the backend choice or the memory settings")  # fmt: skip
         ref = model_cls(self.args, _ArtifactWeights(artifact))
-        overhead = (self.tokenizer_rss if count_tokenizer else 0) + (4 << 20)  # + bookkeeping
+        overhead = (self.open_rss + self.tokenizer_rss if count_tokenizer else 0) + (4 << 20)  # + bookkeeping
         self.footprint = footprint(artifact, self.args, ref, overhead)
+        self.footprint.load_peak = self.load_peak_rss if count_tokenizer else 0
         p = self.profile
         if self.budgeted:
             self.plan = plan_memory(ram, self.footprint, kv_bits=p.kv_bits if kv_bits is None else kv_bits,
@@ -317,7 +326,9 @@ def load(path: str | os.PathLike | None = None, threads: int | None = None, prog
     backend: "auto" (default: the "native" C kernels when they load, else "reference"),
     "reference" (numpy), "native", or "onnxruntime" (the artifact's model.onnx).
     threads: the device profile's (one per physical core) when None.
-    options: prefill_chunk, read_cache ("direct" | "drop" | "keep"), count_tokenizer, profile (see LLM).
+    options: prefill_chunk, read_cache ("direct" | "drop" | "keep"), count_tokenizer, profile, baseline_rss (see LLM).
+    The ram budget counts from the RSS on entry: imports, manifest, tokenizer, weights, KV and scratch.
     """
+    options.setdefault("baseline_rss", rss_bytes())  # edgerun.load passes the RSS before importing this module
     return LLM(Artifact(resolve_model(path, progress)), threads=threads, backend=backend, ram=ram,
                kv_window=kv_window, kv_sinks=kv_sinks, kv_bits=kv_bits, **options)  # fmt: skip
