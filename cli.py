@@ -143,6 +143,7 @@ def run(
     kv_window: KvWindowOpt = None,
     kv_sinks: KvSinksOpt = None,
     kv_bits: KvBitsOpt = None,
+    ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Do not stop at end-of-text tokens.")] = False,
 ):
     """Continue a raw prompt; streams only the generated text to stdout."""
     if prompt is None:  # `edgerun run "prompt"`: the single argument is the prompt
@@ -151,7 +152,8 @@ def run(
         model, prompt = None, model
     m = _load(model, threads, ram, kv_window, kv_sinks, kv_bits)
     last = None
-    for r in m.stream(prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed):
+    for r in m.stream(prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                      ignore_eos=ignore_eos):  # fmt: skip
         sys.stdout.write(r.text)
         sys.stdout.flush()
         last = r
@@ -323,6 +325,8 @@ def bench(
         list[str] | None, typer.Option("--ram", help="Sweep these RAM budgets (repeat --ram); 'auto' picks a sweep.")
     ] = None,
     plot: Annotated[str, typer.Option(help="PNG written by the --ram sweep.")] = "bench_ram.png",
+    ignore_eos: Annotated[bool, typer.Option(
+        "--ignore-eos/--stop-at-eos", help="Decode all n_decode tokens (default) or stop at end-of-text.")] = True,
 ):
     """Prompt and decode tok/s of edgerun (and llama.cpp on the same weights); --kernels; or a --ram sweep."""
     import json
@@ -355,7 +359,7 @@ def bench(
 
     path = resolve_model(model)
     r = rb.bench_model(path, vs_llama_cpp=vs_llama_cpp, threads=threads, n_prompt=n_prompt, n_decode=n_decode,
-                       backend=backend)
+                       backend=backend, ignore_eos=ignore_eos)
     typer.echo(json.dumps(r, indent=1) if as_json else rb.format_bench(r))
 
 

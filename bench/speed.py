@@ -37,8 +37,11 @@ def _timed(fn) -> float:
 
 
 def bench_edgerun(model, n_prompt: int = 128, n_decode: int = 64, threads: int | None = None,
-                  repeats: int = 3, backend: str | None = None) -> dict:
-    """Prompt-processing and decode tok/s of an edgerun model (path or loaded LLM)."""
+                  repeats: int = 3, backend: str | None = None, ignore_eos: bool = True) -> dict:
+    """Prompt-processing and decode tok/s of an edgerun model (path or loaded LLM).
+
+    ignore_eos: decode all `n_decode` greedy tokens (default); False stops at an end-of-text token
+    and reports the tokens actually decoded."""
     from edgerun.runtime.llm.model import load
 
     llm = load(model, threads=threads, backend=backend) if isinstance(model, (str, os.PathLike)) else model
@@ -51,8 +54,13 @@ def bench_edgerun(model, n_prompt: int = 128, n_decode: int = 64, threads: int |
         c = llm.new_cache()
         logits = llm.prefill(ids[:8], c)
         t0 = time.perf_counter()
+        decode.n = 0
         for _ in range(n_decode):
-            logits = llm.decode_step(int(np.argmax(logits)), c)
+            token = int(np.argmax(logits))
+            if not ignore_eos and token in llm.tokenizer.stop_token_ids:
+                break
+            logits = llm.decode_step(token, c)
+            decode.n += 1
         decode.t = time.perf_counter() - t0
 
     prefill()  # warm up (page-in, thread pool)
@@ -62,8 +70,9 @@ def bench_edgerun(model, n_prompt: int = 128, n_decode: int = 64, threads: int |
         decode()
         ts.append(decode.t)
     t_tg = statistics.median(ts)
-    return {"engine": f"edgerun ({llm.backend})", "prompt_tps": len(ids) / t_pp, "decode_tps": n_decode / t_tg,
-            "n_prompt": len(ids), "n_decode": n_decode, "ids": ids}
+    n = decode.n
+    return {"engine": f"edgerun ({llm.backend})", "prompt_tps": len(ids) / t_pp, "decode_tps": n / t_tg if n else 0.0,
+            "n_prompt": len(ids), "n_decode": n, "ids": ids}
 
 
 def bench_llama_cpp(gguf: str | os.PathLike, ids: list[int], n_decode: int = 64, threads: int | None = None,
@@ -97,17 +106,18 @@ def bench_llama_cpp(gguf: str | os.PathLike, ids: list[int], n_decode: int = 64,
 
 
 def bench_model(model, vs_llama_cpp: str | os.PathLike | None = None, threads: int | None = None,
-                n_prompt: int = 128, n_decode: int = 64, repeats: int = 3, backend: str | None = None) -> dict:
+                n_prompt: int = 128, n_decode: int = 64, repeats: int = 3, backend: str | None = None,
+                ignore_eos: bool = True) -> dict:
     """edgerun (and llama.cpp on `vs_llama_cpp`) prompt/decode tok/s in one run; ratios edgerun / llama.cpp."""
     from edgerun import kernels
 
     threads = threads or os.cpu_count()
     kernels.set_num_threads(threads)
-    er = bench_edgerun(model, n_prompt, n_decode, threads, repeats, backend)
+    er = bench_edgerun(model, n_prompt, n_decode, threads, repeats, backend, ignore_eos)
     ids = er.pop("ids")
     out = {"model": str(model), "threads": threads, "edgerun": er}
     if vs_llama_cpp:
-        lc = bench_llama_cpp(vs_llama_cpp, ids, n_decode, threads, repeats)
+        lc = bench_llama_cpp(vs_llama_cpp, ids, er["n_decode"], threads, repeats)
         out["llama_cpp"] = {**lc, "gguf": str(vs_llama_cpp)}
         out["ratio"] = {"prompt": er["prompt_tps"] / lc["prompt_tps"], "decode": er["decode_tps"] / lc["decode_tps"]}
     return out

@@ -217,8 +217,12 @@ class LLM:
         top_p: float = 1.0,
         seed: int | None = None,
         stop: list[str] | None = None,
+        ignore_eos: bool = False,
     ) -> Iterator[GenerationResult]:
-        """Generate from a raw prompt (no template), yielding one `GenerationResult` per token."""
+        """Generate from a raw prompt (no template), yielding one `GenerationResult` per token.
+
+        ignore_eos: end-of-text / end-of-turn tokens do not stop generation (they are decoded as text
+        and generation runs to `max_tokens`, e.g. for benchmarks); `stop` strings still apply."""
         ids = self._ids(prompt)
         sampler = Sampler(SamplingParams(temperature, top_k, top_p, seed))
         cache = self.new_cache()
@@ -232,7 +236,7 @@ class LLM:
         text = ""
         for n in range(1, max_tokens + 1):
             finish = None
-            if token in self.tokenizer.stop_token_ids:
+            if token in self.tokenizer.stop_token_ids and not ignore_eos:
                 finish, piece = "stop", ""
             else:
                 piece = decoder.push(token)
