@@ -82,10 +82,12 @@ def test_chat_reads_stdin(tiny):
 def test_chat_on_a_base_model_says_so(tmp_path, smollm2_gguf):
     """A model without a chat template (a base model): chat refuses in one line; raw prompts still run."""
     _, gguf_path = make_tiny("llama", tmp_path, smollm2_gguf, chat_template=False)
-    r = subprocess.run([sys.executable, "-c", "from edgerun.cli import main; main()", "chat", str(gguf_path)],
+    art = tmp_path / "base.edge"
+    assert edgerun("export", gguf_path, "-o", art).returncode == 0
+    r = subprocess.run([sys.executable, "-c", "from edgerun.cli import main; main()", "chat", str(art)],
                        input="hi\n\n", capture_output=True, text=True, timeout=300)  # fmt: skip
     assert_one_line_error(r, "no chat template")
-    assert edgerun("run", gguf_path, "Hello", "-n", "2").returncode == 0
+    assert edgerun("run", art, "Hello", "-n", "2").returncode == 0
 
 
 def test_flipped_byte_in_weights_is_named(tiny, tmp_path):

@@ -107,13 +107,14 @@ def _permute(w: np.ndarray, n_heads: int) -> np.ndarray:
     return w.reshape(n_heads, 2, w.shape[0] // n_heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def _write_gguf(path: Path, arch: str, weights: dict[str, np.ndarray], tok_gguf: Path) -> None:
+def _write_gguf(path: Path, arch: str, weights: dict[str, np.ndarray], tok_gguf: Path,
+                chat_template: bool = True) -> None:
     import gguf
 
     reader = gguf.GGUFReader(str(tok_gguf))
     writer = gguf.GGUFWriter(str(path), arch)
     for field in reader.fields.values():
-        if field.name.startswith("tokenizer."):
+        if field.name.startswith("tokenizer.") and (chat_template or field.name != "tokenizer.chat_template"):
             vtype = field.types[0]
             sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
             writer.add_key_value(field.name, field.contents(), vtype, sub_type=sub)
@@ -155,8 +156,9 @@ def _write_gguf(path: Path, arch: str, weights: dict[str, np.ndarray], tok_gguf:
     writer.close()
 
 
-def make_tiny(arch: str, out_dir: Path, tok_gguf: Path, seed: int = 0) -> tuple[Path, Path]:
-    """Write `out_dir/hf-<arch>/` (HF checkpoint, bf16) and `out_dir/<arch>.gguf` (same weights, F32)."""
+def make_tiny(arch: str, out_dir: Path, tok_gguf: Path, seed: int = 0, chat_template: bool = True) -> tuple[Path, Path]:
+    """Write `out_dir/hf-<arch>/` (HF checkpoint, bf16) and `out_dir/<arch>.gguf` (same weights, F32);
+    `chat_template=False` leaves the GGUF without one (a base model)."""
     from edgerun.export.gguf_reader import read_gguf
     from edgerun.export.tokenizer_builder import build_tokenizer
 
@@ -175,5 +177,5 @@ def make_tiny(arch: str, out_dir: Path, tok_gguf: Path, seed: int = 0) -> tuple[
                     "chat_template": src.tokenizer.chat_template})
     )
     gguf_path = out_dir / f"{arch}.gguf"
-    _write_gguf(gguf_path, arch, weights, tok_gguf)
+    _write_gguf(gguf_path, arch, weights, tok_gguf, chat_template)
     return hf, gguf_path

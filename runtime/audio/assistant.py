@@ -87,6 +87,7 @@ class Assistant:
             import edgerun
 
             llm = edgerun.load(llm)
+        llm.tokenizer.require_chat_template()
         self.llm = llm
         self.asr = speech_recognizer(asr)
         self.tts = voice_of(tts)

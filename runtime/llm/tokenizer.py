@@ -103,12 +103,17 @@ class Tokenizer:
     def token_to_id(self, text: str) -> int | None:
         return self._tok.token_to_id(text)
 
-    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
-        """Render `messages` ([{"role": ..., "content": ...}]) with the model's jinja2 chat template."""
+    def require_chat_template(self) -> None:
+        """Raise a one-line EdgerunError when the model carries no chat template (a base model)."""
         if not self.chat_template:
             from edgerun.errors import EdgerunError
 
-            raise EdgerunError("this model has no chat template; use `generate`/`edgerun run` with a raw prompt")
+            raise EdgerunError("this model has no chat template (a base model, not an instruction-tuned one): "
+                               "chat and the voice assistant need one; use `edgerun run` / generate() for raw prompts")
+
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        """Render `messages` ([{"role": ..., "content": ...}]) with the model's jinja2 chat template."""
+        self.require_chat_template()
         if self._template is None:
             from jinja2.sandbox import ImmutableSandboxedEnvironment
 
