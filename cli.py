@@ -194,7 +194,8 @@ def chat(
             break
         messages.append({"role": "user", "content": user})
         reply = ""
-        for r in m.stream_chat(messages, max_tokens=max_tokens, temperature=temperature, seed=seed):
+        for r in m.stream_chat(messages, max_tokens=max_tokens, temperature=temperature, seed=seed,
+                               reuse_prefix=True):  # earlier turns stay in the KV cache
             sys.stdout.write(r.text)
             sys.stdout.flush()
             reply += r.text

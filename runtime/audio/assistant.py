@@ -109,7 +109,7 @@ class Assistant:
         self.asr.decode(noise, full_window=False)  # the Whisper encoder + decoder on a short window
         for _ in self.tts.stream("Hello."):
             pass
-        for _ in self.llm.stream_chat(self.messages("Hi"), max_tokens=2, temperature=0.0):
+        for _ in self.llm.stream_chat(self.messages("Hi"), max_tokens=2, temperature=0.0, reuse_prefix=True):
             pass
         return time.perf_counter() - t0
 
@@ -125,7 +125,7 @@ class Assistant:
         `t_end` (perf_counter) is when the user's speech was declared over, for the latency figures."""
         t_end = time.perf_counter() if t_end is None else t_end
         turn = Turn(user_text, sample_rate=self.tts.sample_rate)
-        kw = dict(max_tokens=self.max_tokens)
+        kw = dict(max_tokens=self.max_tokens, reuse_prefix=True)  # system prompt + history stay in the KV cache
         if self.temperature:
             kw["temperature"] = self.temperature
         else:

@@ -76,6 +76,10 @@ class NativeKVCache:
     def advance(self, n: int) -> None:
         self.length += n
 
+    def truncate(self, n: int) -> None:
+        """Keep the first n positions (the next tokens overwrite the rest): prompt-prefix reuse."""
+        self.length = min(self.length, n)
+
     def reset(self) -> None:
         self.length = 0
 

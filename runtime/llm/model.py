@@ -218,39 +218,64 @@ class LLM:
         seed: int | None = None,
         stop: list[str] | None = None,
         ignore_eos: bool = False,
+        reuse_prefix: bool = False,
     ) -> Iterator[GenerationResult]:
         """Generate from a raw prompt (no template), yielding one `GenerationResult` per token.
 
         ignore_eos: end-of-text / end-of-turn tokens do not stop generation (they are decoded as text
-        and generation runs to `max_tokens`, e.g. for benchmarks); `stop` strings still apply."""
+        and generation runs to `max_tokens`, e.g. for benchmarks); `stop` strings still apply.
+        reuse_prefix: keep this call's KV cache and, on the next call with `reuse_prefix`, prefill only what
+        follows the tokens the two sequences share (a chat's system prompt and history are not run again;
+        llama.cpp's prompt cache). Full-context caches only; `prompt_tokens` counts the tokens actually run."""
         ids = self._ids(prompt)
         sampler = Sampler(SamplingParams(temperature, top_k, top_p, seed))
-        cache = self.new_cache()
+        cache, start = self._cache_for(ids, reuse_prefix)
+        fed = list(ids[:start])  # tokens whose keys/values the cache holds, in order
         decoder = StreamDecoder(self.tokenizer)
         max_tokens = min(max_tokens, self.max_sequence - len(ids))
-        t0 = time.perf_counter()
-        logits = self.prefill(ids, cache)
-        token = sampler(logits)
-        t_prompt = time.perf_counter() - t0
-        t_decode = 0.0
-        text = ""
-        for n in range(1, max_tokens + 1):
-            finish = None
-            if token in self.tokenizer.stop_token_ids and not ignore_eos:
-                finish, piece = "stop", ""
-            else:
-                piece = decoder.push(token)
-                text += piece
-                if stop and any(s in text for s in stop):
-                    finish = "stop"
-                elif n == max_tokens:
-                    finish = "length"
-            yield GenerationResult(piece, token, len(ids), n, t_prompt, t_decode, peak_rss_mb(), finish)
-            if finish:
-                return
-            t1 = time.perf_counter()
-            token = sampler(self.decode_step(token, cache))
-            t_decode += time.perf_counter() - t1
+        try:
+            t0 = time.perf_counter()
+            logits = self.prefill(ids[start:], cache)
+            fed += ids[start:]
+            token = sampler(logits)
+            t_prompt = time.perf_counter() - t0
+            t_decode = 0.0
+            text = ""
+            for n in range(1, max_tokens + 1):
+                finish = None
+                if token in self.tokenizer.stop_token_ids and not ignore_eos:
+                    finish, piece = "stop", ""
+                else:
+                    piece = decoder.push(token)
+                    text += piece
+                    if stop and any(s in text for s in stop):
+                        finish = "stop"
+                    elif n == max_tokens:
+                        finish = "length"
+                yield GenerationResult(piece, token, len(ids) - start, n, t_prompt, t_decode, peak_rss_mb(), finish)
+                if finish:
+                    return
+                t1 = time.perf_counter()
+                logits = self.decode_step(token, cache)
+                fed.append(token)
+                token = sampler(logits)
+                t_decode += time.perf_counter() - t1
+        finally:
+            self._kept = (fed, cache) if reuse_prefix else None
+
+    def _cache_for(self, ids: list[int], reuse: bool):
+        """(cache, n): the cache kept by the last `reuse_prefix` call truncated to the n tokens it shares with
+        `ids` (at most len(ids) - 1, so the last prompt token is always run for its logits), or a fresh one."""
+        kept, self._kept = getattr(self, "_kept", None), None
+        if reuse and kept is not None and hasattr(kept[1], "truncate"):
+            fed, cache = kept
+            n, lim = 0, min(len(fed), len(ids) - 1)
+            while n < lim and fed[n] == ids[n]:
+                n += 1
+            if n:
+                cache.truncate(n)
+                return cache, n
+        return self.new_cache(), 0
 
     def generate(self, prompt: str | list[int], max_tokens: int = 128, **kw) -> str:
         """Generate from a raw prompt and return the generated text."""
