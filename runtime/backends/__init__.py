@@ -1,4 +1,5 @@
-"""Backends that run an artifact's decoder: ``reference`` (numpy), ``native`` (C kernels), ``onnxruntime``.
+"""Backends that run an artifact's decoder: ``reference`` (numpy), ``native`` (C kernels), ``onnxruntime``,
+``tvm`` (the artifact's Apache TVM module).
 
 Each builds an object with the reference Transformer's interface (``args``, ``window(layer)``,
 ``new_cache()``, ``forward(tokens, cache, last_only)``), so :class:`edgerun.runtime.llm.model.LLM`
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from edgerun.errors import EdgerunError
 
-BACKENDS = ("auto", "reference", "native", "onnxruntime")
+BACKENDS = ("auto", "reference", "native", "onnxruntime", "tvm")
 PLAIN = ("f16", "f32", "bf16")
 
 
@@ -48,4 +49,8 @@ def build_model(artifact, backend: str, ref_model, threads: int | None = None, p
         from edgerun.runtime.backends.onnxruntime import OrtModel
 
         return OrtModel(artifact, ref_model, threads=threads)
+    if backend == "tvm":
+        from edgerun.runtime.backends.tvm import TvmModel
+
+        return TvmModel(artifact, ref_model, threads=threads)
     raise EdgerunError(f"unknown backend '{backend}'; choose one of: {', '.join(BACKENDS)}")
