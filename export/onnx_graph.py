@@ -16,7 +16,11 @@ layer  : x + o(attn(rope(q), rope(k), v)) of rmsnorm(x), then + down(silu(gate) 
 ```
 
 Embeddings: ``Gather`` on the plain table, or for a quantized table a ``Gather`` of the rows' codes,
-scales and zero points, unpacked and dequantized in-graph (``(code - zp) * scale``). Attention is
+scales and zero points, unpacked and dequantized in-graph (``(code - zp) * scale``).
+GGUF block formats (q4_1 ... q6_k, kept verbatim): MatMulNBits cannot express them exactly, so the graph
+dequantizes the raw blocks with standard ops (export/onnx_blocks.py) into an exact float32 weight for a
+plain ``MatMul``; onnxruntime folds that once at session creation (docs/design.md, "ONNX for GGUF block
+formats", has the measurements behind this choice). Attention is
 standard ops: RoPE cos/sin from position_ids, causal (+ window) mask from positions, GQA by
 broadcasting each KV head over its group of query heads in MatMul.
 """
@@ -29,8 +33,9 @@ from pathlib import Path
 
 import numpy as np
 from edgerun.errors import EdgerunError
-from edgerun.export.onnx_blocks import BlockDequant
 from edgerun.export.artifact import MANIFEST, WEIGHTS, Artifact, read_manifest, write_manifest
+from edgerun.export.onnx_blocks import BlockDequant
+from edgerun.quant import BLOCK_TYPES
 
 ONNX_FILE = "model.onnx"
 SUPPORTED_ARCHS = ("llama", "qwen2", "gemma3")
@@ -114,7 +119,9 @@ class _Builder:
         if e["format"] in BLOCK_TYPES:  # exact float32 weight from the raw ggml blocks, folded at session start
             w = self.blocks.dequant(g.external(name), e["format"], 2)  # [N, nb, QK]
             w = g.op("Reshape", [w, g.const(np.array([n, k], np.int64))])
-            return g.op("MatMul", [x, g.op("Transpose", [w], perm=[1, 0])])
+            # Gemm with transB: no transposed copy of W to fold (x [1, T, K] -> [T, K] -> [T, N] -> [1, T, N])
+            y = g.op("Gemm", [g.op("Reshape", [x, g.const(np.array([-1, k], np.int64))]), w], transB=1)
+            return g.op("Reshape", [y, g.const(np.array([1, -1, n], np.int64))])
         if e["format"] in PLAIN:
             w = g.external(name)
             if e["format"] != "f32":
