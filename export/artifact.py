@@ -162,6 +162,9 @@ def validate_manifest(m: dict, path: Path, weights_size: int) -> None:
                 and all(_is_int(d) for d in e["shape"]) and isinstance(e.get("parts"), dict)
                 and e["parts"]):  # fmt: skip
             bad(f"tensor {name!r} entry is malformed")
+        if e["format"] in ("f16", "f32", "bf16") and (not isinstance(e["parts"].get("data"), dict)
+                                                       or e["parts"]["data"].get("shape") != e["shape"]):  # fmt: skip
+            bad(f"tensor {name!r}: shape {e['shape']} differs from its data part")
         layer = e.get("layer")
         if layer is not None and layer not in groups:
             bad(f"tensor {name!r} names layer {layer!r}, which has no layer group")

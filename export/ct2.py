@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import os
 import struct
 from dataclasses import dataclass, field
@@ -133,7 +134,11 @@ def read_ct2_bin(paths: list[str]) -> tuple[str, int, dict[str, np.ndarray], dic
             raw = _read_exact(f, nbytes, name)
             dt = _DTYPES.get(type_id)
             if dt is None:
-                raise CorruptFileError(f"CTranslate2 variable '{name}' has unknown dtype id {type_id}")
+                raise CorruptFileError(f"{paths[0]}: CTranslate2 variable '{name}' has unknown dtype id {type_id}")
+            itemsize = 2 if dt == "bfloat16" else np.dtype(dt).itemsize
+            if nbytes != math.prod(shape) * itemsize:
+                raise CorruptFileError(f"{paths[0]}: CTranslate2 variable '{name}' has {nbytes} bytes for shape "
+                                       f"{shape}; the file is corrupt, re-install the model")  # fmt: skip
             if dt == "bfloat16":
                 u16 = np.frombuffer(raw, dtype=np.uint16).astype(np.uint32) << 16
                 arr = u16.view(np.float32)
@@ -141,7 +146,11 @@ def read_ct2_bin(paths: list[str]) -> tuple[str, int, dict[str, np.ndarray], dic
                 arr = np.frombuffer(raw, dtype=dt)
             if arr.size != int(np.prod(shape)):
                 raise CorruptFileError(f"CTranslate2 variable '{name}' has {arr.size} values for shape {shape}")
-            variables[name] = arr.reshape(shape)
+            try:
+                variables[name] = arr.reshape(shape)
+            except ValueError:  # a shape numpy cannot hold (e.g. a zero next to dims of billions)
+                raise CorruptFileError(f"{paths[0]}: CTranslate2 variable '{name}' has an impossible shape "
+                                       f"{shape}; the file is corrupt, re-install the model") from None  # fmt: skip
         aliases: dict[str, str] = {}
         (n_alias,) = struct.unpack("<I", _read_exact(f, 4, "the alias count"))
         for _ in range(n_alias):

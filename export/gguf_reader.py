@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 from edgerun.errors import CorruptFileError, EdgerunError, UnsupportedError
-from edgerun.export.source import SourceModel, SourceTensor, TokenizerSpec
+from edgerun.export.source import SourceModel, SourceTensor, TokenizerSpec, check_tensors
 
 GGUF_MAGIC = b"GGUF"
 
@@ -100,49 +100,86 @@ def _meta(reader) -> dict:
     return meta
 
 
-def _config_from_meta(meta: dict, arch: str, vocab_size: int, has_output: bool) -> dict:
+def _config_from_meta(meta: dict, arch: str, vocab_size: int, has_output: bool, path: Path | str = "GGUF") -> dict:
     g = meta["general.architecture"]
 
-    def get(key, default=None):
-        return meta.get(f"{g}.{key}", default)
+    def get(key, default=None, kind=int):
+        v = meta.get(f"{g}.{key}", default)
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) < 1e30
+        if not ok or (kind is int and (v != int(v) or not 0 < v < 1 << 31)):
+            raise CorruptFileError(f"{path}: metadata {g}.{key} is {v!r}, not a valid {kind.__name__}; "
+                                   "the file is corrupt, download it again")  # fmt: skip
+        return kind(v)
 
-    dim = int(get("embedding_length"))
-    n_heads = int(get("attention.head_count"))
+    dim = get("embedding_length")
+    n_heads = get("attention.head_count")
     n_kv = get("attention.head_count_kv", n_heads)
-    head_dim = int(get("attention.key_length", dim // n_heads))
+    head_dim = get("attention.key_length", dim // n_heads if dim >= n_heads else 0)
     cfg = {
         "dim": dim,
-        "n_layers": int(get("block_count")),
+        "n_layers": get("block_count"),
         "n_heads": n_heads,
-        "n_kv_heads": int(n_kv),
+        "n_kv_heads": n_kv,
         "head_dim": head_dim,
-        "ffn_dim": int(get("feed_forward_length")),
-        "vocab_size": int(get("vocab_size", vocab_size)),
-        "norm_eps": float(get("attention.layer_norm_rms_epsilon", 1e-5)),
-        "rope_theta": float(get("rope.freq_base", 10000.0)),
-        "context_length": int(get("context_length", 2048)),
+        "ffn_dim": get("feed_forward_length"),
+        "vocab_size": get("vocab_size", vocab_size),
+        "norm_eps": get("attention.layer_norm_rms_epsilon", 1e-5, float),
+        "rope_theta": get("rope.freq_base", 10000.0, float),
+        "context_length": get("context_length", 2048),
         "tie_embeddings": not has_output,
     }
-    scaling_type = get("rope.scaling.type")
-    factor = get("rope.scaling.factor")
-    if scaling_type not in (None, "none") and factor:
-        cfg["rope_scaling"] = {"type": str(scaling_type), "factor": float(factor)}
+    if n_heads % n_kv or head_dim % 2 or cfg["vocab_size"] != vocab_size:
+        raise CorruptFileError(f"{path}: inconsistent hyper-parameters (heads {n_heads}, kv heads {n_kv}, head "
+                               f"size {head_dim}, vocab {cfg['vocab_size']} vs {vocab_size} tokens); "
+                               "the file is corrupt, download it again")  # fmt: skip
+    scaling_type = meta.get(f"{g}.rope.scaling.type")
+    if scaling_type not in (None, "none") and meta.get(f"{g}.rope.scaling.factor"):
+        cfg["rope_scaling"] = {"type": str(scaling_type), "factor": get("rope.scaling.factor", kind=float)}
     if arch == "gemma3":
-        cfg["sliding_window"] = int(get("attention.sliding_window", 512))
+        cfg["sliding_window"] = get("attention.sliding_window", 512)
         cfg["sliding_window_pattern"] = 6
         cfg["rope_local_theta"] = 10000.0
         cfg["query_pre_attn_scalar"] = float(head_dim)
     return cfg
 
 
-def _tokenizer_spec(reader, meta: dict) -> TokenizerSpec:
+def _tokenizer_spec(reader, meta: dict, path: Path | str = "GGUF") -> TokenizerSpec:
     def arr(key):
         f = reader.fields.get(key)
         return None if f is None else _field_value(f)
 
+    def bad(what):
+        raise CorruptFileError(f"{path}: tokenizer metadata {what}; the file is corrupt, download it again")
+
     tokens = arr("tokenizer.ggml.tokens")
     if not tokens:
-        raise UnsupportedError("GGUF has no tokenizer vocabulary (tokenizer.ggml.tokens); re-convert it with one")
+        raise UnsupportedError(f"{path}: no tokenizer vocabulary (tokenizer.ggml.tokens); re-convert it with one")
+    n = len(tokens)
+    if not isinstance(tokens, list) or not all(isinstance(t, str) and t for t in tokens):
+        bad("tokenizer.ggml.tokens is not a list of non-empty strings")
+    if len(set(tokens)) != n:
+        bad("tokenizer.ggml.tokens holds the same piece twice")
+    for key, kind in (("scores", (int, float)), ("token_type", int)):
+        v = arr(f"tokenizer.ggml.{key}")
+        if v is not None and (not isinstance(v, list) or len(v) != n or not all(isinstance(x, kind) for x in v)):
+            bad(f"tokenizer.ggml.{key} does not have one number per token")
+    merges = arr("tokenizer.ggml.merges")
+    if merges is not None:
+        vocab = set(tokens)
+        if not isinstance(merges, list) or not all(isinstance(m, str) for m in merges):
+            bad("tokenizer.ggml.merges is not a list of strings")
+        for m in merges:
+            a, _, b = m.partition(" ")
+            if a not in vocab or b not in vocab or a + b not in vocab:
+                bad(f"merge {m[:40]!r} uses pieces that are not in the vocabulary")
+    for key in ("bos", "eos", "eot", "unknown", "padding"):
+        v = meta.get(f"tokenizer.ggml.{key}_token_id")
+        if v is not None and (type(v) is not int or not 0 <= v < n):
+            bad(f"tokenizer.ggml.{key}_token_id {v!r} is not a token id below {n}")
+    for key in ("model", "pre", "chat_template"):
+        v = meta.get(f"tokenizer.{key}" if key == "chat_template" else f"tokenizer.ggml.{key}")
+        if v is not None and not isinstance(v, str):
+            bad(f"{key} is not a string")
     eos = meta.get("tokenizer.ggml.eos_token_id")
     eot = meta.get("tokenizer.ggml.eot_token_id")
     return TokenizerSpec(
@@ -180,14 +217,21 @@ def read_gguf(path: str | os.PathLike, hash_source: bool = True) -> SourceModel:
         )
     arch = ARCH_FROM_GGUF[g_arch]
     names = {t.name for t in reader.tensors}
-    tok = _tokenizer_spec(reader, meta)
-    config = _config_from_meta(meta, arch, len(tok.tokens), has_output="output.weight" in names)
+    tok = _tokenizer_spec(reader, meta, path)
+    tok.source = str(path)
+    config = _config_from_meta(meta, arch, len(tok.tokens), has_output="output.weight" in names, path=path)
+    # gguf lists dims fastest-first; numpy order is the reverse.
+    shapes = {t.name: tuple(int(d) for d in reversed(t.shape.tolist())) for t in reader.tensors}
+    check_tensors(arch, config, shapes, path)
 
     def tensors() -> Iterator[SourceTensor]:
         for t in reader.tensors:
-            # gguf lists dims fastest-first; numpy order is the reverse.
-            shape = tuple(int(d) for d in reversed(t.shape.tolist()))
-            w = dequantize(t.data, t.tensor_type).reshape(shape)
+            shape = shapes[t.name]
+            try:
+                w = dequantize(t.data, t.tensor_type).reshape(shape)
+            except (ValueError, NotImplementedError, KeyError) as e:
+                raise CorruptFileError(f"{path}: tensor {t.name} ({t.tensor_type.name}, shape {shape}) cannot be "
+                                       f"decoded ({str(e)[:80]}); the file is corrupt") from None  # fmt: skip
             if arch == "llama" and t.name.endswith(("attn_q.weight", "attn_k.weight")):
                 heads = config["n_heads"] if "attn_q" in t.name else config["n_kv_heads"]
                 w = unpermute_rope_rows(w, heads)

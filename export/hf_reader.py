@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from edgerun.errors import CorruptFileError, EdgerunError, UnsupportedError
 from edgerun.export.gguf_reader import file_sha256
-from edgerun.export.source import SourceModel, SourceTensor, TokenizerSpec
+from edgerun.export.source import SourceModel, SourceTensor, TokenizerSpec, check_tensors
 
 ARCH_FROM_HF = {
     "LlamaForCausalLM": "llama",
@@ -87,6 +87,28 @@ def canonical_name(hf_name: str, arch: str) -> str | None:
     return _GLOBAL_MAP.get(name)
 
 
+_ITEMSIZE = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "U8": 1, "I8": 1, "I16": 2, "U16": 2, "I32": 4, "U32": 4,
+             "I64": 8, "U64": 8, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}  # safetensors dtypes
+
+
+def _check_entry(path: Path, name: str, info, data_size: int) -> None:
+    """One header entry: a known dtype, an int shape, [begin, end] offsets inside the data whose length
+    is shape x itemsize. One-line CorruptFileError otherwise."""
+
+    def ints(v, n=None):
+        return isinstance(v, list) and (n is None or len(v) == n) and all(type(x) is int and x >= 0 for x in v)
+
+    if not (isinstance(info, dict) and info.get("dtype") in _ITEMSIZE and ints(info.get("shape"))
+            and ints(info.get("data_offsets"), 2)):  # fmt: skip
+        raise CorruptFileError(f"{path}: safetensors header entry for {name!r} is malformed; download it again")
+    a, b = info["data_offsets"]
+    if b > data_size:
+        raise CorruptFileError(f"{path}: truncated safetensors: tensor {name} ends at byte {8 + b} past the end")
+    if b < a or b - a != _ITEMSIZE[info["dtype"]] * int(np.prod(info["shape"], dtype=np.int64)):
+        raise CorruptFileError(f"{path}: tensor {name}: offsets {a}..{b} do not hold shape {info['shape']} of "
+                               f"{info['dtype']}; the file is corrupt")  # fmt: skip
+
+
 class SafetensorsFile:
     """Memory-mapped safetensors file: header parsed, tensors read on demand."""
 
@@ -101,17 +123,15 @@ class SafetensorsFile:
             if n > size - 8 or n > 100_000_000:
                 raise CorruptFileError(f"{path}: corrupt safetensors header length {n}; download it again")
             try:
-                self.header = json.loads(f.read(n))
-            except json.JSONDecodeError:
+                self.header = json.loads(f.read(n).decode("utf-8"))
+            except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError
                 raise CorruptFileError(f"{path}: corrupt safetensors header; download it again") from None
+        if not isinstance(self.header, dict):
+            raise CorruptFileError(f"{path}: corrupt safetensors header (not a JSON object); download it again")
         self.header.pop("__metadata__", None)
         self.base = 8 + n
         for name, info in self.header.items():
-            end = self.base + info["data_offsets"][1]
-            if end > size:
-                raise CorruptFileError(
-                    f"{path}: truncated safetensors: tensor {name} ends at byte {end} but the file has {size}"
-                )
+            _check_entry(path, name, info, size - self.base)
         self._mm = np.memmap(path, dtype=np.uint8, mode="r")
 
     def read(self, name: str) -> np.ndarray:
@@ -195,32 +215,49 @@ class _BitNet:
         return t.astype(np.float32) * d.astype(np.float32)
 
 
-def _config(cfg: dict, arch: str) -> dict:
+def _config(cfg: dict, arch: str, path: Path | str = "config.json") -> dict:
     text = cfg.get("text_config", cfg)
-    dim = int(text["hidden_size"])
-    n_heads = int(text["num_attention_heads"])
-    head_dim = int(text.get("head_dim") or dim // n_heads)
+    if not isinstance(text, dict):
+        raise CorruptFileError(f"{path}: text_config is not an object")
+
+    def get(key, default=None, kind=int):
+        v = text.get(key, default)
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) < 1e30
+        if not ok or (kind is int and (v != int(v) or not 0 < v < 1 << 31)):
+            what = "missing" if v is None else f"{v!r}, not a valid {kind.__name__}"
+            raise CorruptFileError(f"{path}: {key} is {what}; fix config.json or download it again")
+        return kind(v)
+
+    dim = get("hidden_size")
+    n_heads = get("num_attention_heads")
+    head_dim = get("head_dim", None) if text.get("head_dim") else dim // n_heads
     out = {
         "dim": dim,
-        "n_layers": int(text["num_hidden_layers"]),
+        "n_layers": get("num_hidden_layers"),
         "n_heads": n_heads,
-        "n_kv_heads": int(text.get("num_key_value_heads", n_heads)),
+        "n_kv_heads": get("num_key_value_heads", n_heads),
         "head_dim": head_dim,
-        "ffn_dim": int(text["intermediate_size"]),
-        "vocab_size": int(text["vocab_size"]),
-        "norm_eps": float(text.get("rms_norm_eps", 1e-6)),
-        "rope_theta": float(text.get("rope_theta", 10000.0)),
-        "context_length": int(text.get("max_position_embeddings", 2048)),
+        "ffn_dim": get("intermediate_size"),
+        "vocab_size": get("vocab_size"),
+        "norm_eps": get("rms_norm_eps", 1e-6, float),
+        "rope_theta": get("rope_theta", 10000.0, float),
+        "context_length": get("max_position_embeddings", 2048),
         "tie_embeddings": bool(text.get("tie_word_embeddings", cfg.get("tie_word_embeddings", False))),
     }
+    if head_dim <= 0 or head_dim % 2 or n_heads % out["n_kv_heads"]:
+        raise CorruptFileError(f"{path}: inconsistent heads ({n_heads} heads, {out['n_kv_heads']} kv heads, "
+                               f"head size {head_dim})")  # fmt: skip
     rs = text.get("rope_scaling")
-    if rs and rs.get("rope_type", rs.get("type")) == "linear":
-        out["rope_scaling"] = {"type": "linear", "factor": float(rs["factor"])}
+    if isinstance(rs, dict) and rs.get("rope_type", rs.get("type")) == "linear":
+        v = rs.get("factor")
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v < 1e6:
+            raise CorruptFileError(f"{path}: rope_scaling.factor is {v!r}, not a positive number")
+        out["rope_scaling"] = {"type": "linear", "factor": float(v)}
     if arch == "gemma3":
-        out["sliding_window"] = int(text.get("sliding_window", 512))
-        out["sliding_window_pattern"] = int(text.get("sliding_window_pattern", 6))
-        out["rope_local_theta"] = float(text.get("rope_local_base_freq", 10000.0))
-        out["query_pre_attn_scalar"] = float(text.get("query_pre_attn_scalar", head_dim))
+        out["sliding_window"] = get("sliding_window", 512)
+        out["sliding_window_pattern"] = get("sliding_window_pattern", 6)
+        out["rope_local_theta"] = get("rope_local_base_freq", 10000.0, float)
+        out["query_pre_attn_scalar"] = get("query_pre_attn_scalar", head_dim, float)
     return out
 
 
@@ -268,10 +305,14 @@ def read_hf(folder: str | Path) -> SourceModel:
     if not cfg_path.exists():
         raise EdgerunError(f"{folder}: not a Hugging Face checkpoint (no config.json)")
     try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise CorruptFileError(f"{cfg_path}: not valid JSON ({e})") from None
+        cfg = json.loads(cfg_path.read_bytes().decode("utf-8"))
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError
+        raise CorruptFileError(f"{cfg_path}: not valid JSON ({str(e)[:120]})") from None
+    if not isinstance(cfg, dict):
+        raise CorruptFileError(f"{cfg_path}: not a JSON object")
     archs = cfg.get("architectures") or [cfg.get("model_type", "?")]
+    if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
+        raise CorruptFileError(f"{cfg_path}: 'architectures' is not a list of names")
     arch = next((ARCH_FROM_HF[a] for a in archs if a in ARCH_FROM_HF), None)
     if arch is None and "BitNetForCausalLM" in archs:
         raise UnsupportedError(
@@ -294,9 +335,16 @@ def read_hf(folder: str | Path) -> SourceModel:
             if name is not None:
                 where[name] = (f, hf_name)
     bitnet = _BitNet(cfg)
-    config = _config(cfg, arch)
+    config = _config(cfg, arch, cfg_path)
     if "output.weight" not in where:
         config["tie_embeddings"] = True
+    shapes = {}
+    for name, (f, hf_name) in where.items():
+        shape = tuple(f.header[hf_name]["shape"])
+        if hf_name + "_scale" in owner and f.header[hf_name]["dtype"] == "U8" and len(shape) == 2:
+            shape = (shape[0] * BITNET_VALUES_PER_BYTE, shape[1])  # packed BitNet rows
+        shapes[name] = shape
+    check_tensors(arch, config, shapes, folder)
 
     def tensors():
         for name, (f, hf_name) in where.items():

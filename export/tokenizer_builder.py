@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import heapq
 
-from edgerun.errors import UnsupportedError
+from edgerun.errors import CorruptFileError, EdgerunError, UnsupportedError
 from edgerun.export.source import TokenizerSpec
 from edgerun.export.spm_format import dump_spm
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
@@ -225,7 +225,15 @@ def build_tokenizer(spec: TokenizerSpec) -> Tokenizer | SpmFile:
     """The tokenizer an artifact stores: SentencePiece vocabularies (GGUF `llama` model: Gemma,
     Llama-2) as the compact `SpmFile` (runtime/llm/spm_tokenizer.py runs llama.cpp's algorithm on it in
     ~10 MB instead of ~90-370 MB for a 262k-piece `tokenizers` BPE); everything else as a
-    `tokenizers.Tokenizer`. Both have `to_str()` and `token_to_id()`; ids equal llama.cpp's."""
-    if spec.tokenizer_json is None and spec.model == "llama":
-        return SpmFile(spec)
-    return build_hf_tokenizer(spec)
+    `tokenizers.Tokenizer`. Both have `to_str()` and `token_to_id()`; ids equal llama.cpp's.
+    A vocabulary `tokenizers` rejects (it raises a bare Exception) is a one-line CorruptFileError."""
+    try:
+        if spec.tokenizer_json is None and spec.model == "llama":
+            return SpmFile(spec)
+        return build_hf_tokenizer(spec)
+    except EdgerunError:
+        raise
+    except Exception as e:  # tokenizers: "Error while initializing BPE: Token ... out of vocabulary", bad JSON
+        first = (str(e).splitlines() or [type(e).__name__])[0][:120]
+        raise CorruptFileError(f"{spec.source or 'the source model'}: its tokenizer cannot be built ({first}); "
+                               "the file is corrupt, download it again") from None  # fmt: skip

@@ -58,13 +58,20 @@ class _HF:
 class Tokenizer:
     """encode/decode text with the artifact's tokenizer file and render its chat template."""
 
-    def __init__(self, tokenizer_json: str, info: dict):
-        if is_spm_file(tokenizer_json):
-            from edgerun.runtime.llm.spm_tokenizer import SpmTokenizer
+    def __init__(self, tokenizer_json: str, info: dict, source: str = "tokenizer.json"):
+        """`source` names the file in the one-line CorruptFileError a file that does not parse gives."""
+        try:
+            if is_spm_file(tokenizer_json):
+                from edgerun.runtime.llm.spm_tokenizer import SpmTokenizer
 
-            self._tok = SpmTokenizer(tokenizer_json)
-        else:
-            self._tok = _HF(tokenizer_json)
+                self._tok = SpmTokenizer(tokenizer_json)
+            else:
+                self._tok = _HF(tokenizer_json)
+        except Exception as e:  # tokenizers raises a bare Exception ("expected `,` at line 1 column 790")
+            from edgerun.errors import CorruptFileError
+
+            first = (str(e).splitlines() or [type(e).__name__])[0][:120]
+            raise CorruptFileError(f"{source}: not a readable tokenizer ({first}); export the model again") from None
         del tokenizer_json
         release_free_heap()
         self.bos_token_id: int | None = info.get("bos_token_id")
