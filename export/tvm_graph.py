@@ -85,7 +85,7 @@ def _weight_fn(e: dict, parts: dict):
         if per == 1:
             return data[n, b, j].astype("float32")
         byte = data[n, b, j // per].astype("int32")
-        return ((byte >> ((j % per) * bits)) & mask).astype("float32")
+        return ((byte >> ((j % per) * bits).astype("int32")) & mask).astype("float32")
 
     def zero(n, k):
         if zps is None:
@@ -94,19 +94,60 @@ def _weight_fn(e: dict, parts: dict):
         if per == 1:
             return zps[n, b].astype("float32")
         byte = zps[n, b // per].astype("int32")
-        return ((byte >> ((b % per) * bits)) & mask).astype("float32")
+        return ((byte >> ((b % per) * bits).astype("int32")) & mask).astype("float32")
 
     return lambda n, k: (code(n, k) - zero(n, k)) * scales[n, k // bs].astype("float32")
 
 
+def _block_fn(e: dict, parts: dict):
+    """(code(n, b, s, i), zero(n, b), scale(n, b)) of a MatMulNBits tensor: element b*bs + i*per + s of row n
+    is byte i of block b at bit offset s*bits (per = 8 // bits codes per byte)."""
+    from tvm import tirx
+
+    q = e["quant"]
+    bits, bs = int(q["bits"]), int(q["block_size"])
+    per, mask = 8 // bits, (1 << bits) - 1
+    data, scales, zps = parts["data"], parts["scales"], parts.get("zero_points")
+
+    def code(n, b, s, i):
+        byte = data[n, b, i].astype("int32")
+        return byte.astype("float32") if per == 1 else ((byte >> (s.astype("int32") * bits)) & mask).astype("float32")
+
+    def zero(n, b):
+        if zps is None:
+            return tirx.const(float(1 << (bits - 1)), "float32")
+        if per == 1:
+            return zps[n, b].astype("float32")
+        byte = zps[n, b // per].astype("int32")
+        return ((byte >> ((b % per) * bits).astype("int32")) & mask).astype("float32")
+
+    return code, zero, lambda n, b: scales[n, b].astype("float32"), bits, bs, per
+
+
 def qmatmul_te(x, *ws, entry: dict, names: tuple):
-    """x (T, K) float32 @ W.T -> (T, N) float32, W dequantized inside the reduction."""
-    from tvm import te
+    """x (T, K) float32 @ W.T -> (T, N) float32, W dequantized inside the reduction.
+
+    For the packed formats x is first permuted per block to the bytes' order, xs (T, nb, per, bs/per), so
+    that the reduction's innermost axis walks consecutive bytes of a block and consecutive xs values."""
+    from tvm import te, tirx
 
     n_out, k_in = entry["shape"]
-    w = _weight_fn(entry, dict(zip(names, ws, strict=True)))
-    k = te.reduce_axis((0, k_in), name="k")
-    return te.compute((x.shape[0], n_out), lambda t, n: te.sum(x[t, k] * w(n, k), axis=k), name="qmm")
+    parts = dict(zip(names, ws, strict=True))
+    if entry["format"] in PLAIN or entry["format"] in BLOCK_TYPES:
+        w = _weight_fn(entry, parts)
+        k = te.reduce_axis((0, k_in), name="k")
+        return te.compute((x.shape[0], n_out), lambda t, n: te.sum(x[t, k] * w(n, k), axis=k), name="qmm")
+    code, zero, scale, bits, bs, per = _block_fn(entry, parts)
+    nb, bpb = -(-k_in // bs), bs // per
+
+    def permuted(t, b, s, i):
+        kk = b * bs + i * per + s
+        return tirx.if_then_else(kk < k_in, x[t, tirx.min(kk, k_in - 1)], tirx.const(0.0, "float32"))
+
+    xs = te.compute((x.shape[0], nb, per, bpb), permuted, name="xperm")
+    rb, rs, ri = te.reduce_axis((0, nb), "b"), te.reduce_axis((0, per), "s"), te.reduce_axis((0, bpb), "i")
+    return te.compute((x.shape[0], n_out), lambda t, n: te.sum(
+        xs[t, rb, rs, ri] * ((code(n, rb, rs, ri) - zero(n, rb)) * scale(n, rb)), axis=[rb, rs, ri]), name="qmm")
 
 
 def embed_te(tokens, *ws, entry: dict, names: tuple, scale: float):

@@ -20,38 +20,85 @@ def _legalize_and_fuse(mod, target):
         return tvm.transform.Sequential(seq)(mod)
 
 
+VEC = 8  # f32 lanes of AVX2 (2 x NEON 128-bit; LLVM splits)
+ROWS = 16  # output rows per parallel task
+
+
+def _qmm_schedule(sch, blk, static_t: bool):
+    """The fused dequantize-matmul `qmm` (t, n, reduction...): the innermost reduction axis (consecutive bytes
+    of a block, or K for plain weights split by VEC) becomes VEC-wide lanes (rfactor) so the dequantize
+    vectorizes; output rows in tasks of ROWS across threads; for a prefill the tokens loop sits inside the
+    reduction so each weight vector is decoded once for all tokens; the epilogue (bias, activation, residual
+    add) runs per task right after its rows."""
+    consumers = sch.get_consumers(blk)
+    producers = sch.get_producers(blk)
+    loops = sch.get_loops(blk)
+    t, n, red = loops[0], loops[1], loops[2:]
+    inner = red[-1]
+    ext = sch.get(inner).extent
+    if int(ext) > VEC and int(ext) % VEC == 0 or len(red) == 1:
+        _, inner = sch.split(inner, [None, VEC])
+    no, ni = sch.split(n, [None, ROWS])
+    red = sch.get_loops(blk)[3:]
+    if static_t:
+        sch.reorder(no, t, ni, *red)
+    else:
+        sch.reorder(no, ni, *red[:-1], t, red[-1])
+    rf = sch.rfactor(inner, factor_axis=2)  # rf (t, n, lanes) accumulates lanes; blk sums them
+    rl = sch.get_loops(rf)
+    sch.vectorize(rl[-1])
+    sch.reverse_compute_at(blk, rl[2] if static_t else rl[1])
+    for c in consumers:
+        try:
+            sch.reverse_compute_at(c, rl[2] if static_t else rl[1])
+        except Exception:  # noqa: BLE001 - leave it at the root
+            pass
+    for p in producers:  # the permuted activations: computed once, in parallel over tokens
+        try:
+            sch.parallel(sch.get_loops(p)[0])
+        except Exception:  # noqa: BLE001
+            pass
+    sch.parallel(rl[0])
+
+
 def _cpu_schedule(func, target):
-    """Schedule one PrimFunc for the CPU; returns the new function (or the old one if no rule applies)."""
-    from tvm import s_tir
+    """Schedule one PrimFunc for the CPU; returns the new function (unchanged where no rule applies)."""
+    from tvm import s_tir, tirx
 
     sch = s_tir.Schedule(func)
-    blocks = sch.get_child_blocks(sch.get_sblock("root")) if _has_root(sch) else []
-    if not blocks:
+    try:
+        root = sch.get_sblock("root")
+    except Exception:  # noqa: BLE001
         return func
-    # inline injective producers (e.g. a cast or reshape before a matmul), keep the reductions
-    for b in blocks[:-1]:
+    names = [sch.get(b).name_hint for b in sch.get_child_blocks(root)]
+    if "qmm" in names:
+        blk = sch.get_sblock("qmm")
+        t_ext = sch.get(sch.get_loops(blk)[0]).extent
         try:
-            sch.compute_inline(b)
-        except Exception:  # noqa: BLE001 - not inlinable (a reduction): keep the block
-            pass
-    blocks = sch.get_child_blocks(sch.get_sblock("root"))
-    main = blocks[-1]
-    for b in blocks:
+            _qmm_schedule(sch, blk, isinstance(t_ext, tirx.IntImm) and int(t_ext) == 1)
+            return sch.mod["main"]
+        except Exception:  # noqa: BLE001 - fall back to the generic rule below
+            sch = s_tir.Schedule(func)
+    for b in sch.get_child_blocks(sch.get_sblock("root")):
         loops = sch.get_loops(b)
-        if loops:
+        spatial = [lp for lp, iv in zip(loops, sch.get(b).iter_vars, strict=False)
+                   if iv.iter_type == tirx.IterVar.DataPar]
+        if len(spatial) >= 2 and len(loops) == len(sch.get(b).iter_vars):
             try:
-                sch.parallel(loops[0]) if len(loops) == 1 or b != main else None
+                sch.parallel(sch.fuse(spatial[0], spatial[1]) if _adjacent(loops, spatial) else spatial[0])
+                continue
             except Exception:  # noqa: BLE001
                 pass
-    loops = sch.get_loops(main)
-    try:
-        if len(loops) >= 2:
-            fused = sch.fuse(*loops[: len(loops) - _n_reduce(sch, main)]) if _n_reduce(sch, main) else sch.fuse(
-                *loops)
-            sch.parallel(fused)
-    except Exception:  # noqa: BLE001 - leave the loops as they are
-        pass
+        if spatial:
+            try:
+                sch.parallel(spatial[0])
+            except Exception:  # noqa: BLE001
+                pass
     return sch.mod["main"]
+
+
+def _adjacent(loops, spatial) -> bool:
+    return len(loops) >= 2 and loops[0] == spatial[0] and loops[1] == spatial[1]
 
 
 def _has_root(sch) -> bool:
