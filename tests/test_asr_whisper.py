@@ -282,6 +282,28 @@ def test_stream_partials_grow_and_final(asr):
 
 
 @pytest.mark.model
+def test_early_endpoint_on_a_complete_sentence(asr):
+    """A finished sentence is endpointed after the short silence (decoded during it), with the text the full VAD
+    silence gives; without the early rule the endpoint waits the VAD's whole silence."""
+    from edgerun.runtime.audio.wavio import read_audio
+
+    x, sr = read_audio(_librivox(1)[0])
+    a = np.concatenate([np.zeros(sr // 2, np.float32), x, np.zeros(sr, np.float32)])
+
+    def finals(**kw):
+        s = asr.create_stream(**kw)
+        out = []
+        for i in range(0, len(a), sr // 10):
+            out += [r for r in s.accept_waveform(sr, a[i : i + sr // 10]) if r.is_final]
+        return out + [r for r in s.input_finished() if r.is_final]
+
+    early, plain = finals(), finals(early_silence=None)
+    assert len(early) == len(plain) == 1 and early[0].text == plain[0].text, (early, plain)
+    assert plain[0].text.rstrip().endswith((".", "?", "!"))
+    assert early[0].endpoint_delay <= 0.3 < 0.4 <= plain[0].endpoint_delay
+
+
+@pytest.mark.model
 def test_silence_and_empty_give_no_speech(asr):
     assert asr.transcribe(np.zeros(16000 * 2, np.float32), 16000).no_speech
     assert asr.transcribe(np.zeros(0, np.float32), 44100).no_speech

@@ -71,8 +71,9 @@ class ASRResult:
     end: float = 0.0
     segment: int = 0
     no_speech: bool = False
-    compute_seconds: float = 0.0  # time spent producing this result
+    compute_seconds: float = 0.0  # time spent producing this result after its endpoint
     timings: dict = field(default_factory=dict)
+    endpoint_delay: float = 0.0  # finals: audio seconds from the end of speech to the endpoint decision
 
 
 @dataclass
@@ -216,11 +217,12 @@ class ASRStream:
     """Streaming recognition: `accept_waveform(sr, samples)` -> partial and final `ASRResult`s."""
 
     def __init__(self, asr: ASR, partial_step: float = 1.0, min_partial_audio: float = 1.0,
-                 vad: VAD | None = None, **vad_kw):
+                 vad: VAD | None = None, early_silence: float | None = 0.2, **vad_kw):
         self.asr = asr
         self.vad = vad or VAD(model=asr.vad_model(), **vad_kw)
         self.partial_step = partial_step
         self.min_partial_audio = min_partial_audio
+        self.early_silence = early_silence
         self.reset()
 
     def reset(self) -> None:
@@ -234,6 +236,7 @@ class ASRStream:
         self.prev_tail: list[int] = []
         self.last_partial_len = 0
         self.last_partial_text = ""
+        self._early = None  # (segment end, Decoded, text) decoded during the trailing silence
 
     @property
     def in_speech(self) -> bool:
@@ -245,7 +248,10 @@ class ASRStream:
         out: list[ASRResult] = []
         for seg in self.vad.accept_waveform(sample_rate, samples):
             out.append(self._final(seg))
-        if self.vad.in_speech:
+        early = self._early_endpoint()
+        if early is not None:
+            out.append(early)
+        if self.vad.in_speech and self.vad.trailing_silence == 0.0:
             audio = self.vad.current_audio()
             n = len(audio)
             if (n >= self.min_partial_audio * SAMPLE_RATE
@@ -286,17 +292,53 @@ class ASRStream:
         piece = self.asr.tokenizer.id_to_token(tok) or ""
         return piece.startswith("Ġ") or piece.startswith(" ") or not piece[:1].isalnum()
 
-    def _final(self, seg: SpeechSegment) -> ASRResult:
+    def _early_endpoint(self) -> ASRResult | None:
+        """Endpointing that does not always wait the VAD's full silence.
+
+        Once speech has been followed by `early_silence` seconds of silence, the utterance is decoded at once,
+        exactly as the final decode would cut it. If that text is a complete sentence (ends in . ? or !), the
+        endpoint is declared now; otherwise the decode is kept, and the final at the VAD endpoint reuses it
+        when no speech came back in between (the same audio), so the final costs no decode after the endpoint.
+        """
+        v = self.vad
+        if self.early_silence is None or not v.in_speech or v.trailing_silence < self.early_silence:
+            return None
+        seg = v.pending_segment()
+        if seg is None or (self._early is not None and self._early[0] == seg.end):
+            return None
+        silence = v.trailing_silence
+        d, text, prefix = self._decode_final(seg)
+        self._early = (seg.end, d, text, prefix, silence)
+        if text.rstrip().endswith((".", "?", "!")) and not text.rstrip().endswith("..."):
+            closed = v.close_now()
+            if closed is not None:
+                return self._result(closed, d, text, prefix, compute=d.seconds, delay=silence)
+        return None
+
+    def _decode_final(self, seg: SpeechSegment):
         asr = self.asr
         prefix = self.committed if asr.final_uses_prefix else []
         d = asr.decode(seg.samples, prefix=prefix, full_window=asr.final_full_window)
-        tokens = prefix + d.tokens
         silent = not prefix and d.no_speech_prob > 0.6 and d.avg_logprob < -1.0
-        text = "" if silent else asr.text(tokens)
-        r = ASRResult(text, True, text, "", seg.start, seg.end, self.segment, silent or not text, d.seconds)
+        return d, ("" if silent else asr.text(prefix + d.tokens)), prefix
+
+    def _result(self, seg: SpeechSegment, d: Decoded, text: str, prefix, compute: float, delay: float) -> ASRResult:
+        silent = not text
+        r = ASRResult(text, True, text, "", seg.start, seg.end, self.segment, silent, compute, endpoint_delay=delay)
         self.segment += 1
         self._new_utterance()
         return r
+
+    def _final(self, seg: SpeechSegment) -> ASRResult:
+        wait = max(0.0, self.vad.time - seg.end + self.vad.pad / SAMPLE_RATE)  # silence heard before the endpoint
+        if self._early is not None and self._early[0] == seg.end:  # decoded during the silence: same audio
+            _, d, text, prefix, silence = self._early
+            # in real time that decode ran from `silence` into the wait; the endpoint is ready when both are done
+            r = self._result(seg, d, text, prefix, compute=max(0.0, silence + d.seconds - wait), delay=wait)
+            r.timings["decoded_during_silence"] = True  # compute_seconds: what real time would still wait
+            return r
+        d, text, prefix = self._decode_final(seg)
+        return self._result(seg, d, text, prefix, compute=d.seconds, delay=wait)
 
 
 # ---------------------------------------------------------------------- helpers

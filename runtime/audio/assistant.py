@@ -166,9 +166,12 @@ class Assistant:
         def handle(results, t_end):
             for r in results:
                 if r.is_final and r.text:
-                    turn = self.reply(r.text, t_end=t_end)
+                    # a final decoded during the silence (in an earlier, faster-than-real-time call) still costs
+                    # what a live stream would wait for it after the endpoint: count it from t_end
+                    late = r.compute_seconds if r.timings.get("decoded_during_silence") else 0.0
+                    turn = self.reply(r.text, t_end=t_end - late)
                     turn.asr_final_seconds = r.compute_seconds
-                    turn.endpoint_wait_seconds = stream.vad.min_silence / 16000
+                    turn.endpoint_wait_seconds = r.endpoint_delay
                     turns.append(turn)
 
         for i in range(0, len(x), step):

@@ -128,6 +128,28 @@ class VAD:
         """Start (s) of the segment in progress, or None."""
         return self._start / SAMPLE_RATE if self.in_speech else None
 
+    @property
+    def trailing_silence(self) -> float:
+        """Seconds of silence since the speech of the segment in progress stopped (0 while speaking)."""
+        if not self.in_speech or self._silence_since is None:
+            return 0.0
+        return (self._pos - self._silence_since) / SAMPLE_RATE
+
+    def pending_segment(self) -> SpeechSegment | None:
+        """The segment the endpoint will close if no speech comes back (its audio ends at the silence start +
+        padding, as `_close` cuts it), or None when there is no trailing silence."""
+        if not self.in_speech or self._silence_since is None:
+            return None
+        end = min(self._silence_since + self.pad, self._audio_base + len(self._audio))
+        a = self._audio[max(0, self._start - self._audio_base) : end - self._audio_base].copy()
+        return SpeechSegment(self._start / SAMPLE_RATE, end / SAMPLE_RATE, a)
+
+    def close_now(self) -> SpeechSegment | None:
+        """Declare the endpoint now (the caller judged the utterance complete); same cut as the silence rule."""
+        if not self.in_speech or self._silence_since is None:
+            return None
+        return self._close(self._silence_since + self.pad)
+
     def current_audio(self) -> np.ndarray:
         """16 kHz samples of the segment in progress (empty when not in speech)."""
         if not self.in_speech:
