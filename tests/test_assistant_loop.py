@@ -9,7 +9,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from edgerun.runtime.audio.assistant import llm_phrases
+from edgerun.runtime.audio.assistant import _reply_is_done, llm_phrases
 
 
 def test_llm_phrases_groups_stream():
@@ -33,6 +33,13 @@ def question_wav(tmp_path_factory):
 
 
 @pytest.mark.model
+def test_a_voice_reply_ends():
+    assert not _reply_is_done(["Paris is the capital of France."], 2)
+    assert _reply_is_done(["Paris is the capital.", "It is big."], 2)
+    assert _reply_is_done(["I like cats,", "and dogs,", "I like cats,"], 5)  # a loop
+    assert not _reply_is_done(["I like cats,", "and dogs,"], 2)
+
+
 def test_headless_files(question_wav, tmp_path):
     from edgerun.runtime.audio.assistant import assistant
     from edgerun.runtime.audio.wavio import read_audio

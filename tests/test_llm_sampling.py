@@ -50,3 +50,15 @@ def test_bad_parameters():
         Sampler(SamplingParams(temperature=-1))
     with pytest.raises(ValueError):
         Sampler(SamplingParams(top_p=0.0))
+
+
+def test_repeat_penalty_is_llama_cpp_rule():
+    """Recent tokens: positive logits divided by the penalty, negative ones multiplied (llama.cpp's
+    llama_sampler_penalties); the prompt counts, and so does every sampled token."""
+    s = Sampler(SamplingParams(repeat_penalty=2.0, repeat_last_n=3))
+    s.prime([0, 1])
+    logits = np.array([2.0, -1.0, 0.5, 1.1], np.float32)
+    np.testing.assert_array_equal(s._penalize(logits), np.array([1.0, -2.0, 0.5, 1.1], np.float32))
+    assert s(logits) == 3  # 1.1 beats the penalized 2.0
+    assert s.recent == [0, 1, 3]
+    assert s(logits) == 0  # 3 is recent now (1.1 -> 0.55): the penalized 2.0 -> 1.0 wins

@@ -63,6 +63,15 @@ def llm_phrases(pieces: Iterator[str], min_words: int = 4) -> Iterator[str]:
         yield buf.strip()
 
 
+def _reply_is_done(phrases: list[str], max_sentences: int) -> bool:
+    """A voice reply ends after `max_sentences` sentences, or when its last phrase repeats an earlier one
+    (a small model caught in a loop)."""
+    norm = [re.sub(r"[^a-z0-9 ]", "", p.lower()).strip() for p in phrases]
+    if len(norm) > 1 and norm[-1] and norm[-1] in norm[:-1]:
+        return True
+    return sum(p.rstrip().endswith((".", "!", "?")) for p in phrases) >= max_sentences
+
+
 def speech_recognizer(asr=None):
     """`asr` itself when it is an ASR object, else the Whisper ASR of that model path (None: packaged)."""
     from edgerun.runtime.audio.asr import ASR
@@ -81,7 +90,8 @@ class Assistant:
     """Holds the models (ASR, LLM, TTS) and the conversation; warms every model up at construction."""
 
     def __init__(self, llm=None, asr=None, tts=None, system_prompt: str = SYSTEM_PROMPT,
-                 max_tokens: int = 80, temperature: float = 0.0, history_turns: int = 4, warm_up: bool = True):
+                 max_tokens: int = 80, temperature: float = 0.0, history_turns: int = 4, warm_up: bool = True,
+                 max_sentences: int = 2, repeat_penalty: float = 1.1):
 
         if llm is None or isinstance(llm, str):
             import edgerun
@@ -96,6 +106,8 @@ class Assistant:
         self.temperature = temperature
         self.history: list[dict] = []
         self.history_turns = history_turns
+        self.max_sentences = max_sentences  # a spoken reply ends after this many sentences
+        self.repeat_penalty = repeat_penalty
         self.warmup_seconds = self.warm_up() if warm_up else 0.0
 
     def warm_up(self) -> float:
@@ -125,7 +137,8 @@ class Assistant:
         `t_end` (perf_counter) is when the user's speech was declared over, for the latency figures."""
         t_end = time.perf_counter() if t_end is None else t_end
         turn = Turn(user_text, sample_rate=self.tts.sample_rate)
-        kw = dict(max_tokens=self.max_tokens, reuse_prefix=True)  # system prompt + history stay in the KV cache
+        kw = dict(max_tokens=self.max_tokens, reuse_prefix=True,  # system prompt + history stay in the KV cache
+                  repeat_penalty=self.repeat_penalty)
         if self.temperature:
             kw["temperature"] = self.temperature
         else:
@@ -148,7 +161,7 @@ class Assistant:
                 if on_audio is not None:
                     on_audio(chunk.samples)
             spoken.append(phrase)
-            if turn.interrupted:
+            if turn.interrupted or _reply_is_done(spoken, self.max_sentences):
                 break
         turn.reply = " ".join(spoken)
         turn.audio = np.concatenate(audio) if audio else np.zeros(0, np.float32)

@@ -220,6 +220,7 @@ class LLM:
         stop: list[str] | None = None,
         ignore_eos: bool = False,
         reuse_prefix: bool = False,
+        repeat_penalty: float = 1.0,
     ) -> Iterator[GenerationResult]:
         """Generate from a raw prompt (no template), yielding one `GenerationResult` per token.
 
@@ -227,9 +228,11 @@ class LLM:
         and generation runs to `max_tokens`, e.g. for benchmarks); `stop` strings still apply.
         reuse_prefix: keep this call's KV cache and, on the next call with `reuse_prefix`, prefill only what
         follows the tokens the two sequences share (a chat's system prompt and history are not run again;
-        llama.cpp's prompt cache). Full-context caches only; `prompt_tokens` counts the tokens actually run."""
+        llama.cpp's prompt cache). Full-context caches only; `prompt_tokens` counts the tokens actually run.
+        repeat_penalty: > 1 discourages the last 64 tokens (prompt included), llama.cpp's rule; 1.0 is off."""
         ids = self._ids(prompt)
-        sampler = Sampler(SamplingParams(temperature, top_k, top_p, seed))
+        sampler = Sampler(SamplingParams(temperature, top_k, top_p, seed, repeat_penalty))
+        sampler.prime(ids)
         cache, start = self._cache_for(ids, reuse_prefix)
         fed = list(ids[:start])  # tokens whose keys/values the cache holds, in order
         decoder = StreamDecoder(self.tokenizer)
