@@ -92,12 +92,20 @@ class _Progress:
             self.progress.stop()
 
 
-def _load(model: str | None, threads: int | None, ram=None, kv_window=None, kv_sinks=None, kv_bits=None):
+def _load(model: str | None, threads: int | None, ram=None, kv_window=None, kv_sinks=None, kv_bits=None,
+          backend: str | None = None):
     from edgerun.runtime.llm.model import load
 
     with _Progress("preparing model") as bar:
         return load(model, threads=threads, progress=bar, ram=ram, kv_window=kv_window, kv_sinks=kv_sinks,
-                    kv_bits=kv_bits)
+                    kv_bits=kv_bits, backend=backend)
+
+
+BackendOpt = Annotated[str | None, typer.Option(
+    help="auto (native C kernels), native, reference, onnxruntime, tvm (the artifact's tvm-llvm module).")]
+TargetOpt = Annotated[list[str] | None, typer.Option(
+    "--target", help="Also compile for: tvm-llvm (this CPU), tvm-aarch64, tvm-cuda (sm_87, Jetson Orin), "
+                     "tvm-cuda-sm90; repeat for several.")]
 
 
 @app.command()
@@ -111,6 +119,7 @@ def export(
     embeddings: Annotated[str | None, typer.Option(help="Embedding format (default int8 when quantized).")] = None,
     output: Annotated[str | None, typer.Option(help="Output head format (default: as embeddings).")] = None,
     block_size: Annotated[int | None, typer.Option(help="Quantization block size (default per format).")] = None,
+    target: TargetOpt = None,
 ):
     """Export a real model to an edgerun artifact (manifest.json + weights.bin + tokenizer.json)."""
     import json
@@ -125,6 +134,29 @@ def export(
     errors = json.loads((Path(path) / "manifest.json").read_text()).get("quant_errors", {})
     typer.echo(format_error_table(errors))
     typer.echo(f"wrote {path} ({size / 1e6:.1f} MB of weights)")
+    if target:
+        _compile(path, target)
+
+
+def _compile(path, targets: list[str]) -> None:
+    from edgerun.export.tvm_build import compile_tvm
+
+    with _Progress("compiling") as bar:
+        libs = compile_tvm(path, targets, progress=bar)
+    for lib in libs:
+        typer.echo(f"wrote {lib} ({lib.stat().st_size / 1e6:.1f} MB)")
+
+
+@app.command(name="compile")
+@user_errors
+def compile_cmd(
+    model: ModelArg = None,
+    target: TargetOpt = None,
+):
+    """Compile an artifact's model with Apache TVM for one or more --target (adds tvm/*.so and manifest targets)."""
+    from edgerun.runtime.llm.model import resolve_model
+
+    _compile(resolve_model(model), target or ["tvm-llvm"])
 
 
 @app.command()
@@ -144,13 +176,14 @@ def run(
     kv_sinks: KvSinksOpt = None,
     kv_bits: KvBitsOpt = None,
     ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Do not stop at end-of-text tokens.")] = False,
+    backend: BackendOpt = None,
 ):
     """Continue a raw prompt; streams only the generated text to stdout."""
     if prompt is None:  # `edgerun run "prompt"`: the single argument is the prompt
         if model is None:
             _fail("give a prompt: edgerun run [MODEL] PROMPT")
         model, prompt = None, model
-    m = _load(model, threads, ram, kv_window, kv_sinks, kv_bits)
+    m = _load(model, threads, ram, kv_window, kv_sinks, kv_bits, backend)
     last = None
     for r in m.stream(prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
                       ignore_eos=ignore_eos):  # fmt: skip
@@ -179,9 +212,10 @@ def chat(
     kv_window: KvWindowOpt = None,
     kv_sinks: KvSinksOpt = None,
     kv_bits: KvBitsOpt = None,
+    backend: BackendOpt = None,
 ):
     """Interactive chat using the model's chat template (empty line or Ctrl-D to quit)."""
-    m = _load(model, threads, ram, kv_window, kv_sinks, kv_bits)
+    m = _load(model, threads, ram, kv_window, kv_sinks, kv_bits, backend)
     m.tokenizer.require_chat_template()
     messages = [{"role": "system", "content": system}] if system else []
     interactive = sys.stdin.isatty()

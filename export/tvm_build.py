@@ -89,11 +89,11 @@ def _export(ex, path: Path, name: str) -> None:
     if name == "tvm-llvm":
         ex.export_library(str(tmp))
     else:
-        from tvm.contrib import cc
+        from tvm.support import cc
 
         host = "x86_64" if name == "tvm-cuda-sm90" else "aarch64"
         if host == "aarch64":
-            ex.export_library(str(tmp), fcompile=cc.cross_compiler("aarch64-linux-gnu-g++"))
+            ex.export_library(str(tmp), fcompile=cc.cross_compiler("aarch64-linux-gnu-gcc"))
         else:
             ex.export_library(str(tmp))
     os.replace(tmp, path)
@@ -102,18 +102,27 @@ def _export(ex, path: Path, name: str) -> None:
 def compile_tvm(artifact_dir: str | os.PathLike, targets, progress=None) -> list[Path]:
     """Compile the artifact for each TVM target name and record it in the manifest; returns the libraries.
 
-    `progress(target, stage)` is called as the work moves on (stages: build, schedule, codegen, done)."""
+    `progress(done, total, item)` is called as the work moves on (4 stages per target: build the Relax program,
+    schedule, code generation, write the library)."""
     from edgerun.export.onnx_graph import update_manifest
 
     require_tvm()
     art = Artifact(artifact_dir)
-    out = []
+    out, targets = [], list(dict.fromkeys(targets))
     for name in targets:
         if name not in TVM_TARGETS:
             raise EdgerunError(f"unknown TVM target {name!r}; choose from {', '.join(TVM_TARGETS)}")
+    total, step = 4 * len(targets), [0]
+
+    def report(item: str) -> None:
         if progress:
-            progress(name, "build")
-        ex, specs, target = compile_module(art, name, (lambda st, n=name: progress(n, st)) if progress else None)
+            progress(step[0], total, item)
+        step[0] += 1
+
+    for name in targets:
+        report(f"{name}: Relax program")
+        ex, specs, target = compile_module(art, name, lambda st, n=name: report(f"{n}: {st}"))
+        report(f"{name}: write {library_name(name)}")
         lib = art.path / library_name(name)
         lib.parent.mkdir(exist_ok=True)
         _export(ex, lib, name)
@@ -129,7 +138,7 @@ def compile_tvm(artifact_dir: str | os.PathLike, targets, progress=None) -> list
                 "params": [[s.tensor, s.part] for s in specs]}
 
         update_manifest(art.path, add)
-        if progress:
-            progress(name, "done")
         out.append(lib)
+    if progress:
+        progress(total, total, "done")
     return out

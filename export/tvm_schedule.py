@@ -125,9 +125,18 @@ def schedule_module(mod, target):
     if target.kind.name == "cuda":
         from tvm.s_tir import dlight as dl
 
-        with target:
-            return dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
-                                           dl.gpu.GeneralReduction(), dl.gpu.Fallback())(mod)
+        rules = (dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback())
+        simple = (dl.gpu.Fallback(),)  # attention score / value reductions over the cache: one thread per output
+        out = tvm.IRModule({}, attrs=mod.attrs)
+        for gv, func in mod.functions.items():
+            if isinstance(func, tirx.PrimFunc):
+                attn = gv.name_hint.startswith(("scores", "attend"))
+                one = tvm.IRModule({gv: func})
+                with target:
+                    one = dl.ApplyDefaultSchedule(*(simple if attn else rules))(one)
+                func = one[gv]
+            out[gv] = func
+        return out
     out = tvm.IRModule({}, attrs=mod.attrs)
     for gv, func in mod.functions.items():
         if isinstance(func, tirx.PrimFunc):

@@ -1,0 +1,141 @@
+"""The TVM backend (export/tvm_graph.py compiled by apache-tvm, runtime/backends/tvm.py) against the numpy
+reference and the native backend.
+
+Tolerance: the TVM module computes in float32 on the artifact's own quantized weights (dequantized inside
+each matmul), as the reference does, so logits agree to float rounding (measured 5e-7 relative on tiny
+llama int4/int8); we allow 1e-4 relative. Against the native backend (q8 activations, ~1% from the reference)
+greedy continuations must be equal except at a near-tie of the native logits (rule of
+tests/test_backend_onnxruntime.py).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import edgerun
+import numpy as np
+import pytest
+from edgerun.bench import perplexity as ev
+from tiny_models import make_tiny
+
+tvm = pytest.importorskip("tvm", reason="apache-tvm not installed (pip install 'edgerun[tvm]')")
+
+PROMPTS = ["Once upon a time, in a small village, there lived ", "The capital of France is", "def fibonacci(n):"]
+
+
+def _rel(a, b) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def _same_greedy(a, b, ids, n: int) -> bool:
+    """Greedy of `a` equals `b`'s, unless they part at a near-tie of `b`; returns whether all were equal."""
+    ga, gb = ev.greedy(a, ids, n), ev.greedy(b, ids, n)
+    if ga != gb:
+        i = next(j for j in range(n) if ga[j] != gb[j])
+        lb = b.logits(ids + gb[:i])[-1]
+        assert lb[gb[i]] - lb[ga[i]] < 0.02 * np.abs(lb).max(), (i, ga, gb)
+    return ga == gb
+
+
+def _check_against_reference(art, window_prompt: bool = False):
+    from edgerun.export.tvm_build import compile_tvm
+
+    compile_tvm(art, ["tvm-llvm"])
+    ref = edgerun.load(art, backend="reference")
+    tv = edgerun.load(art, backend="tvm", threads=2)
+    assert tv.backend == "tvm"
+    ids = ref.tokenizer.encode(PROMPTS[0] * 3)
+    assert len(ids) > 16
+    lr, lt = ref.logits(ids), tv.logits(ids)
+    assert _rel(lt, lr) < 1e-4
+    # prefill_last + decode steps through the explicit KV state agree with the full prefill
+    c = tv.new_cache()
+    np.testing.assert_allclose(tv.prefill(ids[:10], c), lr[9], atol=1e-4 * np.abs(lr).max())
+    steps = np.stack([tv.decode_step(t, c) for t in ids[10:20]])
+    np.testing.assert_allclose(steps, lr[10:20], atol=1e-4 * np.abs(lr).max())
+    assert c.length == 20 and c.kv[0].shape[1] == 20
+    return ref, tv
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory, smollm2_gguf):
+    from edgerun.export.exporter import export
+
+    d = tmp_path_factory.mktemp("tvm")
+    hf, _ = make_tiny("llama", d, smollm2_gguf)
+    return {w: export(hf, d / f"{w}.edge", weights=w) for w in ("int4", "int8")}
+
+
+@pytest.mark.parametrize("weights", ["int4", "int8"])
+def test_tvm_llama_matches_reference_and_native(tiny_llama, weights):
+    art = tiny_llama[weights]
+    ref, tv = _check_against_reference(art)
+    m = ref.artifact.manifest
+    assert "tvm-llvm" in m["targets"] and "tvm/llvm.so" in m["files"]
+    nat = edgerun.load(art, backend="native")
+    for p in PROMPTS:
+        _same_greedy(tv, nat, ref.tokenizer.encode(p), 12)
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "gemma3"])
+def test_tvm_other_archs(tmp_path, smollm2_gguf, arch):
+    """qwen2 (QKV biases) and gemma3 (QK-norm, sandwich norms, GeGLU, 6 layers with window 8 < prompt)."""
+    from edgerun.export.exporter import export
+
+    hf, _ = make_tiny(arch, tmp_path, smollm2_gguf)
+    _check_against_reference(export(hf, tmp_path / f"{arch}.edge", weights="int4"))
+
+
+def test_missing_target_and_corrupt_library(tiny_llama, tmp_path):
+    art = shutil.copytree(tiny_llama["int4"], tmp_path / "copy.edge")
+    from edgerun.export.onnx_graph import update_manifest
+
+    def drop(m):
+        m["targets"] = [t for t in m["targets"] if not t.startswith("tvm")]
+        m.pop("tvm", None)
+
+    update_manifest(art, drop)
+    with pytest.raises(edgerun.EdgerunError, match="edgerun compile .* --target tvm-llvm"):
+        edgerun.load(art, backend="tvm")
+    art2 = shutil.copytree(tiny_llama["int4"], tmp_path / "bad.edge")
+    lib = art2 / "tvm" / "llvm.so"
+    raw = bytearray(lib.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    lib.write_bytes(bytes(raw))
+    with pytest.raises(edgerun.errors.CorruptFileError, match="llvm.so"):
+        edgerun.load(art2, backend="tvm")
+
+
+def test_cli_compile_info_run(tiny_llama, tmp_path):
+    from edgerun.cli import app
+    from typer.testing import CliRunner
+
+    art = shutil.copytree(tiny_llama["int8"], tmp_path / "cli.edge")
+    r = CliRunner().invoke(app, ["info", str(art), "--json"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, ["run", str(art), "Hello", "-n", "6", "--backend", "tvm"])
+    assert r.exit_code == 0, r.output
+    nat = CliRunner().invoke(app, ["run", str(art), "Hello", "-n", "6"])
+    assert nat.exit_code == 0
+    r = CliRunner().invoke(app, ["compile", str(art), "--target", "tvm-nope"])
+    assert r.exit_code != 0 and "unknown TVM target" in r.output
+
+
+@pytest.mark.slow
+def test_smollm2_all_targets(tmp_path_factory, smollm2_gguf):
+    """The packaged SmolLM2 (int4) compiled for every target: host runs and matches native greedy; the aarch64
+    library is an aarch64 ELF; the CUDA libraries are generated (no GPU here, nothing runs them)."""
+    from edgerun.export.exporter import export
+    from edgerun.export.tvm_build import TVM_TARGETS, compile_tvm
+
+    art = export(smollm2_gguf, tmp_path_factory.mktemp("smol") / "smollm2-int4.edge", weights="int4")
+    targets = list(TVM_TARGETS) if shutil.which("nvcc") else ["tvm-llvm", "tvm-aarch64"]
+    compile_tvm(art, targets)
+    tv = edgerun.load(art, backend="tvm", threads=2)
+    nat = edgerun.load(art, backend="native", threads=2)
+    same = [_same_greedy(tv, nat, nat.tokenizer.encode(p), 16) for p in PROMPTS]
+    assert sum(same) >= 2, same
+    assert set(targets) <= set(tv.artifact.manifest["targets"])
+    out = subprocess.run(["file", str(art / "tvm" / "aarch64.so")], capture_output=True, text=True).stdout
+    assert "ARM aarch64" in out
