@@ -124,11 +124,17 @@ def _block_fn(e: dict, parts: dict):
     return code, zero, lambda n, b: scales[n, b].astype("float32"), bits, bs, per
 
 
+LANES = 8  # f32 lanes of the per-row partial sums (one AVX2 register, two NEON registers)
+
+
 def qmatmul_te(x, *ws, entry: dict, names: tuple):
     """x (T, K) float32 @ W.T -> (T, N) float32, W dequantized inside the reduction.
 
-    For the packed formats x is first permuted per block to the bytes' order, xs (T, nb, per, bs/per), so
-    that the reduction's innermost axis walks consecutive bytes of a block and consecutive xs values."""
+    For the packed formats x is first permuted per block to the bytes' order, xs (T, nb, per, bs/per), and
+    scale and zero point are taken out of the inner sums (they are per block):
+    ``y[t, n] = sum_l sum_b scale[n, b] * part[t, n, b, l] - sum_b scale[n, b] * zp[n, b] * xsum[t, b]``
+    with ``part[t, n, b, l] = sum_{s, j} xs[t, b, s, j*LANES + l] * code[n, b, s, j*LANES + l]``, so the
+    innermost work is unpack, convert and one multiply-add per weight over LANES consecutive bytes."""
     from tvm import te, tirx
 
     n_out, k_in = entry["shape"]
@@ -139,15 +145,28 @@ def qmatmul_te(x, *ws, entry: dict, names: tuple):
         return te.compute((x.shape[0], n_out), lambda t, n: te.sum(x[t, k] * w(n, k), axis=k), name="qmm")
     code, zero, scale, bits, bs, per = _block_fn(entry, parts)
     nb, bpb = -(-k_in // bs), bs // per
+    lanes = LANES if bpb % LANES == 0 else bpb
+    T = x.shape[0]
 
     def permuted(t, b, s, i):
         kk = b * bs + i * per + s
         return tirx.if_then_else(kk < k_in, x[t, tirx.min(kk, k_in - 1)], tirx.const(0.0, "float32"))
 
-    xs = te.compute((x.shape[0], nb, per, bpb), permuted, name="xperm")
-    rb, rs, ri = te.reduce_axis((0, nb), "b"), te.reduce_axis((0, per), "s"), te.reduce_axis((0, bpb), "i")
-    return te.compute((x.shape[0], n_out), lambda t, n: te.sum(
-        xs[t, rb, rs, ri] * ((code(n, rb, rs, ri) - zero(n, rb)) * scale(n, rb)), axis=[rb, rs, ri]), name="qmm")
+    xs = te.compute((T, nb, per, bpb), permuted, name="xperm")
+    rs, ri = te.reduce_axis((0, per), "s"), te.reduce_axis((0, bpb), "i")
+    xsum = te.compute((T, nb), lambda t, b: te.sum(xs[t, b, rs, ri], axis=[rs, ri]), name="xsum")
+    ps, pj = te.reduce_axis((0, per), "ps"), te.reduce_axis((0, bpb // lanes), "pj")
+    part = te.compute((T, n_out, nb, lanes), lambda t, n, b, lane: te.sum(
+        xs[t, b, ps, pj * lanes + lane] * code(n, b, ps, pj * lanes + lane), axis=[ps, pj]), name="qpart")
+    ab = te.reduce_axis((0, nb), "ab")
+    acc = te.compute((T, n_out, lanes), lambda t, n, lane: te.sum(scale(n, ab) * part[t, n, ab, lane], axis=ab),
+                     name="qacc")
+    cb = te.reduce_axis((0, nb), "cb")
+    corr = te.compute((T, n_out), lambda t, n: te.sum(scale(n, cb) * zero(n, cb) * xsum[t, cb], axis=cb),
+                      name="qcorr")
+    rl = te.reduce_axis((0, lanes), "rl")
+    total = te.compute((T, n_out), lambda t, n: te.sum(acc[t, n, rl], axis=rl), name="qsum")
+    return te.compute((T, n_out), lambda t, n: total[t, n] - corr[t, n], name="qmm")
 
 
 def embed_te(tokens, *ws, entry: dict, names: tuple, scale: float):

@@ -61,6 +61,43 @@ def _qmm_schedule(sch, blk, static_t: bool):
     sch.parallel(rl[0])
 
 
+def _qmm_lanes_schedule(sch, static_t: bool):
+    """The packed-format dequantize-matmul (blocks xperm, xsum, qpart, qacc, qcorr, qsum, qmm of
+    export/tvm_graph.py `qmatmul_te`): output rows in tasks of ROWS across threads; per row, the LANES-wide
+    partial sums of each block (`qpart`: unpack + convert + multiply-add, vectorized over LANES bytes) are
+    scaled into `qacc`, then summed and corrected by the zero points; the epilogue (bias, activation,
+    residual add) runs right after its rows."""
+    qmm = sch.get_sblock("qmm")
+    consumers = sch.get_consumers(qmm)
+    t, n = sch.get_loops(qmm)
+    no, ni = sch.split(n, [None, ROWS])
+    sch.reorder(no, t, ni)
+    for name in ("qsum", "qcorr", "qacc"):
+        sch.compute_at(sch.get_sblock(name), ni)
+    acc = sch.get_sblock("qacc")
+    lane, ab = sch.get_loops(acc)[-2:]
+    sch.reorder(ab, lane)
+    part = sch.get_sblock("qpart")
+    sch.compute_at(part, ab)
+    lp = sch.get_loops(part)
+    sch.reorder(*lp[-2:], lp[-3])  # (ps, pj, lane)
+    sch.vectorize(sch.get_loops(part)[-1])
+    sch.vectorize(sch.get_loops(acc)[-1])
+    sch.parallel(no)
+    sch.decompose_reduction(part, sch.get_loops(part)[-3])
+    sch.decompose_reduction(acc, sch.get_loops(acc)[-2])
+    for c in consumers:
+        try:
+            sch.reverse_compute_at(c, ni)
+        except Exception:  # noqa: BLE001 - leave it at the root
+            pass
+    for name in ("xperm", "xsum"):
+        try:
+            sch.parallel(sch.get_loops(sch.get_sblock(name))[0])
+        except Exception:  # noqa: BLE001
+            pass
+
+
 def _cpu_schedule(func, target):
     """Schedule one PrimFunc for the CPU; returns the new function (unchanged where no rule applies)."""
     from tvm import s_tir, tirx
@@ -71,7 +108,15 @@ def _cpu_schedule(func, target):
     except Exception:  # noqa: BLE001
         return func
     names = [sch.get(b).name_hint for b in sch.get_child_blocks(root)]
-    if "qmm" in names:
+    if "qpart" in names:
+        blk = sch.get_sblock("qmm")
+        t_ext = sch.get(sch.get_loops(blk)[0]).extent
+        try:
+            _qmm_lanes_schedule(sch, isinstance(t_ext, tirx.IntImm) and int(t_ext) == 1)
+            return sch.mod["main"]
+        except Exception:  # noqa: BLE001 - fall back to the generic rule below
+            sch = s_tir.Schedule(func)
+    elif "qmm" in names:
         blk = sch.get_sblock("qmm")
         t_ext = sch.get(sch.get_loops(blk)[0]).extent
         try:
