@@ -41,6 +41,7 @@ class Turn:
     first_audio_seconds: float = 0.0  # endpoint -> first reply audio ready (the latency that matters)
     endpoint_wait_seconds: float = 0.0  # silence the VAD waits for before declaring the endpoint (audio time)
     interrupted: bool = False
+    events: list = field(default_factory=list)  # (seconds after the endpoint, "token"|"phrase"|"audio", detail)
 
 
 def llm_phrases(pieces: Iterator[str], min_words: int = 4) -> Iterator[str]:
@@ -134,35 +135,70 @@ class Assistant:
     def reply(self, user_text: str, on_audio: Callable[[np.ndarray], object] | None = None,
               cancel: threading.Event | None = None, t_end: float | None = None) -> Turn:
         """Stream the LLM reply phrase by phrase into TTS; `on_audio(chunk)` gets each phrase's audio.
-        `t_end` (perf_counter) is when the user's speech was declared over, for the latency figures."""
+        `t_end` (perf_counter) is when the user's speech was declared over, for the latency figures.
+
+        The LLM runs on its own thread and hands over phrases through a queue, so phrase n + 1 is being
+        written while phrase n is synthesized and played. `turn.events` records when each token, phrase and
+        audio chunk was ready (seconds after `t_end`), for the timeline."""
         t_end = time.perf_counter() if t_end is None else t_end
         turn = Turn(user_text, sample_rate=self.tts.sample_rate)
         kw = dict(max_tokens=self.max_tokens, reuse_prefix=True,  # system prompt + history stay in the KV cache
-                  repeat_penalty=self.repeat_penalty)
-        if self.temperature:
-            kw["temperature"] = self.temperature
-        else:
-            kw["temperature"] = 0.0
-        pieces = (r.text for r in self.llm.stream_chat(self.messages(user_text), **kw))
+                  repeat_penalty=self.repeat_penalty, temperature=self.temperature or 0.0)  # fmt: skip
+        phrases: queue.Queue = queue.Queue()
+        stop = threading.Event()
+
+        def since() -> float:
+            return time.perf_counter() - t_end
+
+        def pieces():
+            for r in self.llm.stream_chat(self.messages(user_text), **kw):
+                if stop.is_set() or (cancel is not None and cancel.is_set()):
+                    return
+                turn.events.append((since(), "token", r.text))
+                yield r.text
+
+        def write():  # the LLM thread
+            try:
+                for phrase in llm_phrases(pieces()):
+                    turn.events.append((since(), "phrase", phrase))
+                    phrases.put(phrase)
+                    if stop.is_set():
+                        break
+            except BaseException as e:  # noqa: BLE001 - handed to the speaking thread, raised there
+                phrases.put(e)
+            finally:
+                phrases.put(None)
+
+        writer = threading.Thread(target=write, name="edgerun-llm", daemon=True)
+        writer.start()
         spoken, audio = [], []
-        for phrase in llm_phrases(pieces):
-            if cancel is not None and cancel.is_set():
-                turn.interrupted = True
-                break
-            if not turn.first_text_seconds:
-                turn.first_text_seconds = time.perf_counter() - t_end
-            for chunk in self.tts.stream(phrase):
+        try:
+            while (phrase := phrases.get()) is not None:
+                if isinstance(phrase, BaseException):
+                    raise phrase
                 if cancel is not None and cancel.is_set():
                     turn.interrupted = True
                     break
-                if not turn.first_audio_seconds:
-                    turn.first_audio_seconds = time.perf_counter() - t_end
-                audio.append(chunk.samples)
-                if on_audio is not None:
-                    on_audio(chunk.samples)
-            spoken.append(phrase)
-            if turn.interrupted or _reply_is_done(spoken, self.max_sentences):
-                break
+                if not turn.first_text_seconds:
+                    turn.first_text_seconds = since()
+                for chunk in self.tts.stream(phrase):
+                    if cancel is not None and cancel.is_set():
+                        turn.interrupted = True
+                        break
+                    if not turn.first_audio_seconds:
+                        turn.first_audio_seconds = since()
+                    turn.events.append((since(), "audio", len(chunk.samples) / self.tts.sample_rate))
+                    audio.append(chunk.samples)
+                    if on_audio is not None:
+                        on_audio(chunk.samples)
+                spoken.append(phrase)
+                if turn.interrupted or _reply_is_done(spoken, self.max_sentences):
+                    break
+        finally:
+            stop.set()
+            writer.join()
+        if cancel is not None and cancel.is_set():  # cut off, also while the LLM had not written a phrase yet
+            turn.interrupted = True
         turn.reply = " ".join(spoken)
         turn.audio = np.concatenate(audio) if audio else np.zeros(0, np.float32)
         self.history += [{"role": "user", "content": user_text}, {"role": "assistant", "content": turn.reply}]
@@ -261,7 +297,10 @@ class Assistant:
                 talking = stream.in_speech and stream.vad.time - (stream.vad.speech_start or 0.0) >= barge_in_ms / 1000
                 if barge_in and talking and (player.busy or (worker is not None and worker.is_alive())):
                     cancel.set()  # barge-in: the user talks over the reply
+                    writing = worker is not None and worker.is_alive()
                     if player.stop():
+                        if turns and not writing:  # written already, but cut before it was all heard
+                            turns[-1].interrupted = True
                         echo("(barge-in: playback stopped)")
                 for r in results:
                     if r.is_final and r.text:
