@@ -13,8 +13,9 @@ The KV cache is explicit state (the caller keeps the returned arrays and passes 
 function parameters holding the artifact's own weights.bin parts (`param_specs`): MatMulNBits codes,
 f16 scales and packed zero points are read as stored, and each matmul is one TE compute whose
 reduction dequantizes its operand in place (`(code - zp) * scale`), i.e. dequantize fused into the
-matmul. GGUF block formats (q4_1 ... q6_k) are given to the module as an f16 matrix the runtime
-dequantizes once at load (in memory; nothing is written to disk).
+matmul. The GGUF block formats q4_1, q5_0 and q5_1 are read the same way from their raw blocks (f16 d / m
+and the qh bits inside each block); the K-quants (q2_k ... q6_k) are given to the module as an f16 matrix the
+runtime dequantizes once at load (in memory; nothing is written to disk).
 
 Architectures: llama, qwen2 (QKV biases), gemma3 (QK-norm, sandwich norms, GeGLU, scaled embeddings,
 sliding-window local layers with their own RoPE base). Hooks (`rope_theta`, `window`, `attn_scale`)
@@ -31,6 +32,7 @@ from edgerun.quant import BLOCK_TYPES
 
 SUPPORTED_ARCHS = ("llama", "qwen2", "gemma3")
 PLAIN = ("f16", "f32", "bf16")
+FUSED_BLOCKS = ("q4_1", "q5_0", "q5_1")  # GGUF blocks the matmul reads as stored; other block formats: f16 at load
 NEG = -3.0e38  # masked score (finite: no inf - inf in softmax)
 
 
@@ -49,7 +51,7 @@ def param_specs(art) -> list[ParamSpec]:
     specs = []
     for name in sorted(art.tensors):
         e = art.tensors[name]
-        if e["format"] in BLOCK_TYPES:
+        if e["format"] in BLOCK_TYPES and e["format"] not in FUSED_BLOCKS:
             specs.append(ParamSpec(name, "dequant", tuple(e["shape"]), "float16"))
             continue
         for part in ("data", "scales", "zero_points"):
@@ -68,6 +70,10 @@ def _weight_fn(e: dict, parts: dict):
     from tvm import tirx
 
     fmt = e["format"]
+    if fmt in FUSED_BLOCKS:
+        blk = _block_fn(e, parts)
+        return lambda n, k: (blk.scale(n, k // 32) * blk.code(n, k // 32, (k % 32) // 16, k % 16)
+                             - blk.offset(n, k // 32))
     if fmt in ("f32", "f16") or fmt in BLOCK_TYPES:
         d = parts["data"] if "data" in parts else parts["dequant"]
         return lambda n, k: d[n, k].astype("float32")
@@ -99,11 +105,53 @@ def _weight_fn(e: dict, parts: dict):
     return lambda n, k: (code(n, k) - zero(n, k)) * scales[n, k // bs].astype("float32")
 
 
-def _block_fn(e: dict, parts: dict):
-    """(code(n, b, s, i), zero(n, b), scale(n, b)) of a MatMulNBits tensor: element b*bs + i*per + s of row n
-    is byte i of block b at bit offset s*bits (per = 8 // bits codes per byte)."""
+@dataclass
+class _Blocks:
+    """A block-quantized (N, K) matrix as the matmul reads it: ``w[n, elem(b, s, i)] = scale(n, b) *
+    code(n, b, s, i) - offset(n, b)``, where byte i of block b holds the weights of sub-position s."""
+
+    code: object
+    scale: object
+    offset: object
+    elem: object
+    bs: int  # weights per block
+    per: int  # sub-positions per byte (codes per byte)
+    bpb: int  # code bytes per block
+
+
+def _f16_at(data, n, b, off: int):
+    """The little-endian f16 at byte `off` of block b of row n, as float32."""
     from tvm import tirx
 
+    u = data[n, b, off].astype("uint16") | (data[n, b, off + 1].astype("uint16") << tirx.const(8, "uint16"))
+    return tirx.reinterpret("float16", u).astype("float32")
+
+
+def _block_fn(e: dict, parts: dict) -> _Blocks:
+    """The _Blocks view of a MatMulNBits tensor (element b*bs + i*per + s is byte i of block b at bit offset
+    s*bits) or of a GGUF q4_1 / q5_0 / q5_1 tensor read from its raw blocks (quant/ggml_blocks.py layouts:
+    element s*16 + i is the low (s=0) or high (s=1) nibble of qs[i], plus bit s*16+i of qh for q5)."""
+    from tvm import tirx
+
+    fmt = e["format"]
+    if fmt in FUSED_BLOCKS:
+        data = parts["data"]
+        qs_at, qh_at = {"q4_1": (4, None), "q5_0": (6, 2), "q5_1": (8, 4)}[fmt]
+
+        def gcode(n, b, s, i):
+            q = (data[n, b, qs_at + i].astype("int32") >> (s.astype("int32") * 4)) & 15
+            if qh_at is not None:
+                hb = data[n, b, qh_at + s * 2 + i // 8].astype("int32")
+                q = q | (((hb >> (i % 8).astype("int32")) & 1) << 4)
+            return q.astype("float32")
+
+        def goffset(n, b):
+            if fmt == "q5_0":
+                return _f16_at(data, n, b, 0) * np.float32(16.0)
+            return -_f16_at(data, n, b, 2)
+
+        return _Blocks(gcode, lambda n, b: _f16_at(data, n, b, 0), goffset, lambda b, s, i: b * 32 + s * 16 + i,
+                       32, 2, 16)
     q = e["quant"]
     bits, bs = int(q["bits"]), int(q["block_size"])
     per, mask = 8 // bits, (1 << bits) - 1
@@ -121,7 +169,11 @@ def _block_fn(e: dict, parts: dict):
         byte = zps[n, b // per].astype("int32")
         return ((byte >> ((b % per) * bits).astype("int32")) & mask).astype("float32")
 
-    return code, zero, lambda n, b: scales[n, b].astype("float32"), bits, bs, per
+    def scale(n, b):
+        return scales[n, b].astype("float32")
+
+    return _Blocks(code, scale, lambda n, b: scale(n, b) * zero(n, b), lambda b, s, i: b * bs + i * per + s,
+                   bs, per, bs // per)
 
 
 LANES = 8  # f32 lanes of the per-row partial sums (one AVX2 register, two NEON registers)
@@ -139,17 +191,18 @@ def qmatmul_te(x, *ws, entry: dict, names: tuple):
 
     n_out, k_in = entry["shape"]
     parts = dict(zip(names, ws, strict=True))
-    if entry["format"] in PLAIN or entry["format"] in BLOCK_TYPES:
+    if entry["format"] in PLAIN or (entry["format"] in BLOCK_TYPES and entry["format"] not in FUSED_BLOCKS):
         w = _weight_fn(entry, parts)
         k = te.reduce_axis((0, k_in), name="k")
         return te.compute((x.shape[0], n_out), lambda t, n: te.sum(x[t, k] * w(n, k), axis=k), name="qmm")
-    code, zero, scale, bits, bs, per = _block_fn(entry, parts)
-    nb, bpb = -(-k_in // bs), bs // per
+    blk = _block_fn(entry, parts)
+    bs, per, bpb = blk.bs, blk.per, blk.bpb
+    nb = -(-k_in // bs)
     lanes = LANES if bpb % LANES == 0 else bpb
     T = x.shape[0]
 
     def permuted(t, b, s, i):
-        kk = b * bs + i * per + s
+        kk = blk.elem(b, s, i)
         return tirx.if_then_else(kk < k_in, x[t, tirx.min(kk, k_in - 1)], tirx.const(0.0, "float32"))
 
     xs = te.compute((T, nb, per, bpb), permuted, name="xperm")
@@ -157,12 +210,12 @@ def qmatmul_te(x, *ws, entry: dict, names: tuple):
     xsum = te.compute((T, nb), lambda t, b: te.sum(xs[t, b, rs, ri], axis=[rs, ri]), name="xsum")
     ps, pj = te.reduce_axis((0, per), "ps"), te.reduce_axis((0, bpb // lanes), "pj")
     part = te.compute((T, n_out, nb, lanes), lambda t, n, b, lane: te.sum(
-        xs[t, b, ps, pj * lanes + lane] * code(n, b, ps, pj * lanes + lane), axis=[ps, pj]), name="qpart")
+        xs[t, b, ps, pj * lanes + lane] * blk.code(n, b, ps, pj * lanes + lane), axis=[ps, pj]), name="qpart")
     ab = te.reduce_axis((0, nb), "ab")
-    acc = te.compute((T, n_out, lanes), lambda t, n, lane: te.sum(scale(n, ab) * part[t, n, ab, lane], axis=ab),
+    acc = te.compute((T, n_out, lanes), lambda t, n, lane: te.sum(blk.scale(n, ab) * part[t, n, ab, lane], axis=ab),
                      name="qacc")
     cb = te.reduce_axis((0, nb), "cb")
-    corr = te.compute((T, n_out), lambda t, n: te.sum(scale(n, cb) * zero(n, cb) * xsum[t, cb], axis=cb),
+    corr = te.compute((T, n_out), lambda t, n: te.sum(blk.offset(n, cb) * xsum[t, cb], axis=cb),
                       name="qcorr")
     rl = te.reduce_axis((0, lanes), "rl")
     total = te.compute((T, n_out), lambda t, n: te.sum(acc[t, n, rl], axis=rl), name="qsum")
