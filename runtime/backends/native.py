@@ -201,6 +201,9 @@ class NativeModel:
             setattr(c, field, None if v is None else _ptr(v))
         c.rope_theta, c.rope_freq_scale = L["theta"], L["fscale"]
         c.window = 0 if L["window"] is None else int(L["window"])
+        if W.get("transient"):  # a streamed layer's private copies (native_weights.copy_nbytes): not cached,
+            c.keep = W  # alive as long as the caller holds the byref
+            return ctypes.byref(c)
         self._clayers[(i, id(W))] = hit = (W, c, ctypes.byref(c))
         return hit[2]
 
@@ -233,6 +236,7 @@ class NativeModel:
             if r:
                 raise ValueError(f"fused decode of layer {i} failed (code {r})")
             self.src.release(i)
+            L = None  # a streamed layer's private copies go before the next layer's are made
         cache.advance(1)
         lib.er_rmsnorm(p["x"], self.out_norm, p["h"], 1, a.dim, a.norm_eps)
         if self.head is not None:

@@ -62,6 +62,17 @@ def _f16_fallback(q):
     return kernels.Weight(q.dequantize().astype(np.float16))
 
 
+def copy_nbytes(entry: dict) -> int:
+    """Bytes of the private copy the native backend makes of a tensor it cannot run as stored (the f16
+    fallback above: 2 per weight), else 0. The memory plan counts these (runtime/llm/model.py footprint)."""
+    from edgerun.kernels import ops
+    from edgerun.quant import BLOCK_TYPES
+
+    if entry["format"] in BLOCK_TYPES and entry["format"] not in getattr(ops, "BLOCK_FORMATS", ()):
+        return 2 * int(np.prod(entry["shape"]))
+    return 0
+
+
 class WeightSource:
     """The native model's matrices and vectors under an optional memory plan (see the module doc).
 
@@ -164,7 +175,11 @@ class WeightSource:
         key = (i, _addr(buf))
         w = self._streamed_cache.get(key)
         if w is None:
-            w = self._streamed_cache[key] = self._layer_weights(i, lambda n: self._buffer_parts(n, i, buf))
+            w = self._layer_weights(i, lambda n: self._buffer_parts(n, i, buf))
+            if any(copy_nbytes(self.tensors[f"blk.{i}.{s}"]) for s in LAYER_MATRICES.values()):
+                w["transient"] = True  # holds private copies: nobody keeps it past this layer's use
+            else:
+                self._streamed_cache[key] = w  # views of the buffer only
         return w
 
     def release(self, i: int) -> None:

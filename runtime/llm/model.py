@@ -76,10 +76,17 @@ def _stored_nbytes(entry: dict) -> int:
 
 def footprint(artifact: Artifact, args, model, overhead: int = 0) -> ModelFootprint:
     """Measure what the model needs from its manifest: layer byte ranges, globals, KV shapes, scratch."""
-    from edgerun.runtime.backends.native_weights import ROW_CHUNK_BYTES
+    from edgerun.runtime.backends.native_weights import ROW_CHUNK_BYTES, copy_nbytes
 
     tensors = artifact.tensors
     layers = artifact.manifest["layers"]
+    # a layer held (resident or pinned) costs its stored bytes plus the private copies the backend makes of
+    # tensors it cannot run as stored; a streamed one, its buffer plus those copies while it runs
+    copies = {}
+    for e in tensors.values():
+        if e.get("layer") is not None:
+            copies[e["layer"]] = copies.get(e["layer"], 0) + copy_nbytes(e)
+    convert = max((4 * int(np.prod(e["shape"])) for e in tensors.values() if copy_nbytes(e)), default=0)  # f32 temp
     glob = {n: e for n, e in tensors.items() if e.get("layer") is None}
     global_bytes = sum(_stored_nbytes(e) for e in glob.values())
     big = [e for e in glob.values() if len(e["shape"]) == 2 and _stored_nbytes(e) > GLOBAL_STREAM_MIN]
@@ -89,8 +96,9 @@ def footprint(artifact: Artifact, args, model, overhead: int = 0) -> ModelFootpr
     width = max(a.dim, a.ffn_dim, a.n_heads * a.head_dim)
     per_token = 4 * (6 * a.dim + 4 * a.ffn_dim + 4 * a.n_heads * a.head_dim + 4 * a.n_kv_heads * a.head_dim)
     fixed = ROW_CHUNK_BYTES + 4 * width * 16 + 4 * a.vocab_size * 3  # row scratch, logits (+ sampling copies)
+    fixed += convert
     return ModelFootprint(
-        layer_bytes=[g["nbytes"] for g in layers],
+        layer_bytes=[g["nbytes"] + copies.get(g["index"], 0) for g in layers],
         global_bytes=global_bytes,
         attn=attn,
         act_bytes_per_token=per_token,
