@@ -255,75 +255,6 @@ GG_AVX2 static GG_INLINE __m256i gg_bit(__m256i v, int from, int to) {
     return b;
 }
 
-GG_AVX2 static GG_INLINE void gk_unpack_avx2(const int type, const uint8_t *b, gk_avx *u) {
-    const __m256i m4 = _mm256_set1_epi8(15), m2 = _mm256_set1_epi8(3);
-    if (type == ER_W_Q4_K || type == ER_W_Q5_K) {
-        uint32_t sl, sh, ml, mh;
-        gg_k4_scales(b + 4, &sl, &sh, &ml, &mh);
-        __m128i s = _mm_setr_epi32((int)sl, (int)sh, 0, 0), mm = _mm_setr_epi32((int)ml, (int)mh, 0, 0);
-        u->se = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(s));
-        u->mn = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mm, mm)); /* per 16: each per-32 min twice */
-        u->dA = gg_h2f(b);
-        u->dB = gg_h2f(b + 2);
-        const uint8_t *qs = b + (type == ER_W_Q5_K ? 48 : 16);
-        const __m256i qh = type == ER_W_Q5_K ? _mm256_loadu_si256((const __m256i *)(b + 16)) : _mm256_setzero_si256();
-        for (int i = 0; i < 4; i++) {
-            __m256i v = _mm256_loadu_si256((const __m256i *)(qs + 32 * i));
-            u->q[2 * i] = _mm256_and_si256(v, m4);
-            u->q[2 * i + 1] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
-            if (type == ER_W_Q5_K) {
-                u->q[2 * i] = _mm256_or_si256(u->q[2 * i], gg_bit(qh, 2 * i, 4));
-                u->q[2 * i + 1] = _mm256_or_si256(u->q[2 * i + 1], gg_bit(qh, 2 * i + 1, 4));
-            }
-        }
-    } else if (type == ER_W_Q6_K) {
-        const __m128i sc = _mm_loadu_si128((const __m128i *)(b + 192));
-        gk_scales16(sc, u);
-        u->mn = _mm256_slli_epi16(_mm256_cvtepi8_epi16(sc), 5);
-        u->dA = u->dB = gg_h2f(b + 208);
-        const __m256i m30 = _mm256_set1_epi8(0x30);
-        for (int h = 0; h < 2; h++) {
-            __m256i l0 = _mm256_loadu_si256((const __m256i *)(b + 64 * h));
-            __m256i l1 = _mm256_loadu_si256((const __m256i *)(b + 64 * h + 32));
-            __m256i hb = _mm256_loadu_si256((const __m256i *)(b + 128 + 32 * h));
-            u->q[4 * h] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(hb, 4), m30));
-            u->q[4 * h + 1] =
-                _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(hb, 2), m30));
-            u->q[4 * h + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(hb, m30));
-            u->q[4 * h + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
-                                              _mm256_and_si256(_mm256_srli_epi16(hb, 2), m30));
-        }
-    } else if (type == ER_W_Q3_K) {
-        uint32_t s[4];
-        gg_k3_scales(b + 96, s);
-        const __m128i sc = _mm_loadu_si128((const __m128i *)s);
-        gk_scales16(sc, u);
-        u->mn = _mm256_slli_epi16(_mm256_cvtepi8_epi16(sc), 2);
-        u->dA = u->dB = gg_h2f(b + 108);
-        const __m256i hm = _mm256_loadu_si256((const __m256i *)b);
-        for (int h = 0; h < 2; h++) {
-            __m256i v = _mm256_loadu_si256((const __m256i *)(b + 32 + 32 * h));
-            u->q[4 * h] = _mm256_or_si256(_mm256_and_si256(v, m2), gg_bit(hm, 4 * h, 2));
-            u->q[4 * h + 1] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 2), m2), gg_bit(hm, 4 * h + 1, 2));
-            u->q[4 * h + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), m2), gg_bit(hm, 4 * h + 2, 2));
-            u->q[4 * h + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 6), m2), gg_bit(hm, 4 * h + 3, 2));
-        }
-    } else { /* ER_W_Q2_K */
-        __m128i s = _mm_loadu_si128((const __m128i *)b);
-        gk_scales16(_mm_and_si128(s, _mm_set1_epi8(15)), u);
-        u->mn = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(s, 4), _mm_set1_epi8(15)));
-        u->dA = gg_h2f(b + 80);
-        u->dB = gg_h2f(b + 82);
-        for (int h = 0; h < 2; h++) {
-            __m256i v = _mm256_loadu_si256((const __m256i *)(b + 16 + 32 * h));
-            u->q[4 * h] = _mm256_and_si256(v, m2);
-            u->q[4 * h + 1] = _mm256_and_si256(_mm256_srli_epi16(v, 2), m2);
-            u->q[4 * h + 2] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m2);
-            u->q[4 * h + 3] = _mm256_and_si256(_mm256_srli_epi16(v, 6), m2);
-        }
-    }
-}
-
 /* int16 [sc[2c] x 8 | sc[2c+1] x 8] (per 16 elements): the scales of chunk c's two sub-blocks, lined up with
  * maddubs' output; one in-lane shuffle */
 GG_AVX2 static GG_INLINE __m256i gk_scale(const int type, const gk_avx *u, int c) {
@@ -337,22 +268,118 @@ GG_AVX2 static GG_INLINE __m256i gk_scale(const int type, const gk_avx *u, int c
     return _mm256_shuffle_epi8(c < 4 ? u->se : u->so, sh);
 }
 
+/* chunk c's codes x: kept (!fused) or dotted with a at once */
+GG_AVX2 static GG_INLINE void gk_emit(const int type, gk_avx *u, const int c, __m256i x, const int8_t *a,
+                                      __m256i *acc, const int fused) {
+    if (!fused) {
+        u->q[c] = x;
+        return;
+    }
+    *acc = _mm256_add_epi32(
+        *acc, _mm256_madd_epi16(_mm256_maddubs_epi16(x, _mm256_loadu_si256((const __m256i *)(a + 32 * c))), gk_scale(type, u, c)));
+}
+
+/* Unpack a super-block: the scales first, then each chunk's codes go to GK_EMIT: stored in u->q (!fused: GEMM
+ * keeps them for many tokens) or dotted at once with the activations a into *acc (GEMV: few live registers) */
+#define GK_EMIT(C, X) gk_emit(type, u, C, X, a, acc, fused)
+GG_AVX2 static GG_INLINE void gk_unpack_avx2(const int type, const uint8_t *b, gk_avx *u, const int fused,
+                                            const int8_t *a, __m256i *acc) {
+    const __m256i m4 = _mm256_set1_epi8(15), m2 = _mm256_set1_epi8(3);
+    if (type == ER_W_Q4_K || type == ER_W_Q5_K) {
+        uint32_t sl, sh, ml, mh;
+        gg_k4_scales(b + 4, &sl, &sh, &ml, &mh);
+        const __m128i sv = _mm_setr_epi32((int)sl, (int)sh, 0, 0), mm = _mm_setr_epi32((int)ml, (int)mh, 0, 0);
+        u->se = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sv));
+        u->mn = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mm, mm)); /* per 16: each per-32 min twice */
+        u->dA = gg_h2f(b);
+        u->dB = gg_h2f(b + 2);
+        const uint8_t *qs = b + (type == ER_W_Q5_K ? 48 : 16);
+        const __m256i qh = type == ER_W_Q5_K ? _mm256_loadu_si256((const __m256i *)(b + 16)) : _mm256_setzero_si256();
+        #pragma GCC unroll 4
+        for (int i = 0; i < 4; i++) {
+            const __m256i v = _mm256_loadu_si256((const __m256i *)(qs + 32 * i));
+            __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+            if (type == ER_W_Q5_K) {
+                lo = _mm256_or_si256(lo, gg_bit(qh, 2 * i, 4));
+                hi = _mm256_or_si256(hi, gg_bit(qh, 2 * i + 1, 4));
+            }
+            GK_EMIT(2 * i, lo);
+            GK_EMIT(2 * i + 1, hi);
+        }
+    } else if (type == ER_W_Q6_K) {
+        const __m128i sc = _mm_loadu_si128((const __m128i *)(b + 192));
+        gk_scales16(sc, u);
+        u->mn = _mm256_slli_epi16(_mm256_cvtepi8_epi16(sc), 5);
+        u->dA = u->dB = gg_h2f(b + 208);
+        const __m256i m30 = _mm256_set1_epi8(0x30);
+        #pragma GCC unroll 4
+        for (int h = 0; h < 2; h++) {
+            const __m256i l0 = _mm256_loadu_si256((const __m256i *)(b + 64 * h));
+            const __m256i l1 = _mm256_loadu_si256((const __m256i *)(b + 64 * h + 32));
+            const __m256i hb = _mm256_loadu_si256((const __m256i *)(b + 128 + 32 * h));
+            GK_EMIT(4 * h, _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(hb, 4), m30)));
+            GK_EMIT(4 * h + 1, _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(hb, 2), m30)));
+            GK_EMIT(4 * h + 2, _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(hb, m30)));
+            GK_EMIT(4 * h + 3, _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                                              _mm256_and_si256(_mm256_srli_epi16(hb, 2), m30)));
+        }
+    } else if (type == ER_W_Q3_K) {
+        uint32_t sw[4];
+        gg_k3_scales(b + 96, sw);
+        const __m128i sc = _mm_loadu_si128((const __m128i *)sw);
+        gk_scales16(sc, u);
+        u->mn = _mm256_slli_epi16(_mm256_cvtepi8_epi16(sc), 2);
+        u->dA = u->dB = gg_h2f(b + 108);
+        const __m256i hm = _mm256_loadu_si256((const __m256i *)b);
+        #pragma GCC unroll 4
+        for (int h = 0; h < 2; h++) {
+            const __m256i v = _mm256_loadu_si256((const __m256i *)(b + 32 + 32 * h));
+            GK_EMIT(4 * h, _mm256_or_si256(_mm256_and_si256(v, m2), gg_bit(hm, 4 * h, 2)));
+            GK_EMIT(4 * h + 1, _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 2), m2), gg_bit(hm, 4 * h + 1, 2)));
+            GK_EMIT(4 * h + 2, _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), m2), gg_bit(hm, 4 * h + 2, 2)));
+            GK_EMIT(4 * h + 3, _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 6), m2), gg_bit(hm, 4 * h + 3, 2)));
+        }
+    } else { /* ER_W_Q2_K */
+        const __m128i sv = _mm_loadu_si128((const __m128i *)b);
+        gk_scales16(_mm_and_si128(sv, _mm_set1_epi8(15)), u);
+        u->mn = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sv, 4), _mm_set1_epi8(15)));
+        u->dA = gg_h2f(b + 80);
+        u->dB = gg_h2f(b + 82);
+        #pragma GCC unroll 4
+        for (int h = 0; h < 2; h++) {
+            const __m256i v = _mm256_loadu_si256((const __m256i *)(b + 16 + 32 * h));
+            GK_EMIT(4 * h, _mm256_and_si256(v, m2));
+            GK_EMIT(4 * h + 1, _mm256_and_si256(_mm256_srli_epi16(v, 2), m2));
+            GK_EMIT(4 * h + 2, _mm256_and_si256(_mm256_srli_epi16(v, 4), m2));
+            GK_EMIT(4 * h + 3, _mm256_and_si256(_mm256_srli_epi16(v, 6), m2));
+        }
+    }
+}
+#undef GK_EMIT
+
 static GG_INLINE int gk_same_d(int type) { return type == ER_W_Q3_K || type == ER_W_Q6_K; }
 
-/* acc + this super-block's contribution for one token (a: its 256 activations, bs: their 16 sums) */
-GG_AVX2 static GG_INLINE __m256 gk_dot(const int type, const gk_avx *u, const int8_t *a, const int16_t *bs, float dy,
+/* the float step of one super-block and token: s = sum_j sc_j dot_j (int32 lanes), off from mn and bsums */
+GG_AVX2 static GG_INLINE __m256 gk_fma(const int type, const gk_avx *u, __m256i s, const int16_t *bs, float dy,
                                       __m256 acc) {
-    __m256i s = _mm256_setzero_si256();
-    for (int c = 0; c < 8; c++)
-        s = _mm256_add_epi32(s, _mm256_madd_epi16(_mm256_maddubs_epi16(u->q[c], _mm256_loadu_si256((const __m256i *)(a + 32 * c))),
-                                                  gk_scale(type, u, c)));
     const __m256i off = _mm256_madd_epi16(u->mn, _mm256_loadu_si256((const __m256i *)bs));
     if (gk_same_d(type)) return _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(s, off)), _mm256_set1_ps(dy * u->dA), acc);
     acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(dy * u->dA), acc);
     return _mm256_fmadd_ps(_mm256_cvtepi32_ps(off), _mm256_set1_ps(-dy * u->dB), acc);
 }
 
-/* GEMV over rows [n0, n1) */
+/* acc + an unpacked super-block's contribution for one token (a: its 256 activations, bs: their 16 sums) */
+GG_AVX2 static GG_INLINE __m256 gk_dot(const int type, const gk_avx *u, const int8_t *a, const int16_t *bs, float dy,
+                                      __m256 acc) {
+    __m256i s = _mm256_setzero_si256();
+#pragma GCC unroll 8
+    for (int c = 0; c < 8; c++)
+        s = _mm256_add_epi32(s, _mm256_madd_epi16(_mm256_maddubs_epi16(u->q[c], _mm256_loadu_si256((const __m256i *)(a + 32 * c))),
+                                                  gk_scale(type, u, c)));
+    return gk_fma(type, u, s, bs, dy, acc);
+}
+
+/* GEMV over rows [n0, n1): each chunk dotted as it is unpacked */
 GG_AVX2 static GG_INLINE void gk_gemv_avx2(const int type, const gg_job *j, int64_t n0, int64_t n1) {
     const er_weight *w = j->w;
     const gg_act *a = j->a;
@@ -363,8 +390,9 @@ GG_AVX2 static GG_INLINE void gk_gemv_avx2(const int type, const gg_job *j, int6
         __m256 acc = _mm256_setzero_ps();
         for (int64_t g = 0; g < nsb; g++) {
             gk_avx u;
-            gk_unpack_avx2(type, row + g * ts, &u);
-            acc = gk_dot(type, &u, a->q + g * 256, a->bs + g * 16, a->d[g], acc);
+            __m256i s = _mm256_setzero_si256();
+            gk_unpack_avx2(type, row + g * ts, &u, 1, a->q + g * 256, &s);
+            acc = gk_fma(type, &u, s, a->bs + g * 16, a->d[g], acc);
         }
         j->y[n] = gg_hsum_ps(acc);
     }
@@ -386,13 +414,15 @@ GG_AVX2 static GG_INLINE void gk_gemm_avx2(const int type, const gg_job *j, int6
             for (int t = 0; t < T; t++) acc[t] = _mm256_setzero_ps();
             for (int64_t g = 0; g < nsb; g++) {
                 gk_avx u;
-                gk_unpack_avx2(type, row + g * ts, &u);
+                gk_unpack_avx2(type, row + g * ts, &u, 0, NULL, NULL);
+#pragma GCC unroll 8
                 for (int c = 0; c < 8; c++) qv[c] = u.q[c], sv[c] = gk_scale(type, &u, c);
                 int t = 0;
                 for (; t + 4 <= T; t += 4) {
                     const int8_t *q0 = a->q + (t0 + t) * a->qstride + g * 256;
                     const int64_t qs = a->qstride;
                     __m256i s0 = _mm256_setzero_si256(), s1 = s0, s2 = s0, s3 = s0;
+#pragma GCC unroll 8
                     for (int c = 0; c < 8; c++) {
                         const __m256i qq = qv[c], ss = sv[c];
 #define GK_T(S, I) \
@@ -441,69 +471,115 @@ typedef struct {
     __m256 fw, fm;        /* lane order */
 } g32_avx;
 
-/* bit e of w -> byte e = 0x10 (else 0) */
-GG_AVX2 static GG_INLINE __m256i g32_hbits(uint32_t w) {
-    const __m256i sh = _mm256_setr_epi64x(0, 0x0101010101010101ll, 0x0202020202020202ll, 0x0303030303030303ll);
-    __m256i by = _mm256_shuffle_epi8(_mm256_set1_epi32((int)w), sh);
-    by = _mm256_cmpeq_epi8(_mm256_or_si256(by, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfell)), _mm256_set1_epi8(-1));
-    return _mm256_and_si256(by, _mm256_set1_epi8(0x10));
+/* the fifth bits of a pair of blocks as 0x10 / 0 bytes, in the pair layout: qq = qh0 | qh1 << 32 broadcast;
+ * hi = 0: [bits 0-15 of qh0 | bits 0-15 of qh1], hi = 1: bits 16-31 */
+GG_AVX2 static GG_INLINE __m256i g32_hbits(__m256i qq, const int hi) {
+    const __m256i sh = hi ? _mm256_setr_epi64x(0x0202020202020202ll, 0x0303030303030303ll, 0x0606060606060606ll,
+                                               0x0707070707070707ll)
+                          : _mm256_setr_epi64x(0, 0x0101010101010101ll, 0x0404040404040404ll, 0x0505050505050505ll);
+    const __m256i sel = _mm256_set1_epi64x((long long)0x8040201008040201ull);
+    const __m256i by = _mm256_and_si256(_mm256_shuffle_epi8(qq, sh), sel);
+    return _mm256_and_si256(_mm256_cmpeq_epi8(by, sel), _mm256_set1_epi8(0x10));
+}
+
+/* the codes of blocks b0 and (when two) b0 + ts, in the pair layout: lo = elements 0-15, hi = 16-31 */
+GG_AVX2 static GG_INLINE void g32_pair(const int type, const uint8_t *b0, const int ts, const int two, __m256i *lo,
+                                       __m256i *hi) {
+    const int oq = type == ER_W_Q4_1 ? 4 : type == ER_W_Q5_0 ? 6 : 8, oh = type == ER_W_Q5_0 ? 2 : 4;
+    const __m256i m4 = _mm256_set1_epi8(15);
+    const __m128i v0 = _mm_loadu_si128((const __m128i *)(b0 + oq));
+    const __m256i v = two ? _mm256_setr_m128i(v0, _mm_loadu_si128((const __m128i *)(b0 + ts + oq)))
+                          : _mm256_setr_m128i(v0, _mm_setzero_si128());
+    *lo = _mm256_and_si256(v, m4);
+    *hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+    if (type != ER_W_Q4_1) {
+        const uint64_t h = gg_u32(b0 + oh) | (uint64_t)(two ? gg_u32(b0 + ts + oh) : 0) << 32;
+        const __m256i qq = _mm256_set1_epi64x((long long)h);
+        *lo = _mm256_or_si256(*lo, g32_hbits(qq, 0));
+        *hi = _mm256_or_si256(*hi, g32_hbits(qq, 1));
+    }
+}
+
+/* fw, fm of blocks 0..nb-1 at p (stride ts) in lane order [0 2 4 6 | 1 3 5 7]; 0 for missing blocks */
+GG_AVX2 static GG_INLINE void g32_factors(const int type, const uint8_t *p, const int ts, const int nb, __m256 *fw,
+                                          __m256 *fm) {
+    uint64_t de = 0, doo = 0, me = 0, mo = 0; /* f16 d, m of blocks 0 2 4 6 / 1 3 5 7 */
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++) {
+        const uint8_t *b0 = p + 2 * i * ts, *b1 = b0 + ts;
+        if (2 * i < nb) {
+            de |= (uint64_t)gg_u16(b0) << 16 * i;
+            if (type != ER_W_Q5_0) me |= (uint64_t)gg_u16(b0 + 2) << 16 * i;
+        }
+        if (2 * i + 1 < nb) {
+            doo |= (uint64_t)gg_u16(b1) << 16 * i;
+            if (type != ER_W_Q5_0) mo |= (uint64_t)gg_u16(b1 + 2) << 16 * i;
+        }
+    }
+    *fw = _mm256_cvtph_ps(_mm_set_epi64x((long long)doo, (long long)de));
+    *fm = type == ER_W_Q5_0 ? _mm256_mul_ps(*fw, _mm256_set1_ps(-16.0f))
+                            : _mm256_cvtph_ps(_mm_set_epi64x((long long)mo, (long long)me));
 }
 
 /* blocks 0..nb-1 (nb <= 8) at p (stride ts) of one row; missing blocks give zero codes and factors */
 GG_AVX2 static GG_INLINE void g32_unpack(const int type, const uint8_t *p, const int ts, const int nb, g32_avx *u) {
-    const int oq = type == ER_W_Q4_1 ? 4 : type == ER_W_Q5_0 ? 6 : 8, oh = type == ER_W_Q5_0 ? 2 : 4;
-    const __m256i m4 = _mm256_set1_epi8(15);
-    uint64_t de = 0, doo = 0, me = 0, mo = 0; /* f16 d, m of blocks 0 2 4 6 / 1 3 5 7 */
+#pragma GCC unroll 4
     for (int i = 0; i < 4; i++) {
-        const uint8_t *b0 = p + 2 * i * ts, *b1 = b0 + ts;
-        if (2 * i >= nb) {
-            u->lo[i] = u->hi[i] = _mm256_setzero_si256();
-            continue;
-        }
-        const int two = 2 * i + 1 < nb;
-        const __m128i v0 = _mm_loadu_si128((const __m128i *)(b0 + oq));
-        const __m256i v = two ? _mm256_setr_m128i(v0, _mm_loadu_si128((const __m128i *)(b1 + oq)))
-                              : _mm256_setr_m128i(v0, _mm_setzero_si128());
-        u->lo[i] = _mm256_and_si256(v, m4);
-        u->hi[i] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
-        if (type != ER_W_Q4_1) {
-            const uint32_t h0 = gg_u32(b0 + oh), h1 = two ? gg_u32(b1 + oh) : 0;
-            u->lo[i] = _mm256_or_si256(u->lo[i], g32_hbits((h0 & 0xffffu) | h1 << 16));
-            u->hi[i] = _mm256_or_si256(u->hi[i], g32_hbits(h0 >> 16 | (h1 & 0xffff0000u)));
-        }
-        de |= (uint64_t)gg_u16(b0) << 16 * i;
-        if (two) doo |= (uint64_t)gg_u16(b1) << 16 * i;
-        if (type != ER_W_Q5_0) {
-            me |= (uint64_t)gg_u16(b0 + 2) << 16 * i;
-            if (two) mo |= (uint64_t)gg_u16(b1 + 2) << 16 * i;
-        }
+        if (2 * i >= nb) u->lo[i] = u->hi[i] = _mm256_setzero_si256();
+        else g32_pair(type, p + 2 * i * ts, ts, 2 * i + 1 < nb, &u->lo[i], &u->hi[i]);
     }
-    u->fw = _mm256_cvtph_ps(_mm_set_epi64x((long long)doo, (long long)de));
-    u->fm = type == ER_W_Q5_0 ? _mm256_mul_ps(u->fw, _mm256_set1_ps(-16.0f))
-                              : _mm256_cvtph_ps(_mm_set_epi64x((long long)mo, (long long)me));
+    g32_factors(type, p, ts, nb, &u->fw, &u->fm);
 }
 
-/* integer dots of the group's 8 blocks with pair-layout activations a (256 bytes): lanes [0 2 4 6 | 1 3 5 7] */
-GG_AVX2 static GG_INLINE __m256i g32_dots(const g32_avx *u, const int8_t *a) {
-    const __m256i ones = _mm256_set1_epi16(1);
-    __m256i v[4];
-    for (int i = 0; i < 4; i++) /* int16 sums of 4 products: |.| <= 4 * 31 * 127 */
-        v[i] = _mm256_madd_epi16(
-            _mm256_add_epi16(_mm256_maddubs_epi16(u->lo[i], _mm256_loadu_si256((const __m256i *)(a + 64 * i))),
-                             _mm256_maddubs_epi16(u->hi[i], _mm256_loadu_si256((const __m256i *)(a + 64 * i + 32)))),
-            ones); /* [2i (4 lanes) | 2i+1 (4 lanes)] */
+/* the 4 pair dots [2i (4 lanes) | 2i+1 (4 lanes)] -> lanes [0 2 4 6 | 1 3 5 7] */
+GG_AVX2 static GG_INLINE __m256i g32_reduce(const __m256i v[4]) {
     __m256i t0 = _mm256_add_epi32(_mm256_unpacklo_epi32(v[0], v[1]), _mm256_unpackhi_epi32(v[0], v[1]));
     __m256i t1 = _mm256_add_epi32(_mm256_unpacklo_epi32(v[2], v[3]), _mm256_unpackhi_epi32(v[2], v[3]));
     return _mm256_add_epi32(_mm256_unpacklo_epi64(t0, t1), _mm256_unpackhi_epi64(t0, t1));
 }
 
+/* one pair's dot: int16 sums of 4 products (|.| <= 4 * 31 * 127) widened once */
+GG_AVX2 static GG_INLINE __m256i g32_pdot(__m256i lo, __m256i hi, const int8_t *a) {
+    return _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)a)),
+                                              _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(a + 32)))),
+                             _mm256_set1_epi16(1));
+}
+
+/* integer dots of the group's 8 blocks with pair-layout activations a (256 bytes): lanes [0 2 4 6 | 1 3 5 7] */
+GG_AVX2 static GG_INLINE __m256i g32_dots(const g32_avx *u, const int8_t *a) {
+    __m256i v[4];
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++) v[i] = g32_pdot(u->lo[i], u->hi[i], a + 64 * i);
+    return g32_reduce(v);
+}
+
 /* acc += dots * fw * dy; accm += fm * sy for one token's group (d, s: its 8 natural-order factors) */
-GG_AVX2 static GG_INLINE void g32_step(const g32_avx *u, const int8_t *a, const float *d, const float *s, __m256 *acc,
-                                       __m256 *accm) {
+GG_AVX2 static GG_INLINE void g32_fma(__m256i dots, __m256 fw, __m256 fm, const float *d, const float *s, __m256 *acc,
+                                      __m256 *accm) {
     const __m256i li = _mm256_load_si256((const __m256i *)GG_LANE);
     const __m256 dy = _mm256_permutevar8x32_ps(_mm256_loadu_ps(d), li), sy = _mm256_permutevar8x32_ps(_mm256_loadu_ps(s), li);
-    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(g32_dots(u, a)), _mm256_mul_ps(u->fw, dy), *acc);
-    *accm = _mm256_fmadd_ps(u->fm, sy, *accm);
+    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots), _mm256_mul_ps(fw, dy), *acc);
+    *accm = _mm256_fmadd_ps(fm, sy, *accm);
+}
+
+/* GEMV: each pair is unpacked and dotted at once (few live registers) */
+GG_AVX2 static GG_INLINE void g32_group_gemv(const int type, const uint8_t *p, const int ts, const int nb,
+                                             const int8_t *a, const float *d, const float *s, __m256 *acc,
+                                             __m256 *accm) {
+    __m256i v[4];
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++) {
+        if (2 * i >= nb) {
+            v[i] = _mm256_setzero_si256();
+            continue;
+        }
+        __m256i lo, hi;
+        g32_pair(type, p + 2 * i * ts, ts, 2 * i + 1 < nb, &lo, &hi);
+        v[i] = g32_pdot(lo, hi, a + 64 * i);
+    }
+    __m256 fw, fm;
+    g32_factors(type, p, ts, nb, &fw, &fm);
+    g32_fma(g32_reduce(v), fw, fm, d, s, acc, accm);
 }
 
 GG_AVX2 static GG_INLINE void g32_gemv_avx2(const int type, const gg_job *j, int64_t n0, int64_t n1) {
@@ -515,15 +591,11 @@ GG_AVX2 static GG_INLINE void g32_gemv_avx2(const int type, const gg_job *j, int
     for (int64_t n = n0; n < n1; n++) {
         const uint8_t *row = (const uint8_t *)w->data + n * nblk * ts;
         __m256 acc = _mm256_setzero_ps(), accm = acc;
-        g32_avx u;
-        for (int64_t g = 0; g < nfull; g++) {
-            g32_unpack(type, row + 8 * g * ts, ts, 8, &u);
-            g32_step(&u, a->q + 256 * g, a->d + 8 * g, a->s + 8 * g, &acc, &accm);
-        }
-        if (tail) {
-            g32_unpack(type, row + 8 * nfull * ts, ts, tail, &u);
-            g32_step(&u, a->q + 256 * nfull, a->d + 8 * nfull, a->s + 8 * nfull, &acc, &accm);
-        }
+        for (int64_t g = 0; g < nfull; g++)
+            g32_group_gemv(type, row + 8 * g * ts, ts, 8, a->q + 256 * g, a->d + 8 * g, a->s + 8 * g, &acc, &accm);
+        if (tail)
+            g32_group_gemv(type, row + 8 * nfull * ts, ts, tail, a->q + 256 * nfull, a->d + 8 * nfull, a->s + 8 * nfull,
+                           &acc, &accm);
         j->y[n] = gg_hsum_ps(acc) + gg_hsum_ps(accm);
     }
 }
@@ -546,7 +618,8 @@ GG_AVX2 static GG_INLINE void g32_gemm_avx2(const int type, const gg_job *j, int
                 else g32_unpack(type, row + 8 * g * ts, ts, (int)(nblk - 8 * g), &u);
                 const int8_t *q = a->q + t0 * a->qstride + 256 * g;
                 const float *d = a->d + t0 * na + 8 * g, *s = a->s + t0 * na + 8 * g;
-                for (int t = 0; t < T; t++) g32_step(&u, q + t * a->qstride, d + t * na, s + t * na, &acc[t], &accm[t]);
+                for (int t = 0; t < T; t++)
+                    g32_fma(g32_dots(&u, q + t * a->qstride), u.fw, u.fm, d + t * na, s + t * na, &acc[t], &accm[t]);
             }
             for (int t = 0; t < T; t++) j->y[(t0 + t) * N + n] = gg_hsum_ps(acc[t]) + gg_hsum_ps(accm[t]);
         }
