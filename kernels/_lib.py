@@ -79,6 +79,8 @@ _SIGNATURES = {
     "er_parallel_for": (None, [c_int64, c_int64, TASK_FN, c_void_p]),
     "er_matmul": (c_int, [POINTER(ErWeight), c_void_p, c_void_p, c_int64]),
     "er_matmul_multi": (c_int, [c_void_p, c_int, c_void_p, c_void_p, c_int64]),
+    "er_ggml_type_supported": (c_int, [c_int]),
+    "er_ggml_type_size": (c_int, [c_int]),
     "er_rmsnorm": (None, [c_void_p, c_void_p, c_void_p, c_int64, c_int64, c_float]),
     "er_rope_neox": (None, [c_void_p, c_int64, c_int64, c_int64, c_float, c_float]),
     "er_softmax": (None, [c_void_p, c_int64, c_int64]),

@@ -17,6 +17,11 @@ from edgerun.quant import QuantizedTensor
 ISAS = {"scalar": 0, "avx2": 1, "avx512": 2, "neon": 3}
 _ISA_NAMES = {v: k for k, v in ISAS.items()}
 W_F32, W_F16, W_Q = 0, 1, 2
+# GGUF block formats read verbatim (er_weight.type; src/ggml_blocks.h): format -> (C type, QK, type_size)
+GGML_TYPES = {
+    "q4_1": (3, 32, 20), "q5_0": (4, 32, 22), "q5_1": (5, 32, 24),
+    "q2_k": (6, 256, 84), "q3_k": (7, 256, 110), "q4_k": (8, 256, 144), "q5_k": (9, 256, 176), "q6_k": (10, 256, 210),
+}
 _F32 = np.dtype(np.float32)
 _er_matmul = lib.er_matmul
 
@@ -96,15 +101,48 @@ def _zp_hint(w: QuantizedTensor) -> int:
     return int(z.flat[0]) + 1 if z.size and np.all(z == z.flat[0]) else 0
 
 
+def supported_formats() -> list[str]:
+    """Quantized weight formats :class:`Weight` and :func:`matmul` run: the MatMulNBits formats of
+    ``edgerun.quant`` and the GGUF block formats (``q4_1``, ``q5_0``, ``q5_1``, ``q2_k`` .. ``q6_k``, read
+    verbatim) the compiled library has kernels for."""
+    from edgerun.quant import FORMATS
+
+    return sorted(FORMATS) + [f for f, (t, _, _) in GGML_TYPES.items() if lib.er_ggml_type_supported(t)]
+
+
+def _ggml_weight(w: QuantizedTensor) -> tuple[ErWeight, np.ndarray]:
+    """C descriptor of a GGUF-block weight: ``data`` (N, K // QK, type_size) uint8, each row's blocks verbatim."""
+    t, qk, ts = GGML_TYPES[w.format]
+    n, k = (int(v) for v in w.shape)
+    if k % qk or w.block_size != qk:
+        raise ValueError(f"{w.format}: K={k} must be a multiple of block_size={qk} (got block_size={w.block_size})")
+    data = np.ascontiguousarray(w.data, np.uint8)
+    if data.size != n * (k // qk) * ts:
+        raise ValueError(f"{w.format}: data has {data.size} bytes, expected (N, K // {qk}, {ts}) = "
+                         f"{n * (k // qk) * ts} for shape {(n, k)}")
+    if not lib.er_ggml_type_supported(t):
+        from edgerun.errors import UnsupportedError
+
+        raise UnsupportedError(f"the compiled kernels have no {w.format} matmul")
+    return ErWeight(t, w.bits, n, k, qk, 0, _ptr(data), None, None), data
+
+
 class Weight:
-    """A weight ready for :func:`matmul`: f32/f16 ``(N, K)`` array or a :class:`QuantizedTensor`.
+    """A weight ready for :func:`matmul`: f32/f16 ``(N, K)`` array or a :class:`QuantizedTensor`
+    (MatMulNBits formats, or GGUF block formats read verbatim: see :func:`supported_formats`).
 
     Holds references to the arrays (which may be views into an mmapped ``weights.bin``) and the
     prebuilt C descriptor, so a call costs no repacking.
     """
 
     def __init__(self, w: QuantizedTensor | np.ndarray):
-        if isinstance(w, QuantizedTensor):
+        if isinstance(w, QuantizedTensor) and w.format in GGML_TYPES:
+            self._c, data = _ggml_weight(w)
+            self.format = w.format
+            self.shape = tuple(int(v) for v in w.shape)
+            self.quantized = w
+            self._keep = (data,)
+        elif isinstance(w, QuantizedTensor):
             parts = [np.ascontiguousarray(w.data, np.uint8), np.ascontiguousarray(w.scales, np.float16)]
             zp = None if w.zero_points is None else np.ascontiguousarray(w.zero_points, np.uint8)
             self.format = w.format

@@ -11,7 +11,10 @@ from edgerun.quant import QuantizedTensor, dequantize, get_format, unpack_codes
 
 def matmul(w: QuantizedTensor | np.ndarray, x: np.ndarray) -> np.ndarray:
     """Exact-float reference: ``x (M, K) @ W^T`` with W dequantized -> (M, N) float32 (float64 math)."""
-    wf = dequantize(w) if isinstance(w, QuantizedTensor) else np.asarray(w, dtype=np.float32)
+    if isinstance(w, QuantizedTensor):
+        wf = ggml_dequantize(w) if w.format in GGML_BLOCKS else dequantize(w)
+    else:
+        wf = np.asarray(w, dtype=np.float32)
     return (np.asarray(x, np.float64) @ wf.astype(np.float64).T).astype(np.float32)
 
 
@@ -168,3 +171,179 @@ def attention_prefill(q: np.ndarray, k: np.ndarray, v: np.ndarray, p0: int, scal
     p = np.exp(s - s.max(axis=-1, keepdims=True))
     p /= p.sum(axis=-1, keepdims=True)
     return np.einsum("htj,hjd->thd", p, vv).astype(np.float32)
+
+
+# ---- GGUF block formats (q4_1, q5_0, q5_1, q2_k .. q6_k), read verbatim by src/matmul_ggml.c ----------------
+#
+# A weight is a QuantizedTensor with format = the lower-case ggml type name, block_size = QK, scales = None and
+# data = (N, K // QK, type_size) uint8: each row's GGUF blocks byte for byte. Layouts: src/ggml_blocks.h.
+
+GGML_BLOCKS = {  # format: (QK, type_size) as gguf.GGML_QUANT_SIZES
+    "q4_1": (32, 20), "q5_0": (32, 22), "q5_1": (32, 24),
+    "q2_k": (256, 84), "q3_k": (256, 110), "q4_k": (256, 144), "q5_k": (256, 176), "q6_k": (256, 210),
+}
+
+
+def _f16(b: np.ndarray, o: int) -> np.ndarray:
+    """The f16 at byte offset o of each block (nb, type_size) -> (nb,) float32."""
+    return np.ascontiguousarray(b[:, o:o + 2]).view(np.float16)[:, 0].astype(np.float32)
+
+
+def _k4_scales(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """q4_K / q5_K: 12 bytes (nb, 12) -> the 8 6-bit scales and 8 mins (nb, 8) int64."""
+    s = s.astype(np.int64)
+    sc = np.concatenate([s[:, 0:4] & 63, (s[:, 8:12] & 15) | ((s[:, 0:4] >> 6) << 4)], axis=1)
+    mn = np.concatenate([s[:, 4:8] & 63, (s[:, 8:12] >> 4) | ((s[:, 4:8] >> 6) << 4)], axis=1)
+    return sc, mn
+
+
+def _k3_scales(s: np.ndarray) -> np.ndarray:
+    """q3_K: 12 bytes (nb, 12) -> the 16 6-bit scales minus 32 (nb, 16) int64."""
+    s = s.astype(np.int64)
+    lo = np.concatenate([s[:, 0:8] & 15, s[:, 0:8] >> 4], axis=1)  # scale j < 8: low nibble of byte j
+    hi = np.concatenate([(s[:, 8:12] >> (2 * i)) & 3 for i in range(4)], axis=1)  # scale 4i + r: byte 8 + r
+    return (lo | (hi << 4)) - 32
+
+
+def ggml_codes(fmt: str, blocks: np.ndarray) -> dict[str, np.ndarray]:
+    """The canonical form of blocks (nb, type_size) of ``fmt`` (src/ggml_blocks.h): unsigned codes ``q`` in
+    natural element order (nb, QK) int64 and the block factors.
+
+    K-quants: ``sc``, ``mn`` (nb, 16) int64 per 16 elements and ``dA``, ``dB`` (nb,) float32 with
+    ``w = dA * sc * q - dB * mn``.  32-element formats: ``fw``, ``fm`` (nb,) float32 with ``w = fw * q + fm``.
+    """
+    b = np.asarray(blocks, np.uint8)
+    e = np.arange(256)
+    h, f, lane = e >> 7, (e >> 5) & 3, e & 31
+    if fmt in ("q4_1", "q5_0", "q5_1"):
+        qs = b[:, {"q4_1": 4, "q5_0": 6, "q5_1": 8}[fmt]:][:, :16].astype(np.int64)
+        q = np.concatenate([qs & 15, qs >> 4], axis=1)
+        if fmt != "q4_1":
+            qh = np.ascontiguousarray(b[:, 2 if fmt == "q5_0" else 4:][:, :4]).view("<u4")[:, 0].astype(np.int64)
+            q |= ((qh[:, None] >> np.arange(32)) & 1) << 4
+        fw = _f16(b, 0)
+        fm = (np.float32(-16) * fw) if fmt == "q5_0" else _f16(b, 2)
+        return {"q": q, "fw": fw, "fm": fm.astype(np.float32)}
+    if fmt == "q2_k":
+        qs = b[:, 16:80].astype(np.int64)
+        q = (qs[:, 32 * h + lane] >> (2 * f)) & 3
+        s = b[:, :16].astype(np.int64)
+        return {"q": q, "sc": s & 15, "mn": s >> 4, "dA": _f16(b, 80), "dB": _f16(b, 82)}
+    if fmt == "q3_k":
+        qs, hm = b[:, 32:96].astype(np.int64), b[:, :32].astype(np.int64)
+        q = ((qs[:, 32 * h + lane] >> (2 * f)) & 3) | (((hm[:, lane] >> (4 * h + f)) & 1) << 2)
+        sc = _k3_scales(b[:, 96:108])
+        d = _f16(b, 108)
+        return {"q": q, "sc": sc, "mn": 4 * sc, "dA": d, "dB": d}
+    if fmt in ("q4_k", "q5_k"):
+        sc, mn = _k4_scales(b[:, 4:16])
+        qs = b[:, 48 if fmt == "q5_k" else 16:][:, :128].astype(np.int64)
+        j = e >> 5
+        q = (qs[:, 32 * (j >> 1) + lane] >> (4 * (j & 1))) & 15
+        if fmt == "q5_k":
+            q |= ((b[:, 16:48].astype(np.int64)[:, lane] >> j) & 1) << 4
+        return {"q": q, "sc": np.repeat(sc, 2, axis=1), "mn": np.repeat(mn, 2, axis=1), "dA": _f16(b, 0),
+                "dB": _f16(b, 2)}
+    if fmt == "q6_k":
+        ql, qh = b[:, :128].astype(np.int64), b[:, 128:192].astype(np.int64)
+        q = (ql[:, 64 * h + 32 * (f & 1) + lane] >> (4 * (f >> 1))) & 15
+        q |= ((qh[:, 32 * h + lane] >> (2 * f)) & 3) << 4
+        sc = b[:, 192:208].view(np.int8).astype(np.int64)
+        d = _f16(b, 208)
+        return {"q": q, "sc": sc, "mn": 32 * sc, "dA": d, "dB": d}
+    raise ValueError(f"not a GGUF block format: {fmt!r}")
+
+
+def ggml_dequantize_blocks(fmt: str, blocks: np.ndarray) -> np.ndarray:
+    """Blocks (nb, type_size) -> (nb, QK) float32, with llama.cpp's dequantize_row_* float operations (so equal
+    bit for bit to ``gguf.quants.dequantize``)."""
+    c = ggml_codes(fmt, blocks)
+    q = c["q"]
+    f32 = np.float32
+    if fmt in ("q4_1", "q5_1"):
+        return c["fw"][:, None] * q.astype(f32) + c["fm"][:, None]
+    if fmt == "q5_0":
+        return c["fw"][:, None] * (q - 16).astype(f32)
+    nb = q.shape[0]
+    sc = c["sc"].astype(f32)
+    q16 = q.reshape(nb, 16, 16)
+    if fmt in ("q3_k", "q6_k"):  # d * sc * (q - z)
+        z = 4 if fmt == "q3_k" else 32
+        w = (c["dA"][:, None] * sc)[..., None] * (q16 - z).astype(f32)
+    else:  # d * sc * q - dmin * m
+        w = (c["dA"][:, None] * sc)[..., None] * q16.astype(f32) - (c["dB"][:, None] * c["mn"].astype(f32))[..., None]
+    return w.reshape(nb, 256).astype(f32)
+
+
+def ggml_dequantize(w: QuantizedTensor) -> np.ndarray:
+    """A GGUF-block QuantizedTensor -> (N, K) float32."""
+    qk, ts = GGML_BLOCKS[w.format]
+    n, k = w.shape
+    return ggml_dequantize_blocks(w.format, np.asarray(w.data, np.uint8).reshape(-1, ts)).reshape(n, k)
+
+
+def ggml_abs_terms(w: QuantizedTensor) -> np.ndarray:
+    """(N, K) float64: the magnitudes of the terms each weight is made of (|dA sc q| + |dB mn|, |fw q| + |fm|), a
+    scale for the float32 rounding of kernels that add the terms separately."""
+    qk, ts = GGML_BLOCKS[w.format]
+    n, k = w.shape
+    c = ggml_codes(w.format, np.asarray(w.data, np.uint8).reshape(-1, ts))
+    q = c["q"].astype(np.float64)
+    if qk == 32:
+        a = np.abs(c["fw"].astype(np.float64))[:, None] * q + np.abs(c["fm"].astype(np.float64))[:, None]
+    else:
+        nb = q.shape[0]
+        sa = np.abs(c["dA"].astype(np.float64)[:, None] * c["sc"])[..., None]  # (nb, 16, 1)
+        sb = np.abs(c["dB"].astype(np.float64)[:, None] * c["mn"])[..., None]
+        a = (sa * q.reshape(nb, 16, 16) + sb).reshape(nb, 256)
+    return a.reshape(n, k)
+
+
+def _ggml_act(x: np.ndarray, qk: int) -> dict[str, np.ndarray]:
+    """The kernels' activations for weights with blocks of qk (32: Q8_0 + sums, 256: Q8_K + sums of 16)."""
+    m, k = x.shape
+    if qk == 256:
+        q, d = quantize_activations(x, k, q8k=True)  # d repeated per 32
+        return {"q": q.astype(np.int64), "d": d[:, ::8].astype(np.float64),
+                "bs": q.reshape(m, -1, 16).sum(axis=-1).astype(np.int64)}
+    q, d = quantize_activations(x, k)
+    return {"q": q.astype(np.int64), "d": d.astype(np.float64),
+            "s": d.astype(np.float64) * q.reshape(m, -1, 32).sum(axis=-1)}
+
+
+def ggml_matmul_q8(w: QuantizedTensor, x: np.ndarray) -> np.ndarray:
+    """What the kernels compute for a GGUF-block weight: x quantized as llama.cpp does (Q8_0 per 32 with block
+    sums, or Q8_K per 256 with sums of 16), exact integer dots and integer sub-block scales, the float factors in
+    float64:
+        K-quants:  y = sum_blocks dy * (dA * sum_j sc_j dot_j - dB * sum_j mn_j bsum_j)
+        32-blocks: y = sum_blocks fw * dy * dot + fm * dy * sum(a)
+    x (M, K) -> (M, N) float32."""
+    qk, ts = GGML_BLOCKS[w.format]
+    n, k = w.shape
+    x = np.asarray(x, np.float32).reshape(-1, k)
+    m, nb = x.shape[0], k // qk
+    c = ggml_codes(w.format, np.asarray(w.data, np.uint8).reshape(-1, ts))
+    a = _ggml_act(x, qk)
+    if qk == 32:
+        dots = np.einsum("nbe,mbe->mnb", c["q"].reshape(n, nb, 32), a["q"].reshape(m, nb, 32)).astype(np.float64)
+        fw = c["fw"].astype(np.float64).reshape(n, nb)
+        fm = c["fm"].astype(np.float64).reshape(n, nb)
+        y = np.einsum("mnb,nb,mb->mn", dots, fw, a["d"]) + np.einsum("nb,mb->mn", fm, a["s"])
+        return y.astype(np.float32)
+    d16 = np.einsum("nbje,mbje->mnbj", c["q"].reshape(n, nb, 16, 16), a["q"].reshape(m, nb, 16, 16))
+    si = np.einsum("mnbj,nbj->mnb", d16, c["sc"].reshape(n, nb, 16))  # exact int64
+    so = np.einsum("mbj,nbj->mnb", a["bs"].reshape(m, nb, 16), c["mn"].reshape(n, nb, 16))
+    da = c["dA"].astype(np.float64).reshape(n, nb)
+    db = c["dB"].astype(np.float64).reshape(n, nb)
+    y = np.einsum("mb,mnb->mn", a["d"], da[None] * si - db[None] * so)
+    return y.astype(np.float32)
+
+
+def ggml_error_bound(w: QuantizedTensor, x: np.ndarray, wf: np.ndarray | None = None) -> np.ndarray:
+    """Bound on |ggml_matmul_q8 - exact float product| (M, N): each activation moves by at most d/2 (plus the fp16
+    rounding of a Q8_0 d), so |dy| <= sum_k |W[n,k]| d(k) (1/2 + 127/2048). ``wf``: ggml_dequantize(w) if at hand."""
+    qk, _ = GGML_BLOCKS[w.format]
+    x = np.asarray(x, np.float32).reshape(-1, w.shape[1])
+    d = np.abs(_ggml_act(x, qk)["d"])
+    d = np.repeat(d, qk, axis=1) * (1 / 2 + 127 / 2048)  # (M, K)
+    return d @ np.abs((ggml_dequantize(w) if wf is None else wf).astype(np.float64)).T

@@ -42,7 +42,7 @@ def get(op: str, fmt: str = "f32") -> Kernel:
         raise UnsupportedError(f"no kernel for {op}/{fmt}; available: {have}") from None
 
 
-for _fmt in ("f32", "f16", *sorted(FORMATS)):
+for _fmt in ("f32", "f16", *sorted(FORMATS), *ops.GGML_TYPES):
     register("matmul", _fmt, ops.matmul, reference.matmul)
 for _name in ("rmsnorm", "rope_neox", "softmax", "silu", "gelu_tanh", "mul", "silu_mul", "gelu_mul"):
     register(_name, "f32", getattr(ops, _name), getattr(reference, _name))

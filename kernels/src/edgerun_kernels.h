@@ -41,8 +41,19 @@ void er_parallel_for(int64_t n, int64_t grain, er_task_fn fn, void *ctx);
 
 /* ---- matmul (GEMV for m == 1, GEMM for m > 1) ---------------------------------------------- */
 enum { ER_W_F32 = 0, ER_W_F16 = 1, ER_W_Q = 2 };
+/* GGUF block formats, read verbatim (src/ggml_blocks.h, src/matmul_ggml.c): data = each row's GGUF blocks byte
+ * for byte, (N, K / block_size, type_size) uint8; block_size = 32 (q4_1, q5_0, q5_1) or 256 (K-quants), K a
+ * multiple of it; bits = the nominal width (unused); scales = zero_points = NULL. Activations are quantized on
+ * the fly as llama.cpp does for these types: Q8_0 per 32 (with d * sum(q) per block, like block_q8_1) or Q8_K
+ * per 256 (f32 d, sums of 16). */
+enum {
+    ER_W_Q4_1 = 3, ER_W_Q5_0 = 4, ER_W_Q5_1 = 5,
+    ER_W_Q2_K = 6, ER_W_Q3_K = 7, ER_W_Q4_K = 8, ER_W_Q5_K = 9, ER_W_Q6_K = 10
+};
+int er_ggml_type_supported(int type); /* 1 if er_matmul runs er_weight.type `type` (a GGUF block format) */
+int er_ggml_type_size(int type);      /* bytes per block of a GGUF block format, 0 if not one */
 typedef struct er_weight {
-    int32_t type;         /* ER_W_F32 (data float[N][K]), ER_W_F16 (uint16 f16[N][K]), ER_W_Q */
+    int32_t type;         /* ER_W_F32 (data float[N][K]), ER_W_F16 (uint16 f16[N][K]), ER_W_Q, ER_W_Q4_1.. */
     int32_t bits;         /* ER_W_Q: 2, 4 or 8 */
     int64_t n, k;
     int32_t block_size;   /* ER_W_Q: power of two, >= 32 */

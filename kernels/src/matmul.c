@@ -29,6 +29,7 @@
 #include "edgerun_kernels.h"
 #include "er_internal.h"
 #include "er_neon.h"
+#include "ggml_blocks.h"
 
 #define SUB 32
 #define ER_INLINE inline __attribute__((always_inline))
@@ -1173,6 +1174,7 @@ static int tern_fast(const er_weight *w, int64_t m, int isa) {
 
 int er_matmul(const er_weight *w, const float *x, float *y, int64_t m) {
     if (!w || !x || !y || m < 1 || w->n < 1 || w->k < 1 || !w->data) return -1;
+    if (gg_is_type(w->type)) return er_matmul_ggml(w, x, y, m); /* GGUF block formats: matmul_ggml.c */
 #if defined(__aarch64__)
     if (er_get_isa() == ER_ISA_NEON) return er_matmul_neon(w, x, y, m); /* matmul_neon.c */
 #endif
@@ -1216,6 +1218,10 @@ int er_matmul_multi(const er_weight *const *ws, int nw, const float *x, float *c
         same &= w->type == w0->type && w->k == w0->k && w->bits == w0->bits && w->block_size == w0->block_size &&
                 zero_point_default(w) == zero_point_default(w0) &&
                 (w->zero_points && w->zp_hint <= 0) == (w0->zero_points && w0->zp_hint <= 0);
+    }
+    if (gg_is_type(w0->type)) { /* GGUF block formats sharing one activation kind: matmul_ggml.c */
+        int r = er_matmul_multi_ggml(ws, nw, x, ys, m);
+        if (r <= 0) return r;
     }
     const int isa = er_get_isa();
     if (!same || ER_ISA_NEON == isa || (w0->type != ER_W_Q && w0->type != ER_W_F32 && w0->type != ER_W_F16)) {

@@ -166,6 +166,126 @@ static void check_q(int bits, int bs, int zpm, int64_t n, int64_t k, int64_t m, 
     free(data), free(scales), free(zp), free(x), free(y0), free(y1), free(tol);
 }
 
+/* ---- GGUF block formats (er_weight.type ER_W_Q4_1 .. ER_W_Q6_K, src/ggml_blocks.h) -------------------- */
+
+#include "ggml_blocks.h"
+
+static const char *ggml_name(int type) {
+    static const char *names[] = {"q4_1", "q5_0", "q5_1", "q2_K", "q3_K", "q4_K", "q5_K", "q6_K"};
+    return names[type - ER_W_Q4_1];
+}
+
+/* random blocks; the f16 fields (d, m / dmin) finite, |v| in [0.001, 0.05], either sign */
+static void fill_ggml(int type, uint8_t *d, int64_t nblocks) {
+    const int ts = gg_type_size(type);
+    int offs[2], no = 0;
+    switch (type) {
+    case ER_W_Q5_0: offs[no++] = 0; break;
+    case ER_W_Q2_K: offs[no++] = 80, offs[no++] = 82; break;
+    case ER_W_Q3_K: offs[no++] = 108; break;
+    case ER_W_Q6_K: offs[no++] = 208; break;
+    default: offs[no++] = 0, offs[no++] = 2; break; /* q4_1, q5_1, q4_K, q5_K */
+    }
+    for (int64_t i = 0; i < nblocks * ts; i++) d[i] = (uint8_t)rnd();
+    for (int64_t b = 0; b < nblocks; b++)
+        for (int o = 0; o < no; o++) {
+            uint16_t h = f32_to_f16((0.001f + 0.049f * fabsf(frand())) * (rnd() & 1 ? 1 : -1));
+            memcpy(d + b * ts + offs[o], &h, 2);
+        }
+}
+
+/* sum_k |x_k| (|first term of w_nk| + |second term|) per row and token: the scale of float32 rounding */
+static void ggml_tol(const er_weight *w, const float *x, int64_t m, float *tol) {
+    const int type = w->type, qk = gg_qk(type), ts = gg_type_size(type);
+    const int64_t nblk = w->k / qk;
+    for (int64_t r = 0; r < w->n; r++)
+        for (int64_t t = 0; t < m; t++) {
+            double s = 0.0;
+            for (int64_t b = 0; b < nblk; b++) {
+                const uint8_t *blk = (const uint8_t *)w->data + (r * nblk + b) * ts;
+                const float *xb = x + t * w->k + b * qk;
+                if (qk == 256) {
+                    gg_kform f;
+                    gg_unpack_k(type, blk, &f);
+                    for (int e = 0; e < 256; e++)
+                        s += fabs((double)xb[e]) * (fabs((double)f.dA * f.sc[e / 16] * f.q[e]) + fabs((double)f.dB * f.mn[e / 16]));
+                } else {
+                    uint8_t q[32];
+                    float fw, fm;
+                    gg_unpack_32(type, blk, q, &fw, &fm);
+                    for (int e = 0; e < 32; e++) s += fabs((double)xb[e]) * (fabs((double)fw * q[e]) + fabs((double)fm));
+                }
+            }
+            tol[t * w->n + r] = (float)(2e-5 * s + 2e-6);
+        }
+}
+
+static void check_ggml(int type, int64_t n, int64_t nblk, int64_t m, int threads, int xkind) {
+    const int qk = gg_qk(type), ts = gg_type_size(type);
+    const int64_t k = nblk * qk;
+    uint8_t *data = malloc((size_t)(n * nblk * ts));
+    float *x = malloc(sizeof(float) * (size_t)(m * k)), *y0 = malloc(sizeof(float) * (size_t)(m * n));
+    float *y1 = malloc(sizeof(float) * (size_t)(m * n)), *tol = malloc(sizeof(float) * (size_t)(m * n));
+    fill_ggml(type, data, n * nblk);
+    fill_x(x, m, k, xkind);
+    er_weight w = {.type = type, .bits = 4, .n = n, .k = k, .block_size = qk, .data = data};
+    ggml_tol(&w, x, m, tol);
+    er_set_num_threads(threads);
+    er_set_isa(ER_ISA_SCALAR);
+    int rc0 = er_matmul(&w, x, y0, m);
+    er_set_isa(VEC_ISA);
+    int rc1 = er_matmul(&w, x, y1, m);
+    char what[160];
+    snprintf(what, sizeof what, "matmul %s n=%lld k=%lld m=%lld threads=%d x=%s", ggml_name(type), (long long)n,
+             (long long)k, (long long)m, threads, xkind == 0 ? "gauss" : xkind == 1 ? "zeros" : "spike");
+    if (rc0 || rc1) {
+        printf("FAIL %s: er_matmul returned %d / %d\n", what, rc0, rc1);
+        n_cases++, n_fail++;
+    } else {
+        compare(what, y1, y0, tol, m * n, 0, 0);
+    }
+    free(data), free(x), free(y0), free(y1), free(tol);
+}
+
+/* er_matmul_multi over GGUF weights of one activation kind (x quantized once) == one er_matmul each, exactly */
+static void check_ggml_multi(const int *types, int nw, int64_t nblk256, int64_t m, int threads) {
+    const int64_t k = nblk256 * 256;
+    uint8_t *data[4];
+    float *ys[4], *yr[4];
+    er_weight w[4];
+    const er_weight *wp[4];
+    float *x = malloc(sizeof(float) * (size_t)(m * k));
+    fill_x(x, m, k, 0);
+    for (int i = 0; i < nw; i++) {
+        const int64_t n = 5 + 17 * i, nblk = k / gg_qk(types[i]);
+        data[i] = malloc((size_t)(n * nblk * gg_type_size(types[i])));
+        fill_ggml(types[i], data[i], n * nblk);
+        w[i] = (er_weight){.type = types[i], .bits = 4, .n = n, .k = k, .block_size = gg_qk(types[i]), .data = data[i]};
+        wp[i] = &w[i];
+        ys[i] = malloc(sizeof(float) * (size_t)(m * n));
+        yr[i] = malloc(sizeof(float) * (size_t)(m * n));
+    }
+    er_set_num_threads(threads);
+    char what[160];
+    for (int isa = 0; isa < 2; isa++) {
+        er_set_isa(isa ? VEC_ISA : ER_ISA_SCALAR);
+        int rc = er_matmul_multi(wp, nw, x, ys, m);
+        for (int i = 0; i < nw; i++) rc |= er_matmul(&w[i], x, yr[i], m);
+        for (int i = 0; i < nw; i++) {
+            snprintf(what, sizeof what, "matmul_multi %s (%d weights) k=%lld m=%lld threads=%d isa=%s", ggml_name(types[i]),
+                     nw, (long long)k, (long long)m, threads, isa ? VEC_NAME : "scalar");
+            if (rc) {
+                printf("FAIL %s: returned %d\n", what, rc);
+                n_cases++, n_fail++;
+                break;
+            }
+            compare(what, ys[i], yr[i], NULL, m * w[i].n, 0, 0);
+        }
+    }
+    for (int i = 0; i < nw; i++) free(data[i]), free(ys[i]), free(yr[i]);
+    free(x);
+}
+
 /* ---- float matmul -------------------------------------------------------------------------------- */
 
 static void check_f(int f16, int64_t n, int64_t k, int64_t m, int threads) {
@@ -312,6 +432,20 @@ int main(int argc, char **argv) {
                 check_q(fmts[f][0], fmts[f][1], fmts[f][2], shapes[s][0], shapes[s][1], ms[mi], ci % 2 ? 3 : 1,
                         xkind);
             }
+    /* GGUF block formats: (rows, blocks per row) x tokens, threads 1 / 3; zeros / spike x on one shape */
+    static const int64_t gshapes[][2] = {{1, 1}, {7, 2}, {33, 5}, {4, 8}, {100, 1}, {9, 20}};
+    static const int64_t gms[] = {1, 3, 4, 5, 17};
+    for (int type = ER_W_Q4_1; type <= ER_W_Q6_K; type++)
+        for (size_t s = 0; s < sizeof gshapes / sizeof gshapes[0]; s++)
+            for (size_t mi = 0; mi < sizeof gms / sizeof gms[0]; mi++, ci++) {
+                if (gg_is_k(type) && gshapes[s][1] == 20 && gms[mi] > 4) continue; /* keep qemu runs short */
+                int xkind = s == 1 ? (int)(mi % 3) : 0;
+                check_ggml(type, gshapes[s][0], gshapes[s][1], gms[mi], ci % 2 ? 3 : 1, xkind);
+            }
+    static const int mk[][3] = {{ER_W_Q4_K, ER_W_Q6_K, ER_W_Q4_K}, {ER_W_Q2_K, ER_W_Q3_K, ER_W_Q5_K},
+                                {ER_W_Q5_0, ER_W_Q5_0, ER_W_Q4_1}, {ER_W_Q5_1, ER_W_Q4_1, ER_W_Q5_0}};
+    for (size_t i = 0; i < sizeof mk / sizeof mk[0]; i++)
+        for (int64_t m = 1; m <= 5; m += 4) check_ggml_multi(mk[i], 3, 3, m, 1 + 2 * (int)(i % 2));
     static const int64_t fshapes[][2] = {{1, 1}, {7, 100}, {33, 256}, {16, 576}, {9, 301}, {5, 1537}};
     for (int f16 = 0; f16 < 2; f16++)
         for (size_t s = 0; s < sizeof fshapes / sizeof fshapes[0]; s++)
