@@ -98,8 +98,36 @@ def split_clauses(text: str) -> list[tuple[str, str]]:
     return out
 
 
+_PIPER = None
+
+
+def _piper_phonemizer():
+    """piper-tts's espeak-ng (its own build and data: what Piper voices were trained on), or None."""
+    global _PIPER
+    if _PIPER is None:
+        try:
+            from piper.phonemize_espeak import EspeakPhonemizer
+
+            _PIPER = EspeakPhonemizer()
+        except (ImportError, OSError):
+            _PIPER = False
+    return _PIPER or None
+
+
 def phonemize(text: str, voice: str = "en-us", backend: str = "auto") -> str:
-    """IPA phonemes of `text` with clause punctuation kept (e.g. 'həlˈoʊ wˈɜːld, ...')."""
+    """IPA phonemes of `text` with clause punctuation kept (e.g. 'həlˈoʊ wˈɜːld, ...').
+
+    backend "auto": piper-tts's espeak-ng build and data when installed (the phonemes Piper voices were
+    trained on: Debian's espeak-ng 1.51 differs on weak forms like "has been" and on linking), else the system
+    libespeak-ng ("lib"), else the espeak-ng program ("cli")."""
+    if backend in ("auto", "piper"):
+        ph = _piper_phonemizer()
+        if ph is not None:
+            with _LOCK:
+                sentences = ph.phonemize(voice, " ".join(text.split()))
+            return unicodedata.normalize("NFD", " ".join("".join(s).strip() for s in sentences if s))
+        if backend == "piper":
+            raise EdgerunError("piper-tts is not installed; run: pip install piper-tts")
     out: list[str] = []
     for words, punct in split_clauses(text):
         if not words:
