@@ -5,7 +5,7 @@
 ```
 prefill(tokens int32 (T,), k_0, v_0, ..., *weights)      -> (logits (T, vocab), k_0', v_0', ...)
 prefill_last(tokens (T,), kv..., *weights)               -> (logits (1, vocab), kv'...)
-decode(tokens (1,), kv..., *weights)                     -> (logits (1, vocab), kv'...)
+decode(tokens (1,), kv..., *weights)                     -> (logits (1, vocab), kv'...)   (CUDA targets)
 k_i, v_i: float32 (n_kv, P, head_dim) past keys (after RoPE) / values; k_i', v_i': (n_kv, P + T, head_dim)
 ```
 
@@ -403,18 +403,22 @@ class _Builder:
                 out = bb.emit_output(relax.Tuple([logits, *present]))
             bb.emit_func_output(out)
 
-    def build(self):
+    def build(self, decode: bool):
         from tvm import relax, tirx
 
         self.bb = relax.BlockBuilder()
         self.function("prefill", tirx.Var("T", "int64"), last_only=False)
         self.function("prefill_last", tirx.Var("T", "int64"), last_only=True)
-        self.function("decode", 1, last_only=False)
+        if decode:
+            self.function("decode", 1, last_only=False)
         return self.bb.get()
 
 
-def build_irmodule(art, ref):
-    """The Relax IRModule (prefill, prefill_last, decode) of artifact `art`; `ref` is its numpy reference model
-    (for the per-architecture hooks). Returns (module, param_specs)."""
+def build_irmodule(art, ref, decode: bool = True):
+    """The Relax IRModule (prefill, prefill_last and, with `decode`, a T=1 decode) of artifact `art`; `ref` is
+    its numpy reference model (for the per-architecture hooks). Returns (module, param_specs).
+
+    The CPU targets leave `decode` out (prefill_last runs T=1 as fast: the CPU schedules do not depend on T,
+    and the module compiles in half the time); CUDA keeps it, for dlight's GEMV rule on the static shapes."""
     b = _Builder(art, ref)
-    return b.build(), b.specs
+    return b.build(decode), b.specs

@@ -77,7 +77,11 @@ class TvmModel:
         self.device = tvm.cpu()
         self.vm = relax.VirtualMachine(tvm.runtime.load_module(str(lib)), self.device)
         self.weights = _weight_arrays(artifact, info["params"], self.device)
-        self._fns = {n: self.vm[n] for n in ("prefill", "prefill_last", "decode")}
+        self._fns = {n: self.vm[n] for n in ("prefill", "prefill_last")}
+        try:  # a T=1 function where the module has one (CUDA targets), else prefill_last runs the step
+            self._fns["decode"] = self.vm["decode"]
+        except Exception:  # noqa: BLE001 - AttributeError / KeyError / tvm error, depending on the version
+            self._fns["decode"] = self._fns["prefill_last"]
         a = self.args
         self._empty = tvm.runtime.tensor(np.zeros((a.n_kv_heads, 0, a.head_dim), np.float32), self.device)
         self._tvm = tvm
