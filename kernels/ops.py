@@ -107,7 +107,8 @@ def supported_formats() -> list[str]:
     verbatim) the compiled library has kernels for."""
     from edgerun.quant import FORMATS
 
-    return sorted(FORMATS) + [f for f, (t, _, _) in GGML_TYPES.items() if lib.er_ggml_type_supported(t)]
+    ggml = [f for f, (t, _, _) in GGML_TYPES.items() if lib.er_ggml_type_supported(t)]
+    return sorted(set(FORMATS) - set(ggml)) + ggml
 
 
 def _ggml_weight(w: QuantizedTensor) -> tuple[ErWeight, np.ndarray]:

@@ -48,16 +48,26 @@ def _weight(entry: dict, parts: dict[str, np.ndarray]):
     return _f16_fallback(q) or kernels.Weight(q)
 
 
-def _f16_fallback(q):
-    """TEMPORARY, remove when the C kernels for the verbatim ggml block formats (q4_1 ... q6_k) land from
-    the kquant-kernels branch: until ``edgerun.kernels.ops`` lists a block format in ``BLOCK_FORMATS``,
-    such a tensor runs as a dequantized f16 ``kernels.Weight`` (a private copy: 2 bytes per weight, values
-    rounded to f16). None for every format the kernels take as stored."""
-    from edgerun import kernels
+def _kernel_formats() -> frozenset:
     from edgerun.kernels import ops
+
+    global _KERNEL_FORMATS
+    if _KERNEL_FORMATS is None:
+        _KERNEL_FORMATS = frozenset(ops.supported_formats())
+    return _KERNEL_FORMATS
+
+
+_KERNEL_FORMATS = None
+
+
+def _f16_fallback(q):
+    """A dequantized f16 ``kernels.Weight`` (a private copy: 2 bytes per weight) for a GGUF block format the
+    compiled library has no kernel for (a library built without it); None, the normal case, when the kernels
+    read the format as stored."""
+    from edgerun import kernels
     from edgerun.quant import BLOCK_TYPES
 
-    if q.format not in BLOCK_TYPES or q.format in getattr(ops, "BLOCK_FORMATS", ()):
+    if q.format not in BLOCK_TYPES or q.format in _kernel_formats():
         return None
     return kernels.Weight(q.dequantize().astype(np.float16))
 
@@ -65,10 +75,9 @@ def _f16_fallback(q):
 def copy_nbytes(entry: dict) -> int:
     """Bytes of the private copy the native backend makes of a tensor it cannot run as stored (the f16
     fallback above: 2 per weight), else 0. The memory plan counts these (runtime/llm/model.py footprint)."""
-    from edgerun.kernels import ops
     from edgerun.quant import BLOCK_TYPES
 
-    if entry["format"] in BLOCK_TYPES and entry["format"] not in getattr(ops, "BLOCK_FORMATS", ()):
+    if entry["format"] in BLOCK_TYPES and entry["format"] not in _kernel_formats():
         return 2 * int(np.prod(entry["shape"]))
     return 0
 
