@@ -9,7 +9,7 @@ Targets (the name is what `--target` takes and what `manifest["targets"]` lists)
 | `tvm-cuda` | cuda sm_87 (Jetson Orin), aarch64 host code | `tvm/cuda-sm87.so` |
 | `tvm-cuda-sm90` | cuda sm_90 (Hopper), x86-64 host code | `tvm/cuda-sm90.so` |
 
-Each library holds the Relax VM executable of export/tvm_graph.py (prefill, prefill_last; decode on CUDA) scheduled
+Each library holds the Relax VM executable of export/tvm_graph.py (prefill, prefill_last, decode) scheduled
 for its target (export/tvm_schedule.py: our CPU schedules, dlight rules on CUDA). The weights stay in
 weights.bin; `manifest["tvm"][name]` records the library file, the weight parameter order and the target.
 """
@@ -74,7 +74,7 @@ def compile_module(art: Artifact, name: str, progress=None):
     model_cls, args_cls = get_model_class(art.arch)
     ref = model_cls(args_cls.from_dict(art.config), None)
     target = tvm.target.Target(target_spec(name))
-    mod, specs = build_irmodule(art, ref, decode=target.kind.name == "cuda")
+    mod, specs = build_irmodule(art, ref)
     if progress:
         progress("schedule")
     mod = schedule_module(mod, target)

@@ -61,6 +61,26 @@ def _qmm_schedule(sch, blk, static_t: bool):
     sch.parallel(rl[0])
 
 
+def _below(sch, block, loop) -> list:
+    """The loops of `block` nested inside `loop`."""
+    loops = sch.get_loops(block)
+    i = next(j for j, lp in enumerate(loops) if sch.get(lp).same_as(sch.get(loop)))
+    return loops[i + 1:]
+
+
+def _named(sch, block, loop, names) -> dict:
+    """{name: loop} for the loops of `block` inside `loop`, which TVM generated (compute_at) for the iter vars
+    `names` in this order, leaving out those of extent 1."""
+    from tvm import tirx
+
+    ivs = {iv.var.name.removeprefix("v_"): iv for iv in sch.get(block).iter_vars}
+    keep = [n for n in names
+            if not (isinstance(ivs[n].dom.extent, tirx.IntImm) and int(ivs[n].dom.extent) == 1)]
+    below = _below(sch, block, loop)
+    assert len(below) == len(keep), (keep, len(below))
+    return dict(zip(keep, below, strict=True))
+
+
 def _qmm_lanes_schedule(sch, static_t: bool):
     """The packed-format dequantize-matmul (blocks xperm, xsum, qpart, qacc, qcorr, qsum, qmm of
     export/tvm_graph.py `qmatmul_te`): output rows in tasks of ROWS across threads; per row, the LANES-wide
@@ -71,21 +91,22 @@ def _qmm_lanes_schedule(sch, static_t: bool):
     consumers = sch.get_consumers(qmm)
     t, n = sch.get_loops(qmm)
     no, ni = sch.split(n, [None, ROWS])
-    sch.reorder(no, t, ni)
+    sch.reorder(no, ni, t)  # tokens innermost: a row's codes are decoded once for every token of a prefill
     for name in ("qsum", "qcorr", "qacc"):
         sch.compute_at(sch.get_sblock(name), ni)
     acc = sch.get_sblock("qacc")
-    lane, ab = sch.get_loops(acc)[-2:]
-    sch.reorder(ab, lane)
+    lp = _named(sch, acc, ni, ("t", "lane", "ab"))
+    ab = lp["ab"]
+    sch.reorder(ab, *[lp[k] for k in ("t", "lane") if k in lp])
     part = sch.get_sblock("qpart")
     sch.compute_at(part, ab)
-    lp = sch.get_loops(part)
-    sch.reorder(*lp[-2:], lp[-3])  # (ps, pj, lane)
+    lp = _named(sch, part, ab, ("t", "lane", "ps", "pj"))
+    sch.reorder(*[lp[k] for k in ("ps", "pj", "t", "lane") if k in lp])
     sch.vectorize(sch.get_loops(part)[-1])
     sch.vectorize(sch.get_loops(acc)[-1])
     sch.parallel(no)
-    sch.decompose_reduction(part, sch.get_loops(part)[-3])
-    sch.decompose_reduction(acc, sch.get_loops(acc)[-2])
+    sch.decompose_reduction(part, _below(sch, part, ab)[0])
+    sch.decompose_reduction(acc, _below(sch, acc, ni)[0])
     for c in consumers:
         try:
             sch.reverse_compute_at(c, ni)

@@ -78,7 +78,7 @@ class TvmModel:
         self.vm = relax.VirtualMachine(tvm.runtime.load_module(str(lib)), self.device)
         self.weights = _weight_arrays(artifact, info["params"], self.device)
         self._fns = {n: self.vm[n] for n in ("prefill", "prefill_last")}
-        try:  # a T=1 function where the module has one (CUDA targets), else prefill_last runs the step
+        try:  # the T=1 function (a module built without one runs the step with prefill_last)
             self._fns["decode"] = self.vm["decode"]
         except Exception:  # noqa: BLE001 - AttributeError / KeyError / tvm error, depending on the version
             self._fns["decode"] = self._fns["prefill_last"]
