@@ -1,0 +1,562 @@
+/* Attention straight over the KIVI int8/int4/int2 KV cache (er_kivi, edgerun_kernels.h), the store into it, and
+ * the fused decode layer over it. Numpy reference: kernels/reference.py kivi_attention / kivi_store.
+ *
+ * The keys a query sees are walked as segments: the sinks (f16, scored with the query at its in-cache position),
+ * each quantized ring group (G tokens), the f16 residual, then the new block (f32) in tiles of KV_TILE rows.
+ * A segment's keys are made f32 in one L1 tile (f16 converted; codes unpacked and dequantized, x = code * s + m,
+ * per channel for keys, per token and channel group for values) that all query heads of the kv head then read:
+ * scores, an online softmax (running max m, sum l, output o rescaled when m grows), values the same way.
+ * Decode (T = 1) splits a kv head's segments into chunks run by different threads; the partial (m, l, o) are
+ * merged at the end: o = sum_c o_c e^(m_c - M) / sum_c l_c e^(m_c - M).
+ *
+ * The store quantizes a full residual with exactly quant/kv.py's float32 arithmetic (scale = f16((hi - lo) / qmax),
+ * min = f16(lo), code = clip(rint((x - min) / scale))), so C and numpy writes give identical bytes. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "edgerun_kernels.h"
+#include "er_internal.h"
+#include "er_kv.h"
+
+#define KV_TILE 64 /* rows per segment tile; a quantized group (G) and the sinks must fit */
+#define KV_MAXG 64 /* query heads per kv head */
+#define KV_SEGS_PER_CHUNK 8
+
+/* ---- scalar ops ------------------------------------------------------------------------------------ */
+
+static void qk_scalar(const float *q, const float *rows, int64_t n, int64_t d, float *sc) {
+    for (int64_t j = 0; j < n; j++) {
+        float s = 0.0f;
+        for (int64_t i = 0; i < d; i++) s += q[i] * rows[j * d + i];
+        sc[j] = s;
+    }
+}
+
+static void pv_scalar(float *o, const float *p, const float *rows, int64_t n, int64_t d) {
+    for (int64_t j = 0; j < n; j++)
+        for (int64_t i = 0; i < d; i++) o[i] += p[j] * rows[j * d + i];
+}
+
+static float exp_sum_scalar(float *s, int64_t n, float mx) {
+    float sum = 0.0f;
+    for (int64_t j = 0; j < n; j++) {
+        s[j] = expf(s[j] - mx);
+        sum += s[j];
+    }
+    return sum;
+}
+
+static void scale_scalar(float *o, int64_t n, float r) {
+    for (int64_t i = 0; i < n; i++) o[i] *= r;
+}
+
+static void f16_row_scalar(const uint16_t *src, float *dst, int64_t n) {
+    for (int64_t i = 0; i < n; i++) dst[i] = er_f16_to_f32(src[i]);
+}
+
+static void unpack_scalar(const uint8_t *packed, int bits, int64_t n, uint8_t *codes) {
+    const int per = 8 / bits;
+    const uint8_t mask = (uint8_t)((1 << bits) - 1);
+    for (int64_t i = 0; i < n; i++) codes[i] = (uint8_t)((packed[i / per] >> ((i % per) * bits)) & mask);
+}
+
+static void deq_vec_scalar(const uint8_t *codes, const float *s, const float *m, int64_t n, float *dst) {
+    for (int64_t i = 0; i < n; i++) dst[i] = (float)codes[i] * s[i] + m[i];
+}
+
+static void deq_one_scalar(const uint8_t *codes, float s, float m, int64_t n, float *dst) {
+    for (int64_t i = 0; i < n; i++) dst[i] = (float)codes[i] * s + m;
+}
+
+static const er_kv_ops kv_ops_scalar = {qk_scalar,      pv_scalar,     exp_sum_scalar, scale_scalar,
+                                        f16_row_scalar, unpack_scalar, deq_vec_scalar, deq_one_scalar};
+
+/* ---- AVX2 ops -------------------------------------------------------------------------------------- */
+#if ER_X86
+ER_AVX2 static float kv_hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+ER_AVX2 static void qk_avx2(const float *q, const float *rows, int64_t n, int64_t d, float *sc) {
+    int64_t j = 0;
+    if (d % 8 == 0)
+        for (; j + 8 <= n; j += 8) { /* 8 keys at once, their 8 accumulators reduced together */
+            __m256 a[8];
+            for (int r = 0; r < 8; r++) a[r] = _mm256_setzero_ps();
+            for (int64_t i = 0; i < d; i += 8) {
+                __m256 qv = _mm256_loadu_ps(q + i);
+                for (int r = 0; r < 8; r++) a[r] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(rows + (j + r) * d + i), a[r]);
+            }
+            __m256 u01 = _mm256_add_ps(_mm256_unpacklo_ps(a[0], a[1]), _mm256_unpackhi_ps(a[0], a[1]));
+            __m256 u23 = _mm256_add_ps(_mm256_unpacklo_ps(a[2], a[3]), _mm256_unpackhi_ps(a[2], a[3]));
+            __m256 u45 = _mm256_add_ps(_mm256_unpacklo_ps(a[4], a[5]), _mm256_unpackhi_ps(a[4], a[5]));
+            __m256 u67 = _mm256_add_ps(_mm256_unpacklo_ps(a[6], a[7]), _mm256_unpackhi_ps(a[6], a[7]));
+            __m256 w0 = _mm256_add_ps(_mm256_shuffle_ps(u01, u23, 0x44), _mm256_shuffle_ps(u01, u23, 0xee));
+            __m256 w1 = _mm256_add_ps(_mm256_shuffle_ps(u45, u67, 0x44), _mm256_shuffle_ps(u45, u67, 0xee));
+            _mm256_storeu_ps(sc + j, _mm256_add_ps(_mm256_permute2f128_ps(w0, w1, 0x20),
+                                                   _mm256_permute2f128_ps(w0, w1, 0x31)));
+        }
+    for (; j < n; j++) {
+        __m256 a = _mm256_setzero_ps();
+        int64_t i = 0;
+        for (; i + 8 <= d; i += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_loadu_ps(rows + j * d + i), a);
+        float s = kv_hsum8(a);
+        for (; i < d; i++) s += q[i] * rows[j * d + i];
+        sc[j] = s;
+    }
+}
+
+ER_AVX2 static void pv_avx2(float *o, const float *p, const float *rows, int64_t n, int64_t d) {
+    int64_t i0 = 0;
+    for (; i0 + 32 <= d; i0 += 32) { /* 32 outputs held in registers over all rows */
+        __m256 a0 = _mm256_loadu_ps(o + i0), a1 = _mm256_loadu_ps(o + i0 + 8);
+        __m256 a2 = _mm256_loadu_ps(o + i0 + 16), a3 = _mm256_loadu_ps(o + i0 + 24);
+        for (int64_t j = 0; j < n; j++) {
+            const float *r = rows + j * d + i0;
+            __m256 pj = _mm256_set1_ps(p[j]);
+            a0 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(r), a0);
+            a1 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(r + 8), a1);
+            a2 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(r + 16), a2);
+            a3 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(r + 24), a3);
+        }
+        _mm256_storeu_ps(o + i0, a0);
+        _mm256_storeu_ps(o + i0 + 8, a1);
+        _mm256_storeu_ps(o + i0 + 16, a2);
+        _mm256_storeu_ps(o + i0 + 24, a3);
+    }
+    for (; i0 + 8 <= d; i0 += 8) {
+        __m256 a = _mm256_loadu_ps(o + i0);
+        for (int64_t j = 0; j < n; j++) a = _mm256_fmadd_ps(_mm256_set1_ps(p[j]), _mm256_loadu_ps(rows + j * d + i0), a);
+        _mm256_storeu_ps(o + i0, a);
+    }
+    for (; i0 < d; i0++)
+        for (int64_t j = 0; j < n; j++) o[i0] += p[j] * rows[j * d + i0];
+}
+
+/* exp(x) for x <= 0 (ops.c exp256: Cephes polynomial, ~1 ulp); exactly 0 for x = -inf */
+ER_AVX2 static inline __m256 kv_exp256(__m256 x) {
+    __m256 ninf = _mm256_cmp_ps(x, _mm256_set1_ps(-INFINITY), _CMP_EQ_OQ);
+    x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_andnot_ps(ninf, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
+}
+
+ER_AVX2 static float exp_sum_avx2(float *s, int64_t n, float mx) {
+    __m256 m = _mm256_set1_ps(mx), acc = _mm256_setzero_ps();
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8) {
+        __m256 e = kv_exp256(_mm256_sub_ps(_mm256_loadu_ps(s + j), m));
+        _mm256_storeu_ps(s + j, e);
+        acc = _mm256_add_ps(acc, e);
+    }
+    float sum = kv_hsum8(acc);
+    for (; j < n; j++) {
+        s[j] = expf(s[j] - mx);
+        sum += s[j];
+    }
+    return sum;
+}
+
+ER_AVX2 static void scale_avx2(float *o, int64_t n, float r) {
+    const __m256 rv = _mm256_set1_ps(r);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(o + i, _mm256_mul_ps(_mm256_loadu_ps(o + i), rv));
+    for (; i < n; i++) o[i] *= r;
+}
+
+ER_AVX2 static void f16_row_avx2(const uint16_t *src, float *dst, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
+    for (; i < n; i++) dst[i] = er_f16_to_f32(src[i]);
+}
+
+ER_AVX2 static void unpack_avx2(const uint8_t *packed, int bits, int64_t n, uint8_t *codes) {
+    int64_t i = 0;
+    if (bits == 8) {
+        memcpy(codes, packed, (size_t)n);
+        return;
+    }
+    if (bits == 4) {
+        const __m128i m4 = _mm_set1_epi8(0x0f);
+        for (; i + 32 <= n; i += 32) { /* 16 bytes -> 32 codes: low nibble first */
+            __m128i b = _mm_loadu_si128((const __m128i *)(packed + i / 2));
+            __m128i lo = _mm_and_si128(b, m4), hi = _mm_and_si128(_mm_srli_epi16(b, 4), m4);
+            _mm_storeu_si128((__m128i *)(codes + i), _mm_unpacklo_epi8(lo, hi));
+            _mm_storeu_si128((__m128i *)(codes + i + 16), _mm_unpackhi_epi8(lo, hi));
+        }
+    } else if (bits == 2) {
+        const __m128i m2 = _mm_set1_epi8(0x03);
+        for (; i + 64 <= n; i += 64) { /* 16 bytes -> 64 codes: bits 0-1, 2-3, 4-5, 6-7 of each byte */
+            __m128i b = _mm_loadu_si128((const __m128i *)(packed + i / 4));
+            __m128i c0 = _mm_and_si128(b, m2), c1 = _mm_and_si128(_mm_srli_epi16(b, 2), m2);
+            __m128i c2 = _mm_and_si128(_mm_srli_epi16(b, 4), m2), c3 = _mm_and_si128(_mm_srli_epi16(b, 6), m2);
+            __m128i l01 = _mm_unpacklo_epi8(c0, c1), h01 = _mm_unpackhi_epi8(c0, c1);
+            __m128i l23 = _mm_unpacklo_epi8(c2, c3), h23 = _mm_unpackhi_epi8(c2, c3);
+            _mm_storeu_si128((__m128i *)(codes + i), _mm_unpacklo_epi16(l01, l23));
+            _mm_storeu_si128((__m128i *)(codes + i + 16), _mm_unpackhi_epi16(l01, l23));
+            _mm_storeu_si128((__m128i *)(codes + i + 32), _mm_unpacklo_epi16(h01, h23));
+            _mm_storeu_si128((__m128i *)(codes + i + 48), _mm_unpackhi_epi16(h01, h23));
+        }
+    }
+    if (i < n) {
+        const int per = 8 / bits;
+        unpack_scalar(packed + i / per, bits, n - i, codes + i);
+    }
+}
+
+ER_AVX2 static inline __m256 kv_u8x8(const uint8_t *c) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)c)));
+}
+
+ER_AVX2 static void deq_vec_avx2(const uint8_t *codes, const float *s, const float *m, int64_t n, float *dst) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(dst + i, _mm256_fmadd_ps(kv_u8x8(codes + i), _mm256_loadu_ps(s + i), _mm256_loadu_ps(m + i)));
+    for (; i < n; i++) dst[i] = (float)codes[i] * s[i] + m[i];
+}
+
+ER_AVX2 static void deq_one_avx2(const uint8_t *codes, float s, float m, int64_t n, float *dst) {
+    const __m256 sv = _mm256_set1_ps(s), mv = _mm256_set1_ps(m);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, _mm256_fmadd_ps(kv_u8x8(codes + i), sv, mv));
+    for (; i < n; i++) dst[i] = (float)codes[i] * s + m;
+}
+
+static const er_kv_ops kv_ops_avx2 = {qk_avx2,      pv_avx2,     exp_sum_avx2, scale_avx2,
+                                      f16_row_avx2, unpack_avx2, deq_vec_avx2, deq_one_avx2};
+#endif
+
+static const er_kv_ops *kv_ops_for(int isa) {
+#if defined(__aarch64__)
+    if (isa == ER_ISA_NEON) return &er_kv_ops_neon;
+#endif
+#if ER_X86
+    if (isa == ER_ISA_AVX2) return &kv_ops_avx2;
+#endif
+    (void)isa;
+    return &kv_ops_scalar;
+}
+
+/* ---- attention ------------------------------------------------------------------------------------- */
+
+typedef struct {
+    const er_kivi *c;
+    const er_kv_ops *ops;
+    const float *q, *qs, *kn, *vn;
+    float *out, *part, *scratch;
+    int64_t nh, gq, hd, T, p0, nsegs, n_chunks, per_chunk, scratch_per_thread;
+    float scale, softcap;
+} kv_ctx;
+
+/* segment si: 0 sinks, 1..nb ring groups, nb + 1 residual, then the new block in KV_TILE rows.
+ * Fills the key positions (-1: empty slot); returns how many keys (0: nothing there). */
+static int64_t seg_info(const kv_ctx *x, int64_t si, int64_t *pos, int *sink) {
+    const er_kivi *c = x->c;
+    const int64_t nb = c->n_blocks, G = c->group;
+    *sink = 0;
+    if (si == 0) {
+        *sink = 1;
+        for (int64_t j = 0; j < c->sinks; j++) pos[j] = c->sink_pos[j];
+        return c->sinks;
+    }
+    if (si <= nb) {
+        const int64_t st = c->q_start[si - 1];
+        if (st < 0) return 0;
+        for (int64_t j = 0; j < G; j++) pos[j] = st + j;
+        return G;
+    }
+    if (si == nb + 1) {
+        for (int64_t j = 0; j < G; j++) pos[j] = c->res_pos[j];
+        return G;
+    }
+    const int64_t j0 = (si - nb - 2) * KV_TILE, n = x->T - j0 < KV_TILE ? x->T - j0 : KV_TILE;
+    for (int64_t j = 0; j < n; j++) pos[j] = x->p0 + j0 + j;
+    return n;
+}
+
+/* the n key (v = 0) or value (v = 1) rows of segment si for kv head h as f32 (in `tile` unless already f32) */
+static const float *seg_rows(const kv_ctx *x, int64_t si, int64_t h, int v, int64_t n, float *tile, uint8_t *codes,
+                             float *sm) {
+    const er_kivi *c = x->c;
+    const er_kv_ops *ops = x->ops;
+    const int64_t nb = c->n_blocks, G = c->group, hd = x->hd, nkv = c->n_kv_heads;
+    if (si == 0) {
+        ops->f16_row((v ? c->sink_v : c->sink_k) + h * c->sinks * hd, tile, n * hd);
+        return tile;
+    }
+    if (si == nb + 1) {
+        ops->f16_row((v ? c->res_v : c->res_k) + h * G * hd, tile, n * hd);
+        return tile;
+    }
+    if (si > nb + 1) return (v ? x->vn : x->kn) + (h * x->T + (si - nb - 2) * KV_TILE) * hd;
+    const int64_t b = si - 1, pb = hd * c->bits / 8, gh = b * nkv + h;
+    const uint8_t *base = (v ? c->qv : c->qk) + gh * G * pb;
+    if (!v) { /* keys: (scale, min) per channel of the group */
+        ops->f16_row(c->qk_scale + gh * hd, sm, hd);
+        ops->f16_row(c->qk_min + gh * hd, sm + hd, hd);
+    }
+    const int64_t vg = c->vgroup, nvg = hd / vg;
+    for (int64_t j = 0; j < n; j++) {
+        const uint8_t *cr = base + j * pb;
+        if (c->bits != 8) {
+            ops->unpack(cr, c->bits, hd, codes);
+            cr = codes;
+        }
+        if (!v) {
+            ops->deq_vec(cr, sm, sm + hd, hd, tile + j * hd);
+            continue;
+        }
+        const uint16_t *vs = c->qv_scale + (gh * G + j) * nvg, *vm = c->qv_min + (gh * G + j) * nvg;
+        for (int64_t g = 0; g < nvg; g++)
+            ops->deq_one(cr + g * vg, er_f16_to_f32(vs[g]), er_f16_to_f32(vm[g]), vg, tile + j * hd + g * vg);
+    }
+    return tile;
+}
+
+static void kv_task(void *vc, int64_t start, int64_t end, int tid) {
+    const kv_ctx *x = (const kv_ctx *)vc;
+    const er_kivi *c = x->c;
+    const er_kv_ops *ops = x->ops;
+    const int64_t hd = x->hd, gq = x->gq, nkv = c->n_kv_heads, S = c->sinks, W = c->window;
+    float *tile = x->scratch + (int64_t)tid * x->scratch_per_thread; /* (KV_TILE, hd) rows */
+    float *sm = tile + KV_TILE * hd, *sc = sm + 2 * hd;             /* (2, hd) key scale/min, (gq, KV_TILE) */
+    uint8_t *codes = (uint8_t *)(sc + gq * KV_TILE);                 /* (hd) unpacked codes */
+    int64_t pos[KV_TILE];
+    unsigned char vis[KV_TILE];
+    for (int64_t it = start; it < end; it++) {
+        const int64_t chunk = it % x->n_chunks, rest = it / x->n_chunks, h = rest % nkv, t = rest / nkv;
+        const int64_t p = x->p0 + t;
+        float *m = x->part + it * gq * (hd + 2), *l = m + gq, *o = l + gq;
+        for (int64_t g = 0; g < gq; g++) m[g] = -INFINITY, l[g] = 0.0f;
+        memset(o, 0, sizeof(float) * (size_t)(gq * hd));
+        const int64_t s0 = chunk * x->per_chunk, s1 = s0 + x->per_chunk < x->nsegs ? s0 + x->per_chunk : x->nsegs;
+        for (int64_t si = s0; si < s1; si++) {
+            int sink;
+            const int64_t n = seg_info(x, si, pos, &sink);
+            int64_t nvis = 0;
+            for (int64_t j = 0; j < n; j++) {
+                const int64_t a = pos[j];
+                vis[j] = a >= 0 && a <= p && (a < S || a > p - W);
+                nvis += vis[j];
+            }
+            if (!nvis) continue;
+            const float *kr = seg_rows(x, si, h, 0, n, tile, codes, sm);
+            const float *qb = (sink && x->qs) ? x->qs : x->q;
+            for (int64_t g = 0; g < gq; g++) {
+                float *s = sc + g * KV_TILE;
+                ops->qk(qb + (t * x->nh + h * gq + g) * hd, kr, n, hd, s);
+                float mx = -INFINITY;
+                for (int64_t j = 0; j < n; j++) {
+                    if (!vis[j]) {
+                        s[j] = -INFINITY;
+                        continue;
+                    }
+                    float v = s[j] * x->scale;
+                    if (x->softcap > 0.0f) v = x->softcap * tanhf(v / x->softcap);
+                    s[j] = v;
+                    mx = v > mx ? v : mx;
+                }
+                const float mnew = mx > m[g] ? mx : m[g];
+                if (m[g] > -INFINITY && mnew > m[g]) { /* rescale what was summed under the old max */
+                    const float corr = expf(m[g] - mnew);
+                    l[g] *= corr;
+                    ops->scale(o + g * hd, hd, corr);
+                }
+                m[g] = mnew;
+                l[g] += ops->exp_sum(s, n, mnew);
+            }
+            const float *vr = seg_rows(x, si, h, 1, n, tile, codes, sm);
+            for (int64_t g = 0; g < gq; g++) ops->pv(o + g * hd, sc + g * KV_TILE, vr, n, hd);
+        }
+        if (x->n_chunks == 1)
+            for (int64_t g = 0; g < gq; g++) {
+                float *dst = x->out + (t * x->nh + h * gq + g) * hd;
+                const float r = l[g] > 0.0f ? 1.0f / l[g] : 0.0f;
+                for (int64_t i = 0; i < hd; i++) dst[i] = o[g * hd + i] * r;
+            }
+    }
+}
+
+static int kivi_check(const er_kivi *c) {
+    if (!c || !(c->bits == 8 || c->bits == 4 || c->bits == 2) || c->group < 1 || c->group > KV_TILE ||
+        c->n_blocks < 1 || c->n_kv_heads < 1 || c->head_dim < 1 || c->sinks < 0 || c->sinks > KV_TILE ||
+        c->window < 1 || c->vgroup < 1 || c->head_dim % c->vgroup || (c->head_dim * c->bits) % 8)
+        return -1;
+    if (!c->res_k || !c->res_v || !c->res_pos || !c->qk || !c->qv || !c->qk_scale || !c->qk_min || !c->qv_scale ||
+        !c->qv_min || !c->q_start || (c->sinks && (!c->sink_k || !c->sink_v || !c->sink_pos)))
+        return -1;
+    return 0;
+}
+
+int er_kivi_attention(const er_kivi *c, const float *q, const float *q_sink, const float *k_new, const float *v_new,
+                      float *out, int64_t n_heads, int64_t T, int64_t p0, float scale, float softcap) {
+    if (kivi_check(c) || !q || !out || T < 0 || p0 < 0 || n_heads < 1 || n_heads % c->n_kv_heads ||
+        n_heads / c->n_kv_heads > KV_MAXG || (T > 0 && (!k_new || !v_new)))
+        return -1;
+    if (T == 0) return 0;
+    const int64_t hd = c->head_dim, nkv = c->n_kv_heads, gq = n_heads / nkv;
+    kv_ctx x = {.c = c, .ops = kv_ops_for(er_get_isa()), .q = q, .qs = q_sink, .kn = k_new, .vn = v_new, .out = out,
+                .nh = n_heads, .gq = gq, .hd = hd, .T = T, .p0 = p0, .scale = scale, .softcap = softcap};
+    x.nsegs = 2 + c->n_blocks + (T + KV_TILE - 1) / KV_TILE;
+    x.n_chunks = 1;
+    if (T == 1 && er_get_num_threads() > 1) /* decode: split the keys over the threads when there are enough */
+        x.n_chunks = (x.nsegs + KV_SEGS_PER_CHUNK - 1) / KV_SEGS_PER_CHUNK;
+    x.per_chunk = (x.nsegs + x.n_chunks - 1) / x.n_chunks;
+    const int64_t items = T * nkv * x.n_chunks;
+    x.scratch_per_thread = KV_TILE * hd + 2 * hd + gq * KV_TILE + (hd + 3) / 4 + 16;
+    const int64_t nt = er_get_num_threads();
+    x.part = (float *)malloc(sizeof(float) * (size_t)(items * gq * (hd + 2) + nt * x.scratch_per_thread));
+    if (!x.part) return -3;
+    x.scratch = x.part + items * gq * (hd + 2);
+    const int64_t work = (int64_t)c->n_blocks * c->group * hd * gq * T;
+    er_parallel_for(items, work >= 16384 ? 1 : items, kv_task, &x);
+    if (x.n_chunks > 1) /* merge the chunks' partial softmaxes */
+        for (int64_t th = 0; th < T * nkv; th++)
+            for (int64_t g = 0; g < gq; g++) {
+                float M = -INFINITY, L = 0.0f;
+                for (int64_t ch = 0; ch < x.n_chunks; ch++) {
+                    const float mc = x.part[(th * x.n_chunks + ch) * gq * (hd + 2) + g];
+                    M = mc > M ? mc : M;
+                }
+                const int64_t t = th / nkv, h = th % nkv;
+                float *dst = out + (t * n_heads + h * gq + g) * hd;
+                memset(dst, 0, sizeof(float) * (size_t)hd);
+                if (M == -INFINITY) continue;
+                for (int64_t ch = 0; ch < x.n_chunks; ch++) {
+                    const float *pm = x.part + (th * x.n_chunks + ch) * gq * (hd + 2);
+                    if (pm[g] == -INFINITY) continue;
+                    const float w = expf(pm[g] - M);
+                    L += pm[gq + g] * w;
+                    const float *o = pm + 2 * gq + g * hd;
+                    for (int64_t i = 0; i < hd; i++) dst[i] += o[i] * w;
+                }
+                const float r = L > 0.0f ? 1.0f / L : 0.0f;
+                for (int64_t i = 0; i < hd; i++) dst[i] *= r;
+            }
+    free(x.part);
+    return 0;
+}
+
+/* ---- store ----------------------------------------------------------------------------------------- */
+
+/* quant/kv.py _quant over n values x[i * stride] (f16): writes codes (one byte each), returns scale/min f16 */
+static void quant_f16(const uint16_t *x, int64_t n, int64_t stride, int bits, uint8_t *codes, uint16_t *scale,
+                      uint16_t *mn) {
+    float lo = INFINITY, hi = -INFINITY;
+    for (int64_t i = 0; i < n; i++) {
+        const float v = er_f16_to_f32(x[i * stride]);
+        lo = v < lo ? v : lo;
+        hi = v > hi ? v : hi;
+    }
+    const int qmax = (1 << bits) - 1;
+    *scale = er_f32_to_f16((hi - lo) / (float)qmax);
+    *mn = er_f32_to_f16(lo);
+    const float s = er_f16_to_f32(*scale), m = er_f16_to_f32(*mn), safe = s > 0.0f ? s : 1.0f;
+    for (int64_t i = 0; i < n; i++) {
+        float r = rintf((er_f16_to_f32(x[i * stride]) - m) / safe);
+        r = r < 0.0f ? 0.0f : (r > (float)qmax ? (float)qmax : r);
+        codes[i] = (uint8_t)r;
+    }
+}
+
+static void pack_codes(const uint8_t *codes, int64_t n, int bits, uint8_t *dst) {
+    const int per = 8 / bits;
+    for (int64_t i = 0; i < n / per; i++) {
+        uint8_t b = 0;
+        for (int k = 0; k < per; k++) b |= (uint8_t)(codes[i * per + k] << (k * bits));
+        dst[i] = b;
+    }
+}
+
+/* the full residual -> ring group b (keys per channel over the G tokens, values per token and channel group) */
+static int flush_group(const er_kivi *c, int64_t b) {
+    const int64_t G = c->group, hd = c->head_dim, nkv = c->n_kv_heads, pb = hd * c->bits / 8, vg = c->vgroup;
+    const int bits = c->bits;
+    uint8_t *codes = (uint8_t *)malloc((size_t)(G * hd));
+    if (!codes) return -3;
+    for (int64_t h = 0; h < nkv; h++) {
+        const int64_t gh = b * nkv + h;
+        const uint16_t *rk = c->res_k + h * G * hd, *rv = c->res_v + h * G * hd;
+        uint8_t col[KV_TILE];
+        for (int64_t ch = 0; ch < hd; ch++) {
+            quant_f16(rk + ch, G, hd, bits, col, c->qk_scale + gh * hd + ch, c->qk_min + gh * hd + ch);
+            for (int64_t j = 0; j < G; j++) codes[j * hd + ch] = col[j];
+        }
+        for (int64_t j = 0; j < G; j++) pack_codes(codes + j * hd, hd, bits, c->qk + (gh * G + j) * pb);
+        for (int64_t j = 0; j < G; j++) {
+            uint16_t *vs = c->qv_scale + (gh * G + j) * (hd / vg), *vm = c->qv_min + (gh * G + j) * (hd / vg);
+            for (int64_t g = 0; g < hd / vg; g++) quant_f16(rv + j * hd + g * vg, vg, 1, bits, codes + g * vg, vs + g, vm + g);
+            pack_codes(codes, hd, bits, c->qv + (gh * G + j) * pb);
+        }
+    }
+    free(codes);
+    c->q_start[b] = c->res_pos[0];
+    for (int64_t j = 0; j < G; j++) c->res_pos[j] = -1;
+    return 0;
+}
+
+int er_kivi_store(const er_kivi *c, const float *k, const float *v, int64_t T, int64_t p0) {
+    if (kivi_check(c) || !k || !v || T < 0 || p0 < 0) return -1;
+    const int64_t G = c->group, hd = c->head_dim, nkv = c->n_kv_heads, S = c->sinks;
+    for (int64_t t = 0; t < T; t++) {
+        const int64_t p = p0 + t;
+        uint16_t *dk, *dv;
+        int64_t hstride;
+        if (p < S) {
+            dk = c->sink_k + p * hd, dv = c->sink_v + p * hd, hstride = S * hd;
+            c->sink_pos[p] = p;
+        } else {
+            const int64_t r = (p - S) % G;
+            dk = c->res_k + r * hd, dv = c->res_v + r * hd, hstride = G * hd;
+            c->res_pos[r] = p;
+        }
+        for (int64_t h = 0; h < nkv; h++)
+            for (int64_t i = 0; i < hd; i++) {
+                dk[h * hstride + i] = er_f32_to_f16(k[(h * T + t) * hd + i]);
+                dv[h * hstride + i] = er_f32_to_f16(v[(h * T + t) * hd + i]);
+            }
+        if (p >= S && (p - S) % G == G - 1) {
+            int r = flush_group(c, ((p - S) / G) % c->n_blocks);
+            if (r) return r;
+        }
+    }
+    return 0;
+}
+
+/* ---- fused decode layer ---------------------------------------------------------------------------- */
+
+int er_decode_layer_kivi(const er_decode_cfg *cfg, const er_layer *L, const er_kivi *c, int64_t pos) {
+    if (kivi_check(c) || !cfg || pos < 0 || !c->q_sink || cfg->n_kv_heads != c->n_kv_heads ||
+        cfg->head_dim != c->head_dim)
+        return -1;
+    int r = er_decode_attn_in(cfg, L, -1);
+    if (r) return r;
+    const int64_t nh = cfg->n_heads, hd = cfg->head_dim, S = c->sinks, pc = S + c->window - 1;
+    const float *qs = NULL;
+    if (S > 0 && pos > pc) { /* sink keys: the query at its StreamingLLM in-cache position */
+        memcpy(c->q_sink, cfg->q, sizeof(float) * (size_t)(nh * hd));
+        er_rope_neox(c->q_sink, nh, hd, pc, L->rope_theta, L->rope_freq_scale);
+        qs = c->q_sink;
+    }
+    er_rope_neox(cfg->q, nh, hd, pos, L->rope_theta, L->rope_freq_scale);
+    er_rope_neox(cfg->k, cfg->n_kv_heads, hd, pos, L->rope_theta, L->rope_freq_scale);
+    if ((r = er_kivi_attention(c, cfg->q, qs, cfg->k, cfg->v, cfg->att, nh, 1, pos, cfg->attn_scale, cfg->softcap)))
+        return r;
+    if ((r = er_kivi_store(c, cfg->k, cfg->v, 1, pos))) return r;
+    return er_decode_attn_out(cfg, L);
+}
