@@ -389,7 +389,7 @@ class SinkWindowKVCache:
 
         lay = self.layers[li]
         sp = lay.spec
-        s, w, t = sp.sinks, sp.window, q.shape[1]
+        s, w = sp.sinks, sp.window
         scale = 1.0 / math.sqrt(sp.head_dim) if scale is None else scale
         ident = rope is None
         q = q.astype(np.float32, copy=False)
