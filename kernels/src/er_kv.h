@@ -16,12 +16,11 @@ typedef struct er_kv_ops {
     void (*scale)(float *o, int64_t n, float r);
     /* dst[i] = f16 src[i] as f32 */
     void (*f16_row)(const uint16_t *src, float *dst, int64_t n);
-    /* codes (n) of `bits` packed low-bits-first -> one byte each */
-    void (*unpack)(const uint8_t *packed, int bits, int64_t n, uint8_t *codes);
-    /* dst[i] = codes[i] * s[i] + m[i] (per-element scale and min: keys, per channel) */
-    void (*deq_vec)(const uint8_t *codes, const float *s, const float *m, int64_t n, float *dst);
-    /* dst[i] = codes[i] * s + m (one scale and min: a value row's channel group) */
-    void (*deq_one)(const uint8_t *codes, float s, float m, int64_t n, float *dst);
+    /* dst[i] = code_i * s[i] + m[i]: n codes of `bits` packed low-bits-first, unpacked in registers; per-element
+     * scale and min (keys: per channel) */
+    void (*deq_vec)(const uint8_t *packed, int bits, const float *s, const float *m, int64_t n, float *dst);
+    /* dst[i] = code_i * s + m (one scale and min: a value row's channel group) */
+    void (*deq_one)(const uint8_t *packed, int bits, float s, float m, int64_t n, float *dst);
 } er_kv_ops;
 
 #if defined(__aarch64__)

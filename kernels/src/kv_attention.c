@@ -22,6 +22,7 @@
 #define KV_TILE 64 /* rows per segment tile; a quantized group (G) and the sinks must fit */
 #define KV_MAXG 64 /* query heads per kv head */
 #define KV_SEGS_PER_CHUNK 8
+#define KV_QROWS 48 /* (query, head) rows of a prefill item: they share every dequantized tile */
 
 /* ---- scalar ops ------------------------------------------------------------------------------------ */
 
@@ -55,22 +56,22 @@ static void f16_row_scalar(const uint16_t *src, float *dst, int64_t n) {
     for (int64_t i = 0; i < n; i++) dst[i] = er_f16_to_f32(src[i]);
 }
 
-static void unpack_scalar(const uint8_t *packed, int bits, int64_t n, uint8_t *codes) {
+static inline int code_at(const uint8_t *packed, int bits, int64_t i) {
+    if (bits == 8) return packed[i];
     const int per = 8 / bits;
-    const uint8_t mask = (uint8_t)((1 << bits) - 1);
-    for (int64_t i = 0; i < n; i++) codes[i] = (uint8_t)((packed[i / per] >> ((i % per) * bits)) & mask);
+    return (packed[i / per] >> ((i % per) * bits)) & ((1 << bits) - 1);
 }
 
-static void deq_vec_scalar(const uint8_t *codes, const float *s, const float *m, int64_t n, float *dst) {
-    for (int64_t i = 0; i < n; i++) dst[i] = (float)codes[i] * s[i] + m[i];
+static void deq_vec_scalar(const uint8_t *packed, int bits, const float *s, const float *m, int64_t n, float *dst) {
+    for (int64_t i = 0; i < n; i++) dst[i] = (float)code_at(packed, bits, i) * s[i] + m[i];
 }
 
-static void deq_one_scalar(const uint8_t *codes, float s, float m, int64_t n, float *dst) {
-    for (int64_t i = 0; i < n; i++) dst[i] = (float)codes[i] * s + m;
+static void deq_one_scalar(const uint8_t *packed, int bits, float s, float m, int64_t n, float *dst) {
+    for (int64_t i = 0; i < n; i++) dst[i] = (float)code_at(packed, bits, i) * s + m;
 }
 
-static const er_kv_ops kv_ops_scalar = {qk_scalar,      pv_scalar,     exp_sum_scalar, scale_scalar,
-                                        f16_row_scalar, unpack_scalar, deq_vec_scalar, deq_one_scalar};
+static const er_kv_ops kv_ops_scalar = {qk_scalar,    pv_scalar,      exp_sum_scalar,
+                                        scale_scalar, f16_row_scalar, deq_vec_scalar, deq_one_scalar};
 
 /* ---- AVX2 ops -------------------------------------------------------------------------------------- */
 #if ER_X86
@@ -185,60 +186,47 @@ ER_AVX2 static void f16_row_avx2(const uint16_t *src, float *dst, int64_t n) {
     for (; i < n; i++) dst[i] = er_f16_to_f32(src[i]);
 }
 
-ER_AVX2 static void unpack_avx2(const uint8_t *packed, int bits, int64_t n, uint8_t *codes) {
+/* codes i..i+15 (i a multiple of 16) of a packed row as 16 bytes, unpacked in registers */
+ER_AVX2 static inline __m128i codes16_avx2(const uint8_t *packed, int bits, int64_t i) {
+    if (bits == 8) return _mm_loadu_si128((const __m128i *)(packed + i));
+    if (bits == 4) { /* 8 bytes: low nibble first */
+        const __m128i m4 = _mm_set1_epi8(0x0f), b = _mm_loadl_epi64((const __m128i *)(packed + i / 2));
+        return _mm_unpacklo_epi8(_mm_and_si128(b, m4), _mm_and_si128(_mm_srli_epi16(b, 4), m4));
+    }
+    int32_t w; /* 4 bytes: bits 0-1, 2-3, 4-5, 6-7 */
+    memcpy(&w, packed + i / 4, 4);
+    const __m128i m2 = _mm_set1_epi8(0x03), b = _mm_cvtsi32_si128(w);
+    __m128i c0 = _mm_and_si128(b, m2), c1 = _mm_and_si128(_mm_srli_epi16(b, 2), m2);
+    __m128i c2 = _mm_and_si128(_mm_srli_epi16(b, 4), m2), c3 = _mm_and_si128(_mm_srli_epi16(b, 6), m2);
+    return _mm_unpacklo_epi16(_mm_unpacklo_epi8(c0, c1), _mm_unpacklo_epi8(c2, c3));
+}
+
+ER_AVX2 static void deq_vec_avx2(const uint8_t *packed, int bits, const float *s, const float *m, int64_t n,
+                                 float *dst) {
     int64_t i = 0;
-    if (bits == 8) {
-        memcpy(codes, packed, (size_t)n);
-        return;
+    for (; i + 16 <= n; i += 16) {
+        const __m128i c = codes16_avx2(packed, bits, i);
+        __m256 lo = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(c)), hi = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(c, 8)));
+        _mm256_storeu_ps(dst + i, _mm256_fmadd_ps(lo, _mm256_loadu_ps(s + i), _mm256_loadu_ps(m + i)));
+        _mm256_storeu_ps(dst + i + 8, _mm256_fmadd_ps(hi, _mm256_loadu_ps(s + i + 8), _mm256_loadu_ps(m + i + 8)));
     }
-    if (bits == 4) {
-        const __m128i m4 = _mm_set1_epi8(0x0f);
-        for (; i + 32 <= n; i += 32) { /* 16 bytes -> 32 codes: low nibble first */
-            __m128i b = _mm_loadu_si128((const __m128i *)(packed + i / 2));
-            __m128i lo = _mm_and_si128(b, m4), hi = _mm_and_si128(_mm_srli_epi16(b, 4), m4);
-            _mm_storeu_si128((__m128i *)(codes + i), _mm_unpacklo_epi8(lo, hi));
-            _mm_storeu_si128((__m128i *)(codes + i + 16), _mm_unpackhi_epi8(lo, hi));
-        }
-    } else if (bits == 2) {
-        const __m128i m2 = _mm_set1_epi8(0x03);
-        for (; i + 64 <= n; i += 64) { /* 16 bytes -> 64 codes: bits 0-1, 2-3, 4-5, 6-7 of each byte */
-            __m128i b = _mm_loadu_si128((const __m128i *)(packed + i / 4));
-            __m128i c0 = _mm_and_si128(b, m2), c1 = _mm_and_si128(_mm_srli_epi16(b, 2), m2);
-            __m128i c2 = _mm_and_si128(_mm_srli_epi16(b, 4), m2), c3 = _mm_and_si128(_mm_srli_epi16(b, 6), m2);
-            __m128i l01 = _mm_unpacklo_epi8(c0, c1), h01 = _mm_unpackhi_epi8(c0, c1);
-            __m128i l23 = _mm_unpacklo_epi8(c2, c3), h23 = _mm_unpackhi_epi8(c2, c3);
-            _mm_storeu_si128((__m128i *)(codes + i), _mm_unpacklo_epi16(l01, l23));
-            _mm_storeu_si128((__m128i *)(codes + i + 16), _mm_unpackhi_epi16(l01, l23));
-            _mm_storeu_si128((__m128i *)(codes + i + 32), _mm_unpacklo_epi16(h01, h23));
-            _mm_storeu_si128((__m128i *)(codes + i + 48), _mm_unpackhi_epi16(h01, h23));
-        }
-    }
-    if (i < n) {
-        const int per = 8 / bits;
-        unpack_scalar(packed + i / per, bits, n - i, codes + i);
-    }
+    for (; i < n; i++) dst[i] = (float)code_at(packed, bits, i) * s[i] + m[i];
 }
 
-ER_AVX2 static inline __m256 kv_u8x8(const uint8_t *c) {
-    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)c)));
-}
-
-ER_AVX2 static void deq_vec_avx2(const uint8_t *codes, const float *s, const float *m, int64_t n, float *dst) {
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(dst + i, _mm256_fmadd_ps(kv_u8x8(codes + i), _mm256_loadu_ps(s + i), _mm256_loadu_ps(m + i)));
-    for (; i < n; i++) dst[i] = (float)codes[i] * s[i] + m[i];
-}
-
-ER_AVX2 static void deq_one_avx2(const uint8_t *codes, float s, float m, int64_t n, float *dst) {
+ER_AVX2 static void deq_one_avx2(const uint8_t *packed, int bits, float s, float m, int64_t n, float *dst) {
     const __m256 sv = _mm256_set1_ps(s), mv = _mm256_set1_ps(m);
     int64_t i = 0;
-    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, _mm256_fmadd_ps(kv_u8x8(codes + i), sv, mv));
-    for (; i < n; i++) dst[i] = (float)codes[i] * s + m;
+    for (; i + 16 <= n; i += 16) {
+        const __m128i c = codes16_avx2(packed, bits, i);
+        __m256 lo = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(c)), hi = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(c, 8)));
+        _mm256_storeu_ps(dst + i, _mm256_fmadd_ps(lo, sv, mv));
+        _mm256_storeu_ps(dst + i + 8, _mm256_fmadd_ps(hi, sv, mv));
+    }
+    for (; i < n; i++) dst[i] = (float)code_at(packed, bits, i) * s + m;
 }
 
-static const er_kv_ops kv_ops_avx2 = {qk_avx2,      pv_avx2,     exp_sum_avx2, scale_avx2,
-                                      f16_row_avx2, unpack_avx2, deq_vec_avx2, deq_one_avx2};
+static const er_kv_ops kv_ops_avx2 = {qk_avx2,    pv_avx2,      exp_sum_avx2,
+                                      scale_avx2, f16_row_avx2, deq_vec_avx2, deq_one_avx2};
 #endif
 
 static const er_kv_ops *kv_ops_for(int isa) {
@@ -259,7 +247,7 @@ typedef struct {
     const er_kv_ops *ops;
     const float *q, *qs, *kn, *vn;
     float *out, *part, *scratch;
-    int64_t nh, gq, hd, T, p0, nsegs, n_chunks, per_chunk, scratch_per_thread;
+    int64_t nh, gq, hd, T, p0, qb, nsegs, n_chunks, per_chunk, scratch_per_thread;
     float scale, softcap;
 } kv_ctx;
 
@@ -290,8 +278,7 @@ static int64_t seg_info(const kv_ctx *x, int64_t si, int64_t *pos, int *sink) {
 }
 
 /* the n key (v = 0) or value (v = 1) rows of segment si for kv head h as f32 (in `tile` unless already f32) */
-static const float *seg_rows(const kv_ctx *x, int64_t si, int64_t h, int v, int64_t n, float *tile, uint8_t *codes,
-                             float *sm) {
+static const float *seg_rows(const kv_ctx *x, int64_t si, int64_t h, int v, int64_t n, float *tile, float *sm) {
     const er_kivi *c = x->c;
     const er_kv_ops *ops = x->ops;
     const int64_t nb = c->n_blocks, G = c->group, hd = x->hd, nkv = c->n_kv_heads;
@@ -310,20 +297,16 @@ static const float *seg_rows(const kv_ctx *x, int64_t si, int64_t h, int v, int6
         ops->f16_row(c->qk_scale + gh * hd, sm, hd);
         ops->f16_row(c->qk_min + gh * hd, sm + hd, hd);
     }
-    const int64_t vg = c->vgroup, nvg = hd / vg;
+    const int64_t vg = c->vgroup, nvg = hd / vg, vgb = vg * c->bits / 8;
     for (int64_t j = 0; j < n; j++) {
         const uint8_t *cr = base + j * pb;
-        if (c->bits != 8) {
-            ops->unpack(cr, c->bits, hd, codes);
-            cr = codes;
-        }
         if (!v) {
-            ops->deq_vec(cr, sm, sm + hd, hd, tile + j * hd);
+            ops->deq_vec(cr, c->bits, sm, sm + hd, hd, tile + j * hd);
             continue;
         }
         const uint16_t *vs = c->qv_scale + (gh * G + j) * nvg, *vm = c->qv_min + (gh * G + j) * nvg;
         for (int64_t g = 0; g < nvg; g++)
-            ops->deq_one(cr + g * vg, er_f16_to_f32(vs[g]), er_f16_to_f32(vm[g]), vg, tile + j * hd + g * vg);
+            ops->deq_one(cr + g * vgb, c->bits, er_f16_to_f32(vs[g]), er_f16_to_f32(vm[g]), vg, tile + j * hd + g * vg);
     }
     return tile;
 }
@@ -332,62 +315,78 @@ static void kv_task(void *vc, int64_t start, int64_t end, int tid) {
     const kv_ctx *x = (const kv_ctx *)vc;
     const er_kivi *c = x->c;
     const er_kv_ops *ops = x->ops;
-    const int64_t hd = x->hd, gq = x->gq, nkv = c->n_kv_heads, S = c->sinks, W = c->window;
+    const int64_t hd = x->hd, gq = x->gq, nkv = c->n_kv_heads, S = c->sinks, W = c->window, qb = x->qb;
     float *tile = x->scratch + (int64_t)tid * x->scratch_per_thread; /* (KV_TILE, hd) rows */
-    float *sm = tile + KV_TILE * hd, *sc = sm + 2 * hd;             /* (2, hd) key scale/min, (gq, KV_TILE) */
-    uint8_t *codes = (uint8_t *)(sc + gq * KV_TILE);                 /* (hd) unpacked codes */
+    float *sm = tile + KV_TILE * hd, *sc = sm + 2 * hd;             /* (2, hd) key scale/min, (qb*gq, KV_TILE) */
     int64_t pos[KV_TILE];
     unsigned char vis[KV_TILE];
-    for (int64_t it = start; it < end; it++) {
-        const int64_t chunk = it % x->n_chunks, rest = it / x->n_chunks, h = rest % nkv, t = rest / nkv;
-        const int64_t p = x->p0 + t;
-        float *m = x->part + it * gq * (hd + 2), *l = m + gq, *o = l + gq;
-        for (int64_t g = 0; g < gq; g++) m[g] = -INFINITY, l[g] = 0.0f;
-        memset(o, 0, sizeof(float) * (size_t)(gq * hd));
+    for (int64_t it = start; it < end; it++) { /* item: (query block, kv head, chunk of segments) */
+        const int64_t chunk = it % x->n_chunks, rest = it / x->n_chunks, h = rest % nkv, tb = rest / nkv;
+        const int64_t t0 = tb * qb, nt = x->T - t0 < qb ? x->T - t0 : qb, R = nt * gq; /* rows: (query, head) */
+        float *m = x->part + it * qb * gq * (hd + 2), *l = m + qb * gq, *o = l + qb * gq;
+        for (int64_t r = 0; r < R; r++) m[r] = -INFINITY, l[r] = 0.0f;
+        memset(o, 0, sizeof(float) * (size_t)(R * hd));
         const int64_t s0 = chunk * x->per_chunk, s1 = s0 + x->per_chunk < x->nsegs ? s0 + x->per_chunk : x->nsegs;
         for (int64_t si = s0; si < s1; si++) {
             int sink;
             const int64_t n = seg_info(x, si, pos, &sink);
-            int64_t nvis = 0;
-            for (int64_t j = 0; j < n; j++) {
-                const int64_t a = pos[j];
-                vis[j] = a >= 0 && a <= p && (a < S || a > p - W);
-                nvis += vis[j];
-            }
-            if (!nvis) continue;
-            const float *kr = seg_rows(x, si, h, 0, n, tile, codes, sm);
-            const float *qb = (sink && x->qs) ? x->qs : x->q;
-            for (int64_t g = 0; g < gq; g++) {
-                float *s = sc + g * KV_TILE;
-                ops->qk(qb + (t * x->nh + h * gq + g) * hd, kr, n, hd, s);
-                float mx = -INFINITY;
+            if (!n) continue;
+            /* the last query of the block sees the most (causal); skip segments none of the block sees */
+            int64_t any = 0;
+            for (int64_t j = 0; j < n && !any; j++)
+                for (int64_t t = t0; t < t0 + nt && !any; t++) {
+                    const int64_t a = pos[j], p = x->p0 + t;
+                    any = a >= 0 && a <= p && (a < S || a > p - W);
+                }
+            if (!any) continue;
+            const float *kr = seg_rows(x, si, h, 0, n, tile, sm);
+            const float *qb0 = (sink && x->qs) ? x->qs : x->q;
+            for (int64_t t = t0; t < t0 + nt; t++) {
+                const int64_t p = x->p0 + t;
+                int64_t nvis = 0;
                 for (int64_t j = 0; j < n; j++) {
-                    if (!vis[j]) {
-                        s[j] = -INFINITY;
+                    const int64_t a = pos[j];
+                    vis[j] = a >= 0 && a <= p && (a < S || a > p - W);
+                    nvis += vis[j];
+                }
+                for (int64_t g = 0; g < gq; g++) {
+                    const int64_t r = (t - t0) * gq + g;
+                    float *s = sc + r * KV_TILE;
+                    if (!nvis) { /* nothing for this query here: zero weights */
+                        memset(s, 0, sizeof(float) * (size_t)n);
                         continue;
                     }
-                    float v = s[j] * x->scale;
-                    if (x->softcap > 0.0f) v = x->softcap * tanhf(v / x->softcap);
-                    s[j] = v;
-                    mx = v > mx ? v : mx;
+                    ops->qk(qb0 + (t * x->nh + h * gq + g) * hd, kr, n, hd, s);
+                    float mx = -INFINITY;
+                    for (int64_t j = 0; j < n; j++) {
+                        if (!vis[j]) {
+                            s[j] = -INFINITY;
+                            continue;
+                        }
+                        float v = s[j] * x->scale;
+                        if (x->softcap > 0.0f) v = x->softcap * tanhf(v / x->softcap);
+                        s[j] = v;
+                        mx = v > mx ? v : mx;
+                    }
+                    const float mnew = mx > m[r] ? mx : m[r];
+                    if (m[r] > -INFINITY && mnew > m[r]) { /* rescale what was summed under the old max */
+                        const float corr = expf(m[r] - mnew);
+                        l[r] *= corr;
+                        ops->scale(o + r * hd, hd, corr);
+                    }
+                    m[r] = mnew;
+                    l[r] += ops->exp_sum(s, n, mnew);
                 }
-                const float mnew = mx > m[g] ? mx : m[g];
-                if (m[g] > -INFINITY && mnew > m[g]) { /* rescale what was summed under the old max */
-                    const float corr = expf(m[g] - mnew);
-                    l[g] *= corr;
-                    ops->scale(o + g * hd, hd, corr);
-                }
-                m[g] = mnew;
-                l[g] += ops->exp_sum(s, n, mnew);
             }
-            const float *vr = seg_rows(x, si, h, 1, n, tile, codes, sm);
-            for (int64_t g = 0; g < gq; g++) ops->pv(o + g * hd, sc + g * KV_TILE, vr, n, hd);
+            const float *vr = seg_rows(x, si, h, 1, n, tile, sm);
+            for (int64_t r = 0; r < R; r++) ops->pv(o + r * hd, sc + r * KV_TILE, vr, n, hd);
         }
         if (x->n_chunks == 1)
-            for (int64_t g = 0; g < gq; g++) {
+            for (int64_t r = 0; r < R; r++) {
+                const int64_t t = t0 + r / gq, g = r % gq;
                 float *dst = x->out + (t * x->nh + h * gq + g) * hd;
-                const float r = l[g] > 0.0f ? 1.0f / l[g] : 0.0f;
-                for (int64_t i = 0; i < hd; i++) dst[i] = o[g * hd + i] * r;
+                const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
+                for (int64_t i = 0; i < hd; i++) dst[i] = o[r * hd + i] * inv;
             }
     }
 }
@@ -413,41 +412,46 @@ int er_kivi_attention(const er_kivi *c, const float *q, const float *q_sink, con
     kv_ctx x = {.c = c, .ops = kv_ops_for(er_get_isa()), .q = q, .qs = q_sink, .kn = k_new, .vn = v_new, .out = out,
                 .nh = n_heads, .gq = gq, .hd = hd, .T = T, .p0 = p0, .scale = scale, .softcap = softcap};
     x.nsegs = 2 + c->n_blocks + (T + KV_TILE - 1) / KV_TILE;
+    /* queries in blocks that share each dequantized tile (prefill), at most KV_QROWS (query, head) rows */
+    x.qb = KV_QROWS / gq < 1 ? 1 : KV_QROWS / gq;
+    if (x.qb > T) x.qb = T;
+    const int64_t nqb = (T + x.qb - 1) / x.qb, nt = er_get_num_threads();
     x.n_chunks = 1;
-    if (T == 1 && er_get_num_threads() > 1) /* decode: split the keys over the threads when there are enough */
+    if (nqb * nkv < 2 * nt) /* few items (decode): split the keys over the threads, merge the partial softmaxes */
         x.n_chunks = (x.nsegs + KV_SEGS_PER_CHUNK - 1) / KV_SEGS_PER_CHUNK;
     x.per_chunk = (x.nsegs + x.n_chunks - 1) / x.n_chunks;
-    const int64_t items = T * nkv * x.n_chunks;
-    x.scratch_per_thread = KV_TILE * hd + 2 * hd + gq * KV_TILE + (hd + 3) / 4 + 16;
-    const int64_t nt = er_get_num_threads();
-    x.part = (float *)malloc(sizeof(float) * (size_t)(items * gq * (hd + 2) + nt * x.scratch_per_thread));
+    const int64_t items = nqb * nkv * x.n_chunks, rows = x.qb * gq;
+    x.scratch_per_thread = KV_TILE * hd + 2 * hd + rows * KV_TILE + 16;
+    x.part = (float *)malloc(sizeof(float) * (size_t)(items * rows * (hd + 2) + nt * x.scratch_per_thread));
     if (!x.part) return -3;
-    x.scratch = x.part + items * gq * (hd + 2);
-    const int64_t work = (int64_t)c->n_blocks * c->group * hd * gq * T;
+    x.scratch = x.part + items * rows * (hd + 2);
+    const int64_t work = ((int64_t)c->n_blocks * c->group + T) * hd * gq * T;
     er_parallel_for(items, work >= 16384 ? 1 : items, kv_task, &x);
-    if (x.n_chunks > 1) /* merge the chunks' partial softmaxes */
-        for (int64_t th = 0; th < T * nkv; th++)
-            for (int64_t g = 0; g < gq; g++) {
+    if (x.n_chunks > 1) /* merge the chunks' partial softmaxes: o = sum o_c e^(m_c - M) / sum l_c e^(m_c - M) */
+        for (int64_t ib = 0; ib < nqb * nkv; ib++) {
+            const int64_t tb = ib / nkv, h = ib % nkv, t0 = tb * x.qb, ntq = T - t0 < x.qb ? T - t0 : x.qb;
+            for (int64_t r = 0; r < ntq * gq; r++) {
                 float M = -INFINITY, L = 0.0f;
                 for (int64_t ch = 0; ch < x.n_chunks; ch++) {
-                    const float mc = x.part[(th * x.n_chunks + ch) * gq * (hd + 2) + g];
+                    const float mc = x.part[(ib * x.n_chunks + ch) * rows * (hd + 2) + r];
                     M = mc > M ? mc : M;
                 }
-                const int64_t t = th / nkv, h = th % nkv;
+                const int64_t t = t0 + r / gq, g = r % gq;
                 float *dst = out + (t * n_heads + h * gq + g) * hd;
                 memset(dst, 0, sizeof(float) * (size_t)hd);
                 if (M == -INFINITY) continue;
                 for (int64_t ch = 0; ch < x.n_chunks; ch++) {
-                    const float *pm = x.part + (th * x.n_chunks + ch) * gq * (hd + 2);
-                    if (pm[g] == -INFINITY) continue;
-                    const float w = expf(pm[g] - M);
-                    L += pm[gq + g] * w;
-                    const float *o = pm + 2 * gq + g * hd;
+                    const float *pm = x.part + (ib * x.n_chunks + ch) * rows * (hd + 2);
+                    if (pm[r] == -INFINITY) continue;
+                    const float w = expf(pm[r] - M);
+                    L += pm[rows + r] * w;
+                    const float *o = pm + 2 * rows + r * hd;
                     for (int64_t i = 0; i < hd; i++) dst[i] += o[i] * w;
                 }
-                const float r = L > 0.0f ? 1.0f / L : 0.0f;
-                for (int64_t i = 0; i < hd; i++) dst[i] *= r;
+                const float inv = L > 0.0f ? 1.0f / L : 0.0f;
+                for (int64_t i = 0; i < hd; i++) dst[i] *= inv;
             }
+        }
     free(x.part);
     return 0;
 }

@@ -1,6 +1,6 @@
 /* NEON inner loops of the KIVI cache attention (kv_attention.c's er_kv_ops, aarch64): each mirrors the scalar
  * function of the same name in kv_attention.c; only float summation order and the exp approximation (Cephes
- * polynomial, as ops_neon.c's exp4) differ. Code unpacking is exact (vzip of the nibbles / bit pairs). */
+ * polynomial, as ops_neon.c's exp4) differ. Codes are unpacked in registers (vzip of the nibbles / bit pairs), exactly. */
 #if defined(__aarch64__)
 #include <arm_neon.h>
 #include <math.h>
@@ -111,68 +111,58 @@ static void f16_row_neon(const uint16_t *src, float *dst, int64_t n) {
     for (; i < n; i++) dst[i] = er_f16_to_f32(src[i]);
 }
 
-static void unpack_neon(const uint8_t *packed, int bits, int64_t n, uint8_t *codes) {
-    int64_t i = 0;
-    if (bits == 8) {
-        memcpy(codes, packed, (size_t)n);
-        return;
-    }
-    if (bits == 4) {
-        const uint8x16_t m4 = vdupq_n_u8(0x0f);
-        for (; i + 32 <= n; i += 32) { /* 16 bytes -> 32 codes, low nibble first */
-            uint8x16_t b = vld1q_u8(packed + i / 2);
-            uint8x16_t lo = vandq_u8(b, m4), hi = vshrq_n_u8(b, 4);
-            vst1q_u8(codes + i, vzip1q_u8(lo, hi));
-            vst1q_u8(codes + i + 16, vzip2q_u8(lo, hi));
-        }
-    } else if (bits == 2) {
-        const uint8x16_t m2 = vdupq_n_u8(0x03);
-        for (; i + 64 <= n; i += 64) { /* 16 bytes -> 64 codes */
-            uint8x16_t b = vld1q_u8(packed + i / 4);
-            uint8x16_t c0 = vandq_u8(b, m2), c1 = vandq_u8(vshrq_n_u8(b, 2), m2);
-            uint8x16_t c2 = vandq_u8(vshrq_n_u8(b, 4), m2), c3 = vshrq_n_u8(b, 6);
-            uint16x8_t l01 = vreinterpretq_u16_u8(vzip1q_u8(c0, c1)), h01 = vreinterpretq_u16_u8(vzip2q_u8(c0, c1));
-            uint16x8_t l23 = vreinterpretq_u16_u8(vzip1q_u8(c2, c3)), h23 = vreinterpretq_u16_u8(vzip2q_u8(c2, c3));
-            vst1q_u8(codes + i, vreinterpretq_u8_u16(vzip1q_u16(l01, l23)));
-            vst1q_u8(codes + i + 16, vreinterpretq_u8_u16(vzip2q_u16(l01, l23)));
-            vst1q_u8(codes + i + 32, vreinterpretq_u8_u16(vzip1q_u16(h01, h23)));
-            vst1q_u8(codes + i + 48, vreinterpretq_u8_u16(vzip2q_u16(h01, h23)));
-        }
-    }
+static NINLINE int code_at(const uint8_t *packed, int bits, int64_t i) {
+    if (bits == 8) return packed[i];
     const int per = 8 / bits;
-    const uint8_t mask = (uint8_t)((1 << bits) - 1);
-    for (; i < n; i++) codes[i] = (uint8_t)((packed[i / per] >> ((i % per) * bits)) & mask);
+    return (packed[i / per] >> ((i % per) * bits)) & ((1 << bits) - 1);
 }
 
-static NINLINE void u8x8_f32(const uint8_t *c, float32x4_t *a, float32x4_t *b) {
-    uint16x8_t w = vmovl_u8(vld1_u8(c));
-    *a = vcvtq_f32_u32(vmovl_u16(vget_low_u16(w)));
-    *b = vcvtq_f32_u32(vmovl_u16(vget_high_u16(w)));
-}
-
-static void deq_vec_neon(const uint8_t *codes, const float *s, const float *m, int64_t n, float *dst) {
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        float32x4_t a, b;
-        u8x8_f32(codes + i, &a, &b);
-        vst1q_f32(dst + i, vfmaq_f32(vld1q_f32(m + i), a, vld1q_f32(s + i)));
-        vst1q_f32(dst + i + 4, vfmaq_f32(vld1q_f32(m + i + 4), b, vld1q_f32(s + i + 4)));
+/* codes i..i+15 (i a multiple of 16) of a packed row as 16 bytes, unpacked in registers */
+static NINLINE uint8x16_t codes16_neon(const uint8_t *packed, int bits, int64_t i) {
+    if (bits == 8) return vld1q_u8(packed + i);
+    if (bits == 4) { /* 8 bytes: low nibble first */
+        uint8x8_t b = vld1_u8(packed + i / 2);
+        uint8x8x2_t z = vzip_u8(vand_u8(b, vdup_n_u8(0x0f)), vshr_n_u8(b, 4));
+        return vcombine_u8(z.val[0], z.val[1]);
     }
-    for (; i < n; i++) dst[i] = (float)codes[i] * s[i] + m[i];
+    uint32_t w; /* 4 bytes: bits 0-1, 2-3, 4-5, 6-7 */
+    memcpy(&w, packed + i / 4, 4);
+    const uint8x8_t b = vreinterpret_u8_u32(vdup_n_u32(w)), m2 = vdup_n_u8(0x03);
+    uint8x8x2_t z01 = vzip_u8(vand_u8(b, m2), vand_u8(vshr_n_u8(b, 2), m2));
+    uint8x8x2_t z23 = vzip_u8(vand_u8(vshr_n_u8(b, 4), m2), vshr_n_u8(b, 6));
+    uint16x4x2_t z = vzip_u16(vreinterpret_u16_u8(z01.val[0]), vreinterpret_u16_u8(z23.val[0]));
+    return vcombine_u8(vreinterpret_u8_u16(z.val[0]), vreinterpret_u8_u16(z.val[1]));
 }
 
-static void deq_one_neon(const uint8_t *codes, float s, float m, int64_t n, float *dst) {
+static NINLINE void u8x16_f32(uint8x16_t c, float32x4_t f[4]) {
+    uint16x8_t lo = vmovl_u8(vget_low_u8(c)), hi = vmovl_u8(vget_high_u8(c));
+    f[0] = vcvtq_f32_u32(vmovl_u16(vget_low_u16(lo)));
+    f[1] = vcvtq_f32_u32(vmovl_u16(vget_high_u16(lo)));
+    f[2] = vcvtq_f32_u32(vmovl_u16(vget_low_u16(hi)));
+    f[3] = vcvtq_f32_u32(vmovl_u16(vget_high_u16(hi)));
+}
+
+static void deq_vec_neon(const uint8_t *packed, int bits, const float *s, const float *m, int64_t n, float *dst) {
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        float32x4_t f[4];
+        u8x16_f32(codes16_neon(packed, bits, i), f);
+        for (int k = 0; k < 4; k++)
+            vst1q_f32(dst + i + 4 * k, vfmaq_f32(vld1q_f32(m + i + 4 * k), f[k], vld1q_f32(s + i + 4 * k)));
+    }
+    for (; i < n; i++) dst[i] = (float)code_at(packed, bits, i) * s[i] + m[i];
+}
+
+static void deq_one_neon(const uint8_t *packed, int bits, float s, float m, int64_t n, float *dst) {
     const float32x4_t mv = vdupq_n_f32(m);
     int64_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        float32x4_t a, b;
-        u8x8_f32(codes + i, &a, &b);
-        vst1q_f32(dst + i, vfmaq_n_f32(mv, a, s));
-        vst1q_f32(dst + i + 4, vfmaq_n_f32(mv, b, s));
+    for (; i + 16 <= n; i += 16) {
+        float32x4_t f[4];
+        u8x16_f32(codes16_neon(packed, bits, i), f);
+        for (int k = 0; k < 4; k++) vst1q_f32(dst + i + 4 * k, vfmaq_n_f32(mv, f[k], s));
     }
-    for (; i < n; i++) dst[i] = (float)codes[i] * s + m;
+    for (; i < n; i++) dst[i] = (float)code_at(packed, bits, i) * s + m;
 }
 
-const er_kv_ops er_kv_ops_neon = {qk_neon,      pv_neon,     exp_sum_neon, scale_neon,
-                                  f16_row_neon, unpack_neon, deq_vec_neon, deq_one_neon};
+const er_kv_ops er_kv_ops_neon = {qk_neon, pv_neon, exp_sum_neon, scale_neon, f16_row_neon, deq_vec_neon, deq_one_neon};
 #endif
