@@ -16,11 +16,14 @@ typedef struct er_kv_ops {
     void (*scale)(float *o, int64_t n, float r);
     /* dst[i] = f16 src[i] as f32 */
     void (*f16_row)(const uint16_t *src, float *dst, int64_t n);
-    /* dst[i] = code_i * s[i] + m[i]: n codes of `bits` packed low-bits-first, unpacked in registers; per-element
-     * scale and min (keys: per channel) */
-    void (*deq_vec)(const uint8_t *packed, int bits, const float *s, const float *m, int64_t n, float *dst);
-    /* dst[i] = code_i * s + m (one scale and min: a value row's channel group) */
-    void (*deq_one)(const uint8_t *packed, int bits, float s, float m, int64_t n, float *dst);
+    /* n key rows of d codes (`bits`, packed low-bits-first, pb bytes a row), unpacked in registers:
+     * dst[j][i] = code_ji * s[i] + m[i] (scale and min per channel) */
+    void (*deq_keys)(const uint8_t *packed, int bits, int64_t pb, const float *s, const float *m, int64_t n, int64_t d,
+                     float *dst);
+    /* n value rows: dst[j][i] = code_ji * vs[j][i / vg] + vm[j][i / vg] (f16 scale and min per row and channel
+     * group of vg) */
+    void (*deq_values)(const uint8_t *packed, int bits, int64_t pb, const uint16_t *vs, const uint16_t *vm, int64_t vg,
+                       int64_t n, int64_t d, float *dst);
 } er_kv_ops;
 
 #if defined(__aarch64__)

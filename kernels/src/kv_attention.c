@@ -62,16 +62,23 @@ static inline int code_at(const uint8_t *packed, int bits, int64_t i) {
     return (packed[i / per] >> ((i % per) * bits)) & ((1 << bits) - 1);
 }
 
-static void deq_vec_scalar(const uint8_t *packed, int bits, const float *s, const float *m, int64_t n, float *dst) {
-    for (int64_t i = 0; i < n; i++) dst[i] = (float)code_at(packed, bits, i) * s[i] + m[i];
+static void deq_keys_scalar(const uint8_t *packed, int bits, int64_t pb, const float *s, const float *m, int64_t n,
+                            int64_t d, float *dst) {
+    for (int64_t j = 0; j < n; j++)
+        for (int64_t i = 0; i < d; i++) dst[j * d + i] = (float)code_at(packed + j * pb, bits, i) * s[i] + m[i];
 }
 
-static void deq_one_scalar(const uint8_t *packed, int bits, float s, float m, int64_t n, float *dst) {
-    for (int64_t i = 0; i < n; i++) dst[i] = (float)code_at(packed, bits, i) * s + m;
+static void deq_values_scalar(const uint8_t *packed, int bits, int64_t pb, const uint16_t *vs, const uint16_t *vm,
+                              int64_t vg, int64_t n, int64_t d, float *dst) {
+    const int64_t nvg = d / vg;
+    for (int64_t j = 0; j < n; j++)
+        for (int64_t i = 0; i < d; i++)
+            dst[j * d + i] = (float)code_at(packed + j * pb, bits, i) * er_f16_to_f32(vs[j * nvg + i / vg]) +
+                             er_f16_to_f32(vm[j * nvg + i / vg]);
 }
 
 static const er_kv_ops kv_ops_scalar = {qk_scalar,    pv_scalar,      exp_sum_scalar,
-                                        scale_scalar, f16_row_scalar, deq_vec_scalar, deq_one_scalar};
+                                        scale_scalar, f16_row_scalar, deq_keys_scalar, deq_values_scalar};
 
 /* ---- AVX2 ops -------------------------------------------------------------------------------------- */
 #if ER_X86
@@ -201,32 +208,46 @@ ER_AVX2 static inline __m128i codes16_avx2(const uint8_t *packed, int bits, int6
     return _mm_unpacklo_epi16(_mm_unpacklo_epi8(c0, c1), _mm_unpacklo_epi8(c2, c3));
 }
 
-ER_AVX2 static void deq_vec_avx2(const uint8_t *packed, int bits, const float *s, const float *m, int64_t n,
-                                 float *dst) {
-    int64_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        const __m128i c = codes16_avx2(packed, bits, i);
-        __m256 lo = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(c)), hi = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(c, 8)));
-        _mm256_storeu_ps(dst + i, _mm256_fmadd_ps(lo, _mm256_loadu_ps(s + i), _mm256_loadu_ps(m + i)));
-        _mm256_storeu_ps(dst + i + 8, _mm256_fmadd_ps(hi, _mm256_loadu_ps(s + i + 8), _mm256_loadu_ps(m + i + 8)));
+ER_AVX2 static void deq_keys_avx2(const uint8_t *packed, int bits, int64_t pb, const float *s, const float *m,
+                                  int64_t n, int64_t d, float *dst) {
+    for (int64_t j = 0; j < n; j++) {
+        const uint8_t *row = packed + j * pb;
+        float *o = dst + j * d;
+        int64_t i = 0;
+        for (; i + 16 <= d; i += 16) {
+            const __m128i c = codes16_avx2(row, bits, i);
+            __m256 lo = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(c));
+            __m256 hi = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(c, 8)));
+            _mm256_storeu_ps(o + i, _mm256_fmadd_ps(lo, _mm256_loadu_ps(s + i), _mm256_loadu_ps(m + i)));
+            _mm256_storeu_ps(o + i + 8, _mm256_fmadd_ps(hi, _mm256_loadu_ps(s + i + 8), _mm256_loadu_ps(m + i + 8)));
+        }
+        for (; i < d; i++) o[i] = (float)code_at(row, bits, i) * s[i] + m[i];
     }
-    for (; i < n; i++) dst[i] = (float)code_at(packed, bits, i) * s[i] + m[i];
 }
 
-ER_AVX2 static void deq_one_avx2(const uint8_t *packed, int bits, float s, float m, int64_t n, float *dst) {
-    const __m256 sv = _mm256_set1_ps(s), mv = _mm256_set1_ps(m);
-    int64_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        const __m128i c = codes16_avx2(packed, bits, i);
-        __m256 lo = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(c)), hi = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(c, 8)));
-        _mm256_storeu_ps(dst + i, _mm256_fmadd_ps(lo, sv, mv));
-        _mm256_storeu_ps(dst + i + 8, _mm256_fmadd_ps(hi, sv, mv));
-    }
-    for (; i < n; i++) dst[i] = (float)code_at(packed, bits, i) * s + m;
+ER_AVX2 static void deq_values_avx2(const uint8_t *packed, int bits, int64_t pb, const uint16_t *vs,
+                                    const uint16_t *vm, int64_t vg, int64_t n, int64_t d, float *dst) {
+    const int64_t nvg = d / vg, gb = vg * bits / 8;
+    for (int64_t j = 0; j < n; j++)
+        for (int64_t g = 0; g < nvg; g++) {
+            const uint8_t *row = packed + j * pb + g * gb;
+            float *o = dst + j * d + g * vg;
+            const float sf = er_f16_to_f32(vs[j * nvg + g]), mf = er_f16_to_f32(vm[j * nvg + g]);
+            const __m256 sv = _mm256_set1_ps(sf), mv = _mm256_set1_ps(mf);
+            int64_t i = 0;
+            for (; i + 16 <= vg; i += 16) {
+                const __m128i c = codes16_avx2(row, bits, i);
+                __m256 lo = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(c));
+                __m256 hi = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(c, 8)));
+                _mm256_storeu_ps(o + i, _mm256_fmadd_ps(lo, sv, mv));
+                _mm256_storeu_ps(o + i + 8, _mm256_fmadd_ps(hi, sv, mv));
+            }
+            for (; i < vg; i++) o[i] = (float)code_at(row, bits, i) * sf + mf;
+        }
 }
 
 static const er_kv_ops kv_ops_avx2 = {qk_avx2,    pv_avx2,      exp_sum_avx2,
-                                      scale_avx2, f16_row_avx2, deq_vec_avx2, deq_one_avx2};
+                                      scale_avx2, f16_row_avx2, deq_keys_avx2, deq_values_avx2};
 #endif
 
 static const er_kv_ops *kv_ops_for(int isa) {
@@ -297,17 +318,11 @@ static const float *seg_rows(const kv_ctx *x, int64_t si, int64_t h, int v, int6
         ops->f16_row(c->qk_scale + gh * hd, sm, hd);
         ops->f16_row(c->qk_min + gh * hd, sm + hd, hd);
     }
-    const int64_t vg = c->vgroup, nvg = hd / vg, vgb = vg * c->bits / 8;
-    for (int64_t j = 0; j < n; j++) {
-        const uint8_t *cr = base + j * pb;
-        if (!v) {
-            ops->deq_vec(cr, c->bits, sm, sm + hd, hd, tile + j * hd);
-            continue;
-        }
-        const uint16_t *vs = c->qv_scale + (gh * G + j) * nvg, *vm = c->qv_min + (gh * G + j) * nvg;
-        for (int64_t g = 0; g < nvg; g++)
-            ops->deq_one(cr + g * vgb, c->bits, er_f16_to_f32(vs[g]), er_f16_to_f32(vm[g]), vg, tile + j * hd + g * vg);
-    }
+    if (!v)
+        ops->deq_keys(base, c->bits, pb, sm, sm + hd, n, hd, tile);
+    else
+        ops->deq_values(base, c->bits, pb, c->qv_scale + gh * G * (hd / c->vgroup), c->qv_min + gh * G * (hd / c->vgroup),
+                        c->vgroup, n, hd, tile);
     return tile;
 }
 

@@ -142,27 +142,41 @@ static NINLINE void u8x16_f32(uint8x16_t c, float32x4_t f[4]) {
     f[3] = vcvtq_f32_u32(vmovl_u16(vget_high_u16(hi)));
 }
 
-static void deq_vec_neon(const uint8_t *packed, int bits, const float *s, const float *m, int64_t n, float *dst) {
-    int64_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        float32x4_t f[4];
-        u8x16_f32(codes16_neon(packed, bits, i), f);
-        for (int k = 0; k < 4; k++)
-            vst1q_f32(dst + i + 4 * k, vfmaq_f32(vld1q_f32(m + i + 4 * k), f[k], vld1q_f32(s + i + 4 * k)));
+static void deq_keys_neon(const uint8_t *packed, int bits, int64_t pb, const float *s, const float *m, int64_t n,
+                          int64_t d, float *dst) {
+    for (int64_t j = 0; j < n; j++) {
+        const uint8_t *row = packed + j * pb;
+        float *o = dst + j * d;
+        int64_t i = 0;
+        for (; i + 16 <= d; i += 16) {
+            float32x4_t f[4];
+            u8x16_f32(codes16_neon(row, bits, i), f);
+            for (int k = 0; k < 4; k++)
+                vst1q_f32(o + i + 4 * k, vfmaq_f32(vld1q_f32(m + i + 4 * k), f[k], vld1q_f32(s + i + 4 * k)));
+        }
+        for (; i < d; i++) o[i] = (float)code_at(row, bits, i) * s[i] + m[i];
     }
-    for (; i < n; i++) dst[i] = (float)code_at(packed, bits, i) * s[i] + m[i];
 }
 
-static void deq_one_neon(const uint8_t *packed, int bits, float s, float m, int64_t n, float *dst) {
-    const float32x4_t mv = vdupq_n_f32(m);
-    int64_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        float32x4_t f[4];
-        u8x16_f32(codes16_neon(packed, bits, i), f);
-        for (int k = 0; k < 4; k++) vst1q_f32(dst + i + 4 * k, vfmaq_n_f32(mv, f[k], s));
-    }
-    for (; i < n; i++) dst[i] = (float)code_at(packed, bits, i) * s + m;
+static void deq_values_neon(const uint8_t *packed, int bits, int64_t pb, const uint16_t *vs, const uint16_t *vm,
+                            int64_t vg, int64_t n, int64_t d, float *dst) {
+    const int64_t nvg = d / vg, gb = vg * bits / 8;
+    for (int64_t j = 0; j < n; j++)
+        for (int64_t g = 0; g < nvg; g++) {
+            const uint8_t *row = packed + j * pb + g * gb;
+            float *o = dst + j * d + g * vg;
+            const float sf = er_f16_to_f32(vs[j * nvg + g]), mf = er_f16_to_f32(vm[j * nvg + g]);
+            const float32x4_t mv = vdupq_n_f32(mf);
+            int64_t i = 0;
+            for (; i + 16 <= vg; i += 16) {
+                float32x4_t f[4];
+                u8x16_f32(codes16_neon(row, bits, i), f);
+                for (int k = 0; k < 4; k++) vst1q_f32(o + i + 4 * k, vfmaq_n_f32(mv, f[k], sf));
+            }
+            for (; i < vg; i++) o[i] = (float)code_at(row, bits, i) * sf + mf;
+        }
 }
 
-const er_kv_ops er_kv_ops_neon = {qk_neon, pv_neon, exp_sum_neon, scale_neon, f16_row_neon, deq_vec_neon, deq_one_neon};
+const er_kv_ops er_kv_ops_neon = {qk_neon,    pv_neon,      exp_sum_neon,
+                                  scale_neon, f16_row_neon, deq_keys_neon, deq_values_neon};
 #endif
