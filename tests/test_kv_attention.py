@@ -119,3 +119,25 @@ def test_native_cache_equals_numpy_cache(bits):
             p += b
         outs.append(np.concatenate(got, axis=1))
     np.testing.assert_allclose(outs[1], outs[0], atol=1e-4 * np.abs(outs[0]).max())
+
+
+@pytest.mark.slow
+def test_bench_context_runs_every_kv_width(tmp_path, smollm2_gguf):
+    """`edgerun bench --context`: prefill then decode at the context, per KV width, the cache's real size reported."""
+    from edgerun.bench.speed import bench_edgerun_context
+    from edgerun.export.exporter import export
+    from edgerun.runtime.llm.model import load
+    from tiny_models import make_tiny
+
+    hf, _ = make_tiny("llama", tmp_path, smollm2_gguf)
+    art = export(hf, tmp_path / "tiny.edge", weights="f32")
+    ids = None
+    for bits in (16, 8, 4, 2):
+        m = load(art, kv_bits=bits, kv_window=40 + 2 * 4 + 8)
+        r = bench_edgerun_context(m, 40, bits, n_decode=4, repeats=1, ids=ids)
+        ids = r.pop("ids")
+        assert r["kv"] == {16: "f16", 8: "int8", 4: "int4", 2: "int2"}[bits]
+        assert r["prefill_tps"] > 0 and r["decode_tps"] > 0
+        assert r["cache_bytes"] == m.new_cache().nbytes
+        assert m.new_cache().native == (bits < 16)
+        m.close()
