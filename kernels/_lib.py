@@ -147,7 +147,9 @@ class ErKivi(ctypes.Structure):
         ("sinks", c_int64),
         ("window", c_int64),
         *[(n, c_void_p) for n in ("sink_k", "sink_v", "sink_pos", "res_k", "res_v", "res_pos", "qk", "qv",
-                                  "qk_scale", "qk_min", "qv_scale", "qv_min", "q_start", "q_sink")],
+                                  "qk_scale", "qk_min", "qv_scale", "qv_min", "q_start", "q_sink",
+                                  "ring_k", "ring_v", "ring_pos")],
+        ("ring_stride", c_int64),
     ]
 
 

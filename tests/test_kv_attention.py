@@ -4,7 +4,8 @@
 - er_kivi_attention equals the float64 numpy reference (kernels/reference.py kivi_attention) over the same
   buffers, for every bit width, each ISA variant here, 1 and 2 threads, decode and prefill blocks, softcap,
   sinks with the StreamingLLM sink query, a ring that has wrapped (expired tokens masked);
-- the native cache (C) and the numpy cache path give the same outputs through SinkWindowKVCache.attend.
+- the native cache (C) and the numpy cache path give the same outputs through SinkWindowKVCache.attend
+  (KIVI layouts, and the float16 ring whose prefill the same kernel runs).
 """
 
 from __future__ import annotations
@@ -100,9 +101,11 @@ def test_attention_sees_exactly_the_window():
     assert (lay.q_start >= 0).all()
 
 
-@pytest.mark.parametrize("bits", [8, 4, 2])
+@pytest.mark.parametrize("bits", [16, 8, 4, 2])
 def test_native_cache_equals_numpy_cache(bits):
-    """SinkWindowKVCache.attend in C (native) and in numpy, through eviction, prefill blocks and decode steps."""
+    """SinkWindowKVCache.attend in C (native) and in numpy, through eviction, prefill blocks and decode steps.
+
+    bits=16: the float16 [sinks | ring] layout read by the same kernel (prefill of the f16 cache)."""
     rng = np.random.default_rng(bits)
     nh, nkv, hd, t = 4, 2, 32, 150
     q = rng.standard_normal((nh, t, hd)).astype(np.float32)

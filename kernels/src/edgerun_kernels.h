@@ -137,6 +137,12 @@ typedef struct er_kivi {
     uint16_t *qv_scale, *qv_min; /* (nb, n_kv, G, hd/vgroup) f16 */
     int64_t *q_start;          /* (nb): first position of the G consecutive tokens of group b, or -1 */
     float *q_sink;             /* scratch (n_heads * hd) for er_decode_layer_kivi */
+    /* bits = 16: the float16 layout instead (er_kivi_attention only; prefill of the f16 cache): one block per kv
+     * head [sinks | ring of W slots] (n_kv, ring_stride, hd), slot positions ring_pos (W), n_blocks = ceil(W / 64);
+     * sink keys from sink_k (unshifted), sink values the block's first rows; group, vgroup, res_*, q* unused */
+    uint16_t *ring_k, *ring_v;
+    int64_t *ring_pos;
+    int64_t ring_stride;
 } er_kivi;
 /* Causal GQA attention of T new tokens at p0..p0+T-1 over the cache (as it is before they are stored) plus
  * the new tokens themselves. q (T, n_heads, hd) rotated at each query's position; q_sink (T, n_heads, hd)

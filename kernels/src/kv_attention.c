@@ -272,7 +272,14 @@ typedef struct {
     float scale, softcap;
 } kv_ctx;
 
-/* segment si: 0 sinks, 1..nb ring groups, nb + 1 residual, then the new block in KV_TILE rows.
+static int64_t seg_block(const kv_ctx *x, int64_t si, int64_t *pos) {
+    const int64_t j0 = (si - x->c->n_blocks - 2) * KV_TILE, n = x->T - j0 < KV_TILE ? x->T - j0 : KV_TILE;
+    for (int64_t j = 0; j < n; j++) pos[j] = x->p0 + j0 + j;
+    return n;
+}
+
+/* segment si: 0 sinks, 1..nb ring groups (f16 ring: tiles of slots), nb + 1 residual, then the new block in KV_TILE
+ * rows.
  * Fills the key positions (-1: empty slot); returns how many keys (0: nothing there). */
 static int64_t seg_info(const kv_ctx *x, int64_t si, int64_t *pos, int *sink) {
     const er_kivi *c = x->c;
@@ -282,6 +289,12 @@ static int64_t seg_info(const kv_ctx *x, int64_t si, int64_t *pos, int *sink) {
         *sink = 1;
         for (int64_t j = 0; j < c->sinks; j++) pos[j] = c->sink_pos[j];
         return c->sinks;
+    }
+    if (c->bits == 16) { /* float ring: tiles of KV_TILE slots, positions per slot; no residual */
+        if (si > nb) return si == nb + 1 ? 0 : seg_block(x, si, pos);
+        const int64_t s0 = (si - 1) * KV_TILE, n = c->window - s0 < KV_TILE ? c->window - s0 : KV_TILE;
+        for (int64_t j = 0; j < n; j++) pos[j] = c->ring_pos[s0 + j];
+        return n;
     }
     if (si <= nb) {
         const int64_t st = c->q_start[si - 1];
@@ -293,9 +306,7 @@ static int64_t seg_info(const kv_ctx *x, int64_t si, int64_t *pos, int *sink) {
         for (int64_t j = 0; j < G; j++) pos[j] = c->res_pos[j];
         return G;
     }
-    const int64_t j0 = (si - nb - 2) * KV_TILE, n = x->T - j0 < KV_TILE ? x->T - j0 : KV_TILE;
-    for (int64_t j = 0; j < n; j++) pos[j] = x->p0 + j0 + j;
-    return n;
+    return seg_block(x, si, pos);
 }
 
 /* the n key (v = 0) or value (v = 1) rows of segment si for kv head h as f32 (in `tile` unless already f32) */
@@ -303,8 +314,14 @@ static const float *seg_rows(const kv_ctx *x, int64_t si, int64_t h, int v, int6
     const er_kivi *c = x->c;
     const er_kv_ops *ops = x->ops;
     const int64_t nb = c->n_blocks, G = c->group, hd = x->hd, nkv = c->n_kv_heads;
-    if (si == 0) {
-        ops->f16_row((v ? c->sink_v : c->sink_k) + h * c->sinks * hd, tile, n * hd);
+    if (si == 0) { /* f16 ring: the sink values are the first rows of the [sinks | ring] block */
+        const uint16_t *src = v && c->bits == 16 ? c->ring_v + h * c->ring_stride * hd : (v ? c->sink_v : c->sink_k) + h * c->sinks * hd;
+        ops->f16_row(src, tile, n * hd);
+        return tile;
+    }
+    if (c->bits == 16 && si <= nb) {
+        const int64_t off = (h * c->ring_stride + c->sinks + (si - 1) * KV_TILE) * hd;
+        ops->f16_row((v ? c->ring_v : c->ring_k) + off, tile, n * hd);
         return tile;
     }
     if (si == nb + 1) {
@@ -407,6 +424,12 @@ static void kv_task(void *vc, int64_t start, int64_t end, int tid) {
 }
 
 static int kivi_check(const er_kivi *c) {
+    if (c && c->bits == 16) /* the f16 [sinks | ring] layout (attention only) */
+        return c->n_kv_heads < 1 || c->head_dim < 1 || c->sinks < 0 || c->sinks > KV_TILE || c->window < 1 ||
+                       c->n_blocks != (c->window + KV_TILE - 1) / KV_TILE || !c->ring_k || !c->ring_v || !c->ring_pos ||
+                       c->ring_stride < c->sinks + c->window || (c->sinks && (!c->sink_k || !c->sink_pos))
+                   ? -1
+                   : 0;
     if (!c || !(c->bits == 8 || c->bits == 4 || c->bits == 2) || c->group < 1 || c->group > KV_TILE ||
         c->n_blocks < 1 || c->n_kv_heads < 1 || c->head_dim < 1 || c->sinks < 0 || c->sinks > KV_TILE ||
         c->window < 1 || c->vgroup < 1 || c->head_dim % c->vgroup || (c->head_dim * c->bits) % 8)
@@ -530,7 +553,7 @@ static int flush_group(const er_kivi *c, int64_t b) {
 }
 
 int er_kivi_store(const er_kivi *c, const float *k, const float *v, int64_t T, int64_t p0) {
-    if (kivi_check(c) || !k || !v || T < 0 || p0 < 0) return -1;
+    if (kivi_check(c) || c->bits == 16 || !k || !v || T < 0 || p0 < 0) return -1;
     const int64_t G = c->group, hd = c->head_dim, nkv = c->n_kv_heads, S = c->sinks;
     for (int64_t t = 0; t < T; t++) {
         const int64_t p = p0 + t;
@@ -560,7 +583,7 @@ int er_kivi_store(const er_kivi *c, const float *k, const float *v, int64_t T, i
 /* ---- fused decode layer ---------------------------------------------------------------------------- */
 
 int er_decode_layer_kivi(const er_decode_cfg *cfg, const er_layer *L, const er_kivi *c, int64_t pos) {
-    if (kivi_check(c) || !cfg || pos < 0 || !c->q_sink || cfg->n_kv_heads != c->n_kv_heads ||
+    if (kivi_check(c) || c->bits == 16 || !cfg || pos < 0 || !c->q_sink || cfg->n_kv_heads != c->n_kv_heads ||
         cfg->head_dim != c->head_dim)
         return -1;
     int r = er_decode_attn_in(cfg, L, -1);

@@ -104,6 +104,7 @@ class _LayerKV:
             self.win_pos = np.full(w, -1, np.int64)
             self.sink_shift = -1  # extra rotation applied to kv_k[:, :S]; -1 = stale
             self._sink_f32 = _alloc((n_kv * s, hd), np.float32)  # (n_kv * S, hd) scratch of `store_decode`
+            self._kivi = None
             return
         self.sink_v = _alloc((n_kv, s, hd), fdt)
         g = group
@@ -208,7 +209,7 @@ class _LayerKV:
         return n
 
     def kivi(self, q_sink: np.ndarray):
-        """The ``er_kivi`` struct (ctypes) over this layer's KIVI buffers; `q_sink` (>= n_heads*hd f32) is its scratch.
+        """The ``er_kivi`` struct (ctypes) over this layer's KIVI (or float16 ring) buffers; `q_sink` is its scratch.
 
         Built once: the buffers never move. Keep the returned object alive while C uses it."""
         if self._kivi is None:
@@ -219,6 +220,13 @@ class _LayerKV:
             def p(a):
                 return a.__array_interface__["data"][0]
 
+            if not self.quant:  # float16 [sinks | ring] (prefill attention only)
+                c = ErKivi(bits=16, group=64, vgroup=sp.head_dim, n_blocks=-(-self.W // 64), n_kv_heads=sp.n_kv,
+                           head_dim=sp.head_dim, sinks=self.S, window=self.W, sink_k=p(self.sink_k),
+                           sink_pos=p(self.sink_pos), q_sink=p(q_sink), ring_k=p(self.kv_k), ring_v=p(self.kv_v),
+                           ring_pos=p(self.win_pos), ring_stride=self.S + self.W)  # fmt: skip
+                self._kivi = (c, q_sink)
+                return c
             c = ErKivi(self.bits, self.G, self.vgroup, self.nb, sp.n_kv, sp.head_dim, self.S, self.W,
                        p(self.sink_k), p(self.sink_v), p(self.sink_pos), p(self.res_k), p(self.res_v),
                        p(self.res_pos), p(self.qk), p(self.qv), p(self.qk_scale), p(self.qk_min),
@@ -265,8 +273,8 @@ class SinkWindowKVCache:
     specs: one :class:`LayerSpec` per layer (Gemma-3 local layers: their own window, sinks=0).
     bits: 32 (float32, exact), 16 (float16), 8/4/2 (KIVI). group: KIVI key group (tokens).
     chunk: the largest query block attended at once; longer blocks are split (scratch is sized by it).
-    native: KIVI layouts attend in C (kernels/src/kv_attention.c; no numpy scratch) when the kernels load;
-    False keeps the numpy path (the reference backend's, and the C path's reference).
+    native: KIVI and float16 layouts attend in C (kernels/src/kv_attention.c; no numpy scratch) when the kernels
+    load; False keeps the numpy path (the reference backend's, and the C path's reference).
     """
 
     def __init__(self, specs: Sequence[LayerSpec], bits: int = 16, group: int = kvq.DEFAULT_GROUP, chunk: int = 64,
@@ -278,7 +286,7 @@ class SinkWindowKVCache:
         for sp in self.specs:
             if sp.window < 1 or sp.sinks < 0 or sp.n_heads % sp.n_kv:
                 raise ValueError(f"bad layer spec {sp}")
-        self.native = native and self.bits < 16 and _kernels_load() and group <= 64 and all(
+        self.native = native and self.bits <= 16 and _kernels_load() and group <= 64 and all(
             sp.sinks <= 64 and sp.head_dim * self.bits % 8 == 0 for sp in self.specs)
         self.layers = [_LayerKV(sp, self.bits, group) for sp in self.specs]
         n_kv = max(sp.n_kv for sp in self.specs)
@@ -325,7 +333,7 @@ class SinkWindowKVCache:
                 total += 8 * nb
         n_kv = max(sp.n_kv for sp in specs)
         hd = max(sp.head_dim for sp in specs)
-        if native and bits < 16 and _kernels_load() and group <= 64 and all(
+        if native and bits <= 16 and _kernels_load() and group <= 64 and all(
                 sp.sinks <= 64 and sp.head_dim * bits % 8 == 0 for sp in specs):  # fmt: skip
             return total + chunk * max(sp.n_heads for sp in specs) * hd * 4
         caps = [sp.window if bits >= 16 else (-(-sp.window // group) + 1) * group for sp in specs]
@@ -384,7 +392,7 @@ class SinkWindowKVCache:
         return self.layers[layer].kivi(self._qsink)
 
     def _attend_native(self, li, q, k, v, rope, pos, scale, softcap):
-        """KIVI layouts in C: the block attends over the cache + itself (er_kivi_attention), then is stored."""
+        """KIVI / float16 layouts in C: the block attends over the cache + itself (er_kivi_attention), then is stored."""
         from edgerun.kernels import ops
 
         lay = self.layers[li]
@@ -403,7 +411,10 @@ class SinkWindowKVCache:
             qs[...] = rope(q, np.minimum(pos, s + w - 1)).transpose(1, 0, 2)
         c = lay.kivi(self._qsink)
         out = ops.kivi_attention(c, qt, kr, v, int(pos[0]), scale, softcap or 0.0, q_sink=qs)  # (T, n_heads, hd)
-        ops.kivi_store(c, kr, v, int(pos[0]))
+        if lay.quant:
+            ops.kivi_store(c, kr, v, int(pos[0]))
+        else:  # float16 ring: numpy store (a few rows per block)
+            lay.write(kr, v, pos)
         self.seen[li] = int(pos[-1]) + 1
         return out.transpose(1, 0, 2)
 
