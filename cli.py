@@ -363,11 +363,35 @@ def bench(
     plot: Annotated[str, typer.Option(help="PNG written by the --ram sweep.")] = "bench_ram.png",
     ignore_eos: Annotated[bool, typer.Option(
         "--ignore-eos/--stop-at-eos", help="Decode all n_decode tokens (default) or stop at end-of-text.")] = True,
+    context: Annotated[
+        list[int] | None, typer.Option("--context", help="Decode after a prompt of this many tokens (repeatable).")
+    ] = None,
+    kv_bits: Annotated[
+        list[int] | None, typer.Option("--kv-bits", help="With --context: edgerun KV widths (16, 8, 4, 2; repeatable).")
+    ] = None,
+    kv_type: Annotated[
+        list[str] | None, typer.Option("--kv-type", help="With --context: llama.cpp cache types (f16, q8_0, q4_0).")
+    ] = None,
 ):
-    """Prompt and decode tok/s of edgerun (and llama.cpp on the same weights); --kernels; or a --ram sweep."""
+    """Prompt and decode tok/s of edgerun (and llama.cpp on the same weights); --context; --kernels; --ram sweep."""
     import json
 
     from edgerun.bench import speed as rb
+
+    if context:
+        from edgerun.errors import EdgerunError
+        from edgerun.runtime.llm.model import resolve_model
+
+        bad = [t for t in (kv_type or []) if t not in rb.GGML_KV]
+        if bad:
+            raise EdgerunError(f"--kv-type {bad[0]}: use one of {', '.join(rb.GGML_KV)}")
+        r = rb.bench_context(resolve_model(model), contexts=context, kv_bits=kv_bits or (16, 8, 4, 2),
+                             vs_llama_cpp=vs_llama_cpp, llama_kv=kv_type or ("f16", "q8_0", "q4_0"),
+                             n_decode=n_decode, threads=threads,
+                             progress=None if as_json else typer.echo)  # fmt: skip
+        if as_json:
+            typer.echo(json.dumps(r, indent=1))
+        return
 
     if ram:
         from edgerun.bench.memory import bench_ram

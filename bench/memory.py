@@ -57,7 +57,7 @@ def kv_perplexity(path=None, bits=(16, 8, 4, 2), n_ctx: int = 512, n_chunks: int
         if chunk_list is None:
             _, chunk_list = _tokens_and_chunks(m, text_path, n_ctx, n_chunks)
         t0 = time.perf_counter()
-        r = perplexity(lambda c, m=m: m.forward_chunked(c, m.new_cache(), last_only=False), chunk_list)
+        r = perplexity(lambda c, m=m: m.logits(c), chunk_list)  # blocks of prefill_chunk through a fresh cache
         rows.append({"kv": "f16" if b == 16 else ("f32" if b == 32 else f"int{b}"), "bits": b, "ppl": r.ppl,
                      "seconds": time.perf_counter() - t0})  # fmt: skip
         n_scored = r.n_scored

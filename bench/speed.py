@@ -135,6 +135,123 @@ def format_bench(r: dict) -> str:
     return "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------- decode at a context length
+
+KV_NAMES = {32: "f32", 16: "f16", 8: "int8", 4: "int4", 2: "int2"}
+GGML_KV = {"f16": 1, "q8_0": 8, "q4_0": 2}  # llama.cpp cache types (ggml_type) for type_k / type_v
+
+
+def context_ids(tokenizer, n: int) -> list[int]:
+    """`n` token ids of WikiText-2 (the packaged test split), the long prompt of the context benchmarks."""
+    from edgerun.bench import wikitext2_test
+
+    text = wikitext2_test()
+    ids = tokenizer.encode(text[: 6 * n + 1000])
+    if len(ids) < n:
+        ids = tokenizer.encode(text)
+    return ids[:n]
+
+
+def bench_edgerun_context(model, context: int, kv_bits: int | None = 16, n_decode: int = 32, threads: int | None = None,
+                          repeats: int = 3, sinks: int = 4, ids: list[int] | None = None) -> dict:  # fmt: skip
+    """Prefill of `context` tokens, then decode tok/s there (medians of `repeats` runs of `n_decode` steps).
+
+    kv_bits 16/8/4/2: the sink + window cache, window covering the whole run (nothing evicted, as llama.cpp's
+    cache); None: the backend's full float32 cache. Decode feeds the text's next tokens (speed does not depend on
+    them). Returns {"kv", "context", "prefill_tps", "decode_tps", "cache_bytes", "ids"}.
+    """
+    from edgerun.runtime.llm.model import load
+
+    total = context + n_decode * (repeats + 1) + 8
+    llm = model if not isinstance(model, (str, os.PathLike)) else (
+        load(model, threads=threads) if kv_bits is None
+        else load(model, threads=threads, kv_bits=kv_bits, kv_window=total, kv_sinks=sinks))  # fmt: skip
+    ids = ids if ids is not None else context_ids(llm.tokenizer, total)
+    cache = llm.new_cache()
+    t0 = time.perf_counter()
+    llm.prefill(ids[:context], cache)
+    t_pp = time.perf_counter() - t0
+    ts, p = [], context
+    for r in range(repeats + 1):  # the first run warms up
+        t0 = time.perf_counter()
+        for _ in range(n_decode):
+            llm.decode_step(ids[p], cache)
+            p += 1
+        if r:
+            ts.append(time.perf_counter() - t0)
+    nbytes = getattr(cache, "nbytes", None)
+    if isinstance(model, (str, os.PathLike)):
+        llm.close()
+    return {"engine": "edgerun", "kv": KV_NAMES.get(kv_bits, "f32 full"), "context": context,
+            "prefill_tps": context / t_pp, "decode_tps": n_decode / statistics.median(ts), "cache_bytes": nbytes,
+            "ids": ids}  # fmt: skip
+
+
+def bench_llama_cpp_context(gguf, ids: list[int], context: int, kv_type: str = "f16", n_decode: int = 32,
+                            threads: int | None = None, repeats: int = 3, flash_attn: bool = True) -> dict:  # fmt: skip
+    """The same with llama.cpp on `gguf`: cache type `kv_type` (f16, q8_0, q4_0) for K and V, flash attention."""
+    from llama_cpp import Llama
+
+    th = threads or os.cpu_count()
+    llm = Llama(model_path=str(gguf), n_ctx=len(ids) + 16, n_batch=512, n_ubatch=512, n_threads=th,
+                n_threads_batch=th, type_k=GGML_KV[kv_type], type_v=GGML_KV[kv_type], flash_attn=flash_attn,
+                verbose=False)  # fmt: skip
+    llm.reset()
+    t0 = time.perf_counter()
+    llm.eval(ids[:context])
+    t_pp = time.perf_counter() - t0
+    ts, p = [], context
+    for r in range(repeats + 1):
+        t0 = time.perf_counter()
+        for _ in range(n_decode):
+            llm.eval([ids[p]])
+            p += 1
+        if r:
+            ts.append(time.perf_counter() - t0)
+    del llm
+    return {"engine": "llama.cpp" + (" FA" if flash_attn else ""), "kv": kv_type, "context": context,
+            "prefill_tps": context / t_pp, "decode_tps": n_decode / statistics.median(ts)}  # fmt: skip
+
+
+def bench_context(model, contexts=(2048,), kv_bits=(16, 8, 4, 2), vs_llama_cpp=None, llama_kv=("f16", "q8_0", "q4_0"),
+                  n_decode: int = 32, threads: int | None = None, repeats: int = 3, progress=None) -> dict:  # fmt: skip
+    """Decode (and the long prefill) at each context length: edgerun per KV width, llama.cpp per cache type.
+
+    One run, same token ids for every row; ratios are computed within it. Returns {"rows": [...], "threads"}.
+    """
+    from edgerun import kernels
+    from edgerun.runtime.llm.model import load
+
+    threads = threads or os.cpu_count()
+    kernels.set_num_threads(threads)
+    rows = []
+    for ctx in contexts:
+        ids = None
+        for b in kv_bits:
+            total = ctx + n_decode * (repeats + 1) + 8
+            llm = load(model, threads=threads, kv_bits=b, kv_window=total)
+            r = bench_edgerun_context(llm, ctx, b, n_decode, threads, repeats, ids=ids)
+            llm.close()
+            ids = r.pop("ids")
+            rows.append(r)
+            if progress:
+                progress(format_context_row(r))
+        if vs_llama_cpp:
+            for t in llama_kv:
+                r = bench_llama_cpp_context(vs_llama_cpp, ids, ctx, t, n_decode, threads, repeats)
+                rows.append(r)
+                if progress:
+                    progress(format_context_row(r))
+    return {"model": str(model), "threads": threads, "n_decode": n_decode, "rows": rows}
+
+
+def format_context_row(r: dict) -> str:
+    """One line: engine, KV type, context, prefill and decode tok/s (and the cache's bytes)."""
+    mb = f"  cache {r['cache_bytes'] / 1e6:8.1f} MB" if r.get("cache_bytes") else ""
+    return (f"{r['engine']:<14} {r['kv']:<6} ctx {r['context']:>6}  prefill {r['prefill_tps']:8.1f} tok/s"
+            f"  decode {r['decode_tps']:7.1f} tok/s{mb}")  # fmt: skip
+
+
 def bench_kernels_report(threads: int | None = None, quick: bool = False) -> dict:
     """Kernel GB/s (bench/kernels.py) next to this machine's measured memory bandwidth."""
     from edgerun.bench import kernels as kb

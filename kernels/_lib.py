@@ -131,3 +131,40 @@ def _load() -> ctypes.CDLL:
 
 
 lib = _load()
+
+
+# ---- attention over the KIVI KV cache (src/kv_attention.c) ------------------------------------------
+
+
+class ErKivi(ctypes.Structure):
+    """Mirror of ``er_kivi``: one layer of the quantized sink + window cache (runtime/llm/kv_cache.py)."""
+
+    _fields_ = [
+        ("bits", c_int32),
+        ("group", c_int32),
+        ("vgroup", c_int32),
+        ("n_blocks", c_int32),
+        ("n_kv_heads", c_int64),
+        ("head_dim", c_int64),
+        ("sinks", c_int64),
+        ("window", c_int64),
+        *[(n, c_void_p) for n in ("sink_k", "sink_v", "sink_pos", "res_k", "res_v", "res_pos", "qk", "qv",
+                                  "qk_scale", "qk_min", "qv_scale", "qv_min", "q_start", "q_sink",
+                                  "ring_k", "ring_v", "ring_pos")],
+        ("ring_stride", c_int64),
+    ]
+
+
+_KIVI_SIGNATURES = {
+    "er_kivi_attention": (
+        c_int,
+        [POINTER(ErKivi), c_void_p, c_void_p, c_void_p, c_void_p, c_void_p, c_int64, c_int64, c_int64, c_float,
+         c_float],
+    ),
+    "er_kivi_store": (c_int, [POINTER(ErKivi), c_void_p, c_void_p, c_int64, c_int64]),
+    "er_decode_layer_kivi": (c_int, [POINTER(ErDecodeCfg), POINTER(ErLayer), POINTER(ErKivi), c_int64]),
+}
+for _name, (_res, _args) in _KIVI_SIGNATURES.items():
+    _fn = getattr(lib, _name)
+    _fn.restype = _res
+    _fn.argtypes = _args

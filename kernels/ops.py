@@ -331,3 +331,41 @@ def attention_prefill(q: np.ndarray, k: np.ndarray, v: np.ndarray, p0: int, scal
     if r:
         raise ValueError(f"er_attention_prefill rejected its arguments (code {r}): n_heads % n_kv_heads, p0+T <= S")
     return out
+
+
+# ---- attention over the KIVI int8/int4/int2 KV cache (src/kv_attention.c) ----------------------------
+
+
+def kivi_attention(c, q: np.ndarray, k_new: np.ndarray, v_new: np.ndarray, p0: int, scale: float,
+                   softcap: float = 0.0, q_sink: np.ndarray | None = None, out: np.ndarray | None = None) -> np.ndarray:
+    """Causal GQA attention of T new tokens at ``p0..`` over a KIVI cache layer ``c`` (an ``ErKivi``) + themselves.
+
+    q (T, H, D) f32 rotated at each position; q_sink (T, H, D) rotated at the in-cache position for the sink keys
+    (None: q); k_new, v_new (Hkv, T, D) f32 (keys rotated). The cache is read as it is (store the block after,
+    :func:`kivi_store`). Returns (T, H, D). Reference: kernels/reference.py ``kivi_attention``.
+    """
+    _f32(q, "q")
+    _f32(k_new, "k_new")
+    _f32(v_new, "v_new")
+    t, h, d = q.shape
+    if k_new.shape != v_new.shape or k_new.shape != (c.n_kv_heads, t, d) or d != c.head_dim:
+        raise ValueError(f"k_new/v_new must be ({c.n_kv_heads}, {t}, {c.head_dim}); got {k_new.shape}, {v_new.shape}")
+    if q_sink is not None and (_f32(q_sink, "q_sink").shape != q.shape):
+        raise ValueError(f"q_sink must have q's shape {q.shape}")
+    out = np.empty((t, h, d), np.float32) if out is None else _f32(out, "out")
+    r = lib.er_kivi_attention(ctypes.byref(c), _ptr(q), None if q_sink is None else _ptr(q_sink), _ptr(k_new),
+                              _ptr(v_new), _ptr(out), h, t, int(p0), scale, softcap)  # fmt: skip
+    if r:
+        raise ValueError(f"er_kivi_attention rejected its arguments (code {r})")
+    return out
+
+
+def kivi_store(c, k: np.ndarray, v: np.ndarray, p0: int) -> None:
+    """Store T tokens k, v (Hkv, T, D) f32 (keys rotated) at positions ``p0..`` into the KIVI cache layer ``c``."""
+    _f32(k, "k")
+    _f32(v, "v")
+    if k.shape != v.shape or k.ndim != 3 or k.shape[0] != c.n_kv_heads or k.shape[2] != c.head_dim:
+        raise ValueError(f"k/v must be ({c.n_kv_heads}, T, {c.head_dim}); got {k.shape}, {v.shape}")
+    r = lib.er_kivi_store(ctypes.byref(c), _ptr(k), _ptr(v), k.shape[1], int(p0))
+    if r:
+        raise ValueError(f"er_kivi_store rejected its arguments (code {r})")

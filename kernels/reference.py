@@ -347,3 +347,47 @@ def ggml_error_bound(w: QuantizedTensor, x: np.ndarray, wf: np.ndarray | None = 
     d = np.abs(_ggml_act(x, qk)["d"])
     d = np.repeat(d, qk, axis=1) * (1 / 2 + 127 / 2048)  # (M, K)
     return d @ np.abs((ggml_dequantize(w) if wf is None else wf).astype(np.float64)).T
+
+
+def kivi_attention(lay, q: np.ndarray, k_new: np.ndarray, v_new: np.ndarray, p0: int, scale: float,
+                   softcap: float = 0.0, q_sink: np.ndarray | None = None) -> np.ndarray:
+    """Reference of ``er_kivi_attention`` over a KIVI cache layer (runtime/llm/kv_cache.py ``_LayerKV``).
+
+    Dequantizes every key/value with quant/kv.py, then float64 attention: q (T, H, D) at p0..; query p sees key a
+    iff a <= p and (a < sinks or a > p - window); sink keys are scored with q_sink (None: q). -> (T, H, D).
+    """
+    from edgerun.quant import kv as kvq
+
+    t_, h, d = q.shape
+    hkv = k_new.shape[0]
+    ks, vs, ps, sink = [], [], [], []  # (Hkv, n, D) pieces, positions, sink flags
+    ks.append(lay.sink_k.astype(np.float64))
+    vs.append(lay.sink_v.astype(np.float64))
+    ps.append(lay.sink_pos)
+    sink.append(np.ones(lay.S, bool))
+    for b in range(lay.nb):
+        if lay.q_start[b] < 0:
+            continue
+        ks.append(kvq.dequantize_keys(lay.qk[b], lay.qk_scale[b], lay.qk_min[b], lay.bits, d).astype(np.float64))
+        vs.append(kvq.dequantize_values(lay.qv[b], lay.qv_scale[b], lay.qv_min[b], lay.bits, d).astype(np.float64))
+        ps.append(lay.q_start[b] + np.arange(lay.G))
+        sink.append(np.zeros(lay.G, bool))
+    for kk, vv, pp in ((lay.res_k, lay.res_v, lay.res_pos), (k_new, v_new, p0 + np.arange(t_))):
+        ks.append(kk.astype(np.float64))
+        vs.append(vv.astype(np.float64))
+        ps.append(pp)
+        sink.append(np.zeros(len(pp), bool))
+    kk, vv = np.concatenate(ks, 1), np.concatenate(vs, 1)  # (Hkv, n, D)
+    pp, sk = np.concatenate(ps), np.concatenate(sink)  # (n,)
+    kk, vv = np.repeat(kk, h // hkv, axis=0), np.repeat(vv, h // hkv, axis=0)  # (H, n, D)
+    qs = q if q_sink is None else q_sink
+    s = np.where(sk[None, None, :], np.einsum("thd,hjd->htj", qs.astype(np.float64), kk),
+                 np.einsum("thd,hjd->htj", q.astype(np.float64), kk)) * scale  # (H, T, n)
+    if softcap > 0:
+        s = softcap * np.tanh(s / softcap)
+    qp = p0 + np.arange(t_)[:, None]
+    ok = (pp[None, :] >= 0) & (pp[None, :] <= qp) & ((pp[None, :] < lay.S) | (pp[None, :] > qp - lay.W))  # (T, n)
+    s = np.where(ok[None], s, -np.inf)
+    p = np.exp(s - s.max(axis=-1, keepdims=True))
+    p /= p.sum(axis=-1, keepdims=True)
+    return np.einsum("htj,hjd->thd", p, vv).astype(np.float32)

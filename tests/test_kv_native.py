@@ -1,8 +1,9 @@
 """The native backend's sink + window decode equals the numpy reference running the same cache.
 
 Decode goes far past the window, so eviction, the StreamingLLM sink rotation (native: sink keys
-shifted; reference: the query rotated at its in-cache position) and Gemma-3's own local windows
-are all exercised. The reference is the numpy model with :meth:`SinkWindowKVCache.attend`.
+shifted, or for KIVI the query rotated in C; reference: the query rotated at its in-cache position) and
+Gemma-3's own local windows are all exercised. The reference is the numpy model with the numpy path of
+:meth:`SinkWindowKVCache.attend` (native=False); the native KIVI caches attend in C.
 """
 
 from __future__ import annotations
@@ -25,15 +26,18 @@ def tiny(tmp_path_factory, smollm2_gguf):
 
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
-@pytest.mark.parametrize("bits", [32, 16, 4])
+@pytest.mark.parametrize("bits", [32, 16, 8, 4, 2])
 def test_ring_decode_matches_reference(tiny, arch, bits):
     from edgerun.export.artifact import Artifact
+    from edgerun.runtime.llm.kv_cache import SinkWindowKVCache
     from edgerun.runtime.llm.model import LLM, load
 
     m = load(tiny[arch], ram=None, kv_bits=bits, kv_window=24, kv_sinks=4, prefill_chunk=8)
     assert m.backend == "native"
     ref = LLM(Artifact(tiny[arch]), backend="reference")
-    c_nat, c_ref = m.new_cache(), m.new_cache()  # the same preallocated layout for both
+    c_nat = m.new_cache()  # KIVI: attention and store in C (er_decode_layer_kivi / er_kivi_attention)
+    c_ref = SinkWindowKVCache(c_nat.specs, bits=bits, chunk=8, native=False)  # the same layout, numpy attention
+    assert c_nat.native == (bits <= 16)
     rng = np.random.default_rng(bits)
     prompt = rng.integers(10, m.args.vocab_size, 13).tolist()
     got, want = [m.prefill(prompt, c_nat)], [ref.prefill(prompt, c_ref)]

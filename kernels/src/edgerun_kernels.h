@@ -126,6 +126,50 @@ int er_decode_layer(const er_decode_cfg *c, const er_layer *L, float *k_cache, f
 void er_memcpy(void *dst, const void *src, size_t n);   /* threaded memcpy */
 double er_read_sum(const float *src, size_t n);         /* threaded streaming read */
 
+
+/* ---- attention over the KIVI int8/int4/int2 KV cache (src/kv_attention.c) ------------------------- */
+/* One layer of runtime/llm/kv_cache.py's quantized sink + window cache (KIVI, quant/kv.py): sinks and the
+ * newest < G tokens (the residual) in f16, older tokens in a ring of nb quantized groups of G tokens.
+ * Keys per channel over a group ((scale, min) per kv head and channel), values per token over vgroup
+ * channels; codes packed low-bits-first along head_dim; x = code * scale + min; scale/min f16.
+ * A query at absolute p sees key a iff a <= p and (a < sinks or a > p - window). */
+typedef struct er_kivi {
+    int32_t bits;              /* 8, 4 or 2 */
+    int32_t group;             /* G: tokens per quantized key group (= residual slots) */
+    int32_t vgroup;            /* channels per value (scale, min) */
+    int32_t n_blocks;          /* nb: quantized groups in the ring */
+    int64_t n_kv_heads, head_dim, sinks, window;
+    uint16_t *sink_k, *sink_v; /* (n_kv, sinks, hd) f16, keys rotated at their own positions */
+    int64_t *sink_pos;         /* (sinks): position or -1 */
+    uint16_t *res_k, *res_v;   /* (n_kv, G, hd) f16: token at p >= sinks in slot (p - sinks) % G */
+    int64_t *res_pos;          /* (G): position or -1 */
+    uint8_t *qk, *qv;          /* (nb, n_kv, G, hd*bits/8) codes */
+    uint16_t *qk_scale, *qk_min; /* (nb, n_kv, hd) f16 */
+    uint16_t *qv_scale, *qv_min; /* (nb, n_kv, G, hd/vgroup) f16 */
+    int64_t *q_start;          /* (nb): first position of the G consecutive tokens of group b, or -1 */
+    float *q_sink;             /* scratch (n_heads * hd) for er_decode_layer_kivi */
+    /* bits = 16: the float16 layout instead (er_kivi_attention only; prefill of the f16 cache): one block per kv
+     * head [sinks | ring of W slots] (n_kv, ring_stride, hd), slot positions ring_pos (W), n_blocks = ceil(W / 64);
+     * sink keys from sink_k (unshifted), sink values the block's first rows; group, vgroup, res_*, q* unused */
+    uint16_t *ring_k, *ring_v;
+    int64_t *ring_pos;
+    int64_t ring_stride;
+} er_kivi;
+/* Causal GQA attention of T new tokens at p0..p0+T-1 over the cache (as it is before they are stored) plus
+ * the new tokens themselves. q (T, n_heads, hd) rotated at each query's position; q_sink (T, n_heads, hd)
+ * the queries rotated at min(p, sinks + window - 1) for the sink keys (StreamingLLM in-cache position), or
+ * NULL (= q); k_new, v_new (n_kv, T, hd) f32, keys rotated. out (T, n_heads, hd). Quantized keys/values are
+ * dequantized per group into an L1 tile shared by the query heads of their kv head; decode (T = 1) splits the
+ * keys over the threads and merges the partial softmaxes. Returns 0, or < 0 on bad arguments. */
+int er_kivi_attention(const er_kivi *c, const float *q, const float *q_sink, const float *k_new, const float *v_new,
+                      float *out, int64_t n_heads, int64_t T, int64_t p0, float scale, float softcap);
+/* Store T tokens k, v (n_kv, T, hd) f32 (keys rotated) at positions p0..: sinks, or the residual; a full residual
+ * is quantized into ring group ((p - sinks) / G) % nb (the same bytes as quant/kv.py's quantizers). */
+int er_kivi_store(const er_kivi *c, const float *k, const float *v, int64_t T, int64_t p0);
+/* A whole decode layer over the KIVI cache: attn_in (no RoPE), q/k RoPE at pos (and q at the in-cache position
+ * into c->q_sink), er_kivi_attention (T = 1), er_kivi_store, attn_out. The layer's window is the cache's. */
+int er_decode_layer_kivi(const er_decode_cfg *cfg, const er_layer *L, const er_kivi *c, int64_t pos);
+
 #ifdef __cplusplus
 }
 #endif

@@ -401,6 +401,57 @@ static void check_attn(int f16, int64_t h, int64_t hkv, int64_t d, int64_t s, in
     free(q), free(kf), free(vf), free(kh), free(vh), free(o0), free(o1);
 }
 
+/* attention over the KIVI int8/int4/int2 cache (kv_attention.c): one cache filled by er_kivi_store (scalar C,
+ * identical for both variants), past its window so the ring has wrapped; decode (T = 1) and prefill blocks */
+static void check_kivi(int bits, int64_t h, int64_t hkv, int64_t d, int64_t G, int64_t S, int64_t W, int64_t n0,
+                       int64_t T, float softcap, int threads) {
+    const int64_t nb = (W + G - 1) / G, pb = d * bits / 8, vg = d < 32 ? d : 32;
+    er_kivi c = {.bits = bits, .group = (int32_t)G, .vgroup = (int32_t)vg, .n_blocks = (int32_t)nb, .n_kv_heads = hkv,
+                 .head_dim = d, .sinks = S, .window = W};
+    c.sink_k = calloc((size_t)(hkv * S * d + 1), 2), c.sink_v = calloc((size_t)(hkv * S * d + 1), 2);
+    c.sink_pos = malloc(sizeof(int64_t) * (size_t)(S + 1));
+    c.res_k = calloc((size_t)(hkv * G * d), 2), c.res_v = calloc((size_t)(hkv * G * d), 2);
+    c.res_pos = malloc(sizeof(int64_t) * (size_t)G);
+    c.qk = calloc((size_t)(nb * hkv * G * pb), 1), c.qv = calloc((size_t)(nb * hkv * G * pb), 1);
+    c.qk_scale = calloc((size_t)(nb * hkv * d), 2), c.qk_min = calloc((size_t)(nb * hkv * d), 2);
+    c.qv_scale = calloc((size_t)(nb * hkv * G * (d / vg)), 2), c.qv_min = calloc((size_t)(nb * hkv * G * (d / vg)), 2);
+    c.q_start = malloc(sizeof(int64_t) * (size_t)nb);
+    for (int64_t i = 0; i < S; i++) c.sink_pos[i] = -1;
+    for (int64_t i = 0; i < G; i++) c.res_pos[i] = -1;
+    for (int64_t i = 0; i < nb; i++) c.q_start[i] = -1;
+    const int64_t nq = T * h * d, nk = hkv * T * d;
+    float *kv = malloc(sizeof(float) * (size_t)(2 * hkv * d)), *q = malloc(sizeof(float) * (size_t)nq);
+    float *qs = malloc(sizeof(float) * (size_t)nq), *kn = malloc(sizeof(float) * (size_t)nk);
+    float *vn = malloc(sizeof(float) * (size_t)nk);
+    float *o0 = malloc(sizeof(float) * (size_t)nq), *o1 = malloc(sizeof(float) * (size_t)nq);
+    int rs = 0;
+    for (int64_t p = 0; p < n0; p++) {
+        for (int64_t i = 0; i < 2 * hkv * d; i++) kv[i] = gauss() + (i % d == 3 ? 3.0f : 0.0f);
+        rs |= er_kivi_store(&c, kv, kv + hkv * d, 1, p);
+    }
+    for (int64_t i = 0; i < nq; i++) q[i] = gauss(), qs[i] = gauss();
+    for (int64_t i = 0; i < nk; i++) kn[i] = gauss(), vn[i] = gauss();
+    er_set_num_threads(threads);
+    int rc[2];
+    for (int i = 0; i < 2; i++) {
+        er_set_isa(i ? VEC_ISA : ER_ISA_SCALAR);
+        rc[i] = er_kivi_attention(&c, q, S ? qs : NULL, kn, vn, i ? o1 : o0, h, T, n0, 1.0f / sqrtf((float)d), softcap);
+    }
+    char what[200];
+    snprintf(what, sizeof what, "kivi_attention int%d h=%lld hkv=%lld d=%lld G=%lld S=%lld W=%lld ctx=%lld T=%lld "
+             "softcap=%g threads=%d", bits, (long long)h, (long long)hkv, (long long)d, (long long)G, (long long)S,
+             (long long)W, (long long)n0, (long long)T, softcap, threads);
+    if (rc[0] || rc[1] || rs) {
+        printf("FAIL %s: returned %d / %d (store %d)\n", what, rc[0], rc[1], rs);
+        n_cases++, n_fail++;
+    } else {
+        compare(what, o1, o0, NULL, nq, 2e-4f, 4e-5f);
+    }
+    free(c.sink_k), free(c.sink_v), free(c.sink_pos), free(c.res_k), free(c.res_v), free(c.res_pos), free(c.qk);
+    free(c.qv), free(c.qk_scale), free(c.qk_min), free(c.qv_scale), free(c.qv_min), free(c.q_start);
+    free(kv), free(q), free(qs), free(kn), free(vn), free(o0), free(o1);
+}
+
 int main(int argc, char **argv) {
     verbose = argc > 1 && strcmp(argv[1], "-v") == 0;
     if (!er_isa_supported(VEC_ISA)) {
@@ -468,6 +519,16 @@ int main(int argc, char **argv) {
             for (int sc = 0; sc < 2; sc++)
                 check_attn(f16, pre[i][0], pre[i][1], pre[i][2], pre[i][5], 0, pre[i][3], pre[i][4], pre[i][6],
                            sc ? 5.0f : 0.0f, 1 + 2 * (int)(i % 2));
+    /* KIVI cache attention: (h, hkv, d, G, S, W, tokens cached, T) for int8/int4/int2, softcap 0/5 */
+    static const int64_t kiv[][8] = {{9, 3, 64, 32, 4, 100, 300, 1},  {9, 3, 64, 32, 4, 512, 700, 1},
+                                     {4, 2, 32, 16, 0, 40, 97, 1},    {8, 1, 128, 8, 2, 33, 61, 1},
+                                     {9, 3, 64, 32, 4, 100, 300, 40}, {6, 2, 20, 4, 1, 21, 50, 3}};
+    static const int kbits[] = {8, 4, 2};
+    for (size_t b = 0; b < 3; b++)
+        for (size_t i = 0; i < sizeof kiv / sizeof kiv[0]; i++)
+            for (int sc = 0; sc < 2; sc++)
+                check_kivi(kbits[b], kiv[i][0], kiv[i][1], kiv[i][2], kiv[i][3], kiv[i][4], kiv[i][5], kiv[i][6],
+                           kiv[i][7], sc ? 5.0f : 0.0f, 1 + (int)((i + sc) % 2));
     printf("isa_check %s%s vs scalar: %ld cases, %ld failed\n", VEC_NAME, extra, n_cases, n_fail);
     return n_fail ? 1 : 0;
 }

@@ -21,7 +21,8 @@ The numpy reference (``runtime/models``) defines the math; this file follows its
 
 Two caches: :class:`NativeKVCache` (full context, the default) and the RAM-budgeted
 :class:`edgerun.runtime.llm.kv_cache.SinkWindowKVCache` (sinks + window ring; float layouts attend in
-one kernel call over [sinks | ring], KIVI layouts through the cache's own numpy attention).
+one kernel call over [sinks | ring]; KIVI int8/4/2 layouts decode a whole layer in one C call,
+``er_decode_layer_kivi``, attention read straight from the quantized groups, kernels/src/kv_attention.c).
 Weights come from :class:`WeightSource`: the file map, or the layer streamer under a memory plan.
 """
 
@@ -223,7 +224,10 @@ class NativeModel:
             L = self._clayer(i, self.src.layer(i))
             if not ring:
                 r = lib.er_decode_layer(cfg, L, cache.k_ptr[i], cache.v_ptr[i], cache.capacity, pos)
-            elif cache.layers[i].quant:  # KIVI layouts: the cache's attention (rotates q/k itself)
+            elif cache.layers[i].quant and cache.native:  # KIVI layouts in C: the whole layer in one call
+                r = lib.er_decode_layer_kivi(cfg, L, cache.kivi(i), pos)
+                cache.seen[i] = pos + 1
+            elif cache.layers[i].quant:  # KIVI layouts, numpy cache: the cache's attention (rotates q/k itself)
                 r = lib.er_decode_attn_in(cfg, L, -1)
                 att = cache.attend(i, b["q"].reshape(nh, 1, hd), b["k"].reshape(nkv, 1, hd),
                                    b["v"].reshape(nkv, 1, hd), self.layers[i]["rope"], pos, self.scale)  # fmt: skip

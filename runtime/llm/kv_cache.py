@@ -9,6 +9,7 @@ Per layer::
            (kv_bits 16/32)     float16/float32                       (n_kv, W, hd)
            (kv_bits 8/4/2)     full-precision residual of one group  (n_kv, G, hd)  float16
                                + ring of ceil(W/G) quantized groups  KIVI: keys per channel, values per token
+                                 (group b holds the G consecutive positions q_start[b] ..)
 
 Positions (the StreamingLLM rule, without ever re-encoding a stored key):
 keys are stored RoPE-rotated at their ABSOLUTE position. A query at absolute p attends to
@@ -22,6 +23,10 @@ no shift, no re-rotation, no pause.
 Entry point: :meth:`SinkWindowKVCache.attend` ``(layer, q, k, v, rope, pos)`` — the model passes
 un-rotated q/k of the new block and a ``rope(x, pos)`` callable; the cache rotates, attends over
 sinks + window + the block itself (causal), then stores the block. Models never see the layout.
+With ``native=True`` (the native backend's caches) the KIVI layouts attend and store in C
+(``er_kivi_attention`` / ``er_kivi_store``, kernels/src/kv_attention.c: codes dequantized per group in
+registers/L1, no float copy of the window); the numpy path below is their reference. The fused decode
+reads the same buffers through :meth:`_LayerKV.kivi` (``er_decode_layer_kivi``).
 """
 
 from __future__ import annotations
@@ -34,6 +39,15 @@ import numpy as np
 from edgerun.quant import kv as kvq
 
 Rope = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (n, T, hd), (T,) -> (n, T, hd)
+
+
+def _kernels_load() -> bool:
+    """Whether the C kernels are built (the cache's native path needs them)."""
+    try:
+        from edgerun.kernels import _lib  # noqa: F401
+    except Exception:  # noqa: BLE001 - not built: the numpy path
+        return False
+    return True
 
 
 def _alloc(shape, dtype) -> np.ndarray:
@@ -90,6 +104,7 @@ class _LayerKV:
             self.win_pos = np.full(w, -1, np.int64)
             self.sink_shift = -1  # extra rotation applied to kv_k[:, :S]; -1 = stale
             self._sink_f32 = _alloc((n_kv * s, hd), np.float32)  # (n_kv * S, hd) scratch of `store_decode`
+            self._kivi = None
             return
         self.sink_v = _alloc((n_kv, s, hd), fdt)
         g = group
@@ -106,7 +121,8 @@ class _LayerKV:
         self.qv = _alloc((self.nb, n_kv, g, pb), np.uint8)
         self.qv_scale = _alloc((self.nb, n_kv, g, hd // self.vgroup), np.float16)
         self.qv_min = _alloc((self.nb, n_kv, g, hd // self.vgroup), np.float16)
-        self.qpos = np.full((self.nb, g), -1, np.int64)  # (nb, G)
+        self.q_start = np.full(self.nb, -1, np.int64)  # (nb,) first position of each group's G tokens
+        self._kivi = None  # the C view of these buffers (built on first use, see `kivi`)
 
     @property
     def capacity(self) -> int:
@@ -192,13 +208,39 @@ class _LayerKV:
                 self.sink_shift = delta
         return n
 
+    def kivi(self, q_sink: np.ndarray):
+        """The ``er_kivi`` struct (ctypes) over this layer's KIVI (or float16 ring) buffers; `q_sink` is its scratch.
+
+        Built once: the buffers never move. Keep the returned object alive while C uses it."""
+        if self._kivi is None:
+            from edgerun.kernels._lib import ErKivi
+
+            sp = self.spec
+
+            def p(a):
+                return a.__array_interface__["data"][0]
+
+            if not self.quant:  # float16 [sinks | ring] (prefill attention only)
+                c = ErKivi(bits=16, group=64, vgroup=sp.head_dim, n_blocks=-(-self.W // 64), n_kv_heads=sp.n_kv,
+                           head_dim=sp.head_dim, sinks=self.S, window=self.W, sink_k=p(self.sink_k),
+                           sink_pos=p(self.sink_pos), q_sink=p(q_sink), ring_k=p(self.kv_k), ring_v=p(self.kv_v),
+                           ring_pos=p(self.win_pos), ring_stride=self.S + self.W)  # fmt: skip
+                self._kivi = (c, q_sink)
+                return c
+            c = ErKivi(self.bits, self.G, self.vgroup, self.nb, sp.n_kv, sp.head_dim, self.S, self.W,
+                       p(self.sink_k), p(self.sink_v), p(self.sink_pos), p(self.res_k), p(self.res_v),
+                       p(self.res_pos), p(self.qk), p(self.qv), p(self.qk_scale), p(self.qk_min),
+                       p(self.qv_scale), p(self.qv_min), p(self.q_start), p(q_sink))  # fmt: skip
+            self._kivi = (c, q_sink)
+        return self._kivi[0]
+
     def _flush(self, group_index: int) -> None:
         b = group_index % self.nb
         codes, sc, mn = kvq.quantize_keys(self.res_k, self.bits)
         self.qk[b], self.qk_scale[b], self.qk_min[b] = codes, sc, mn
         codes, sc, mn = kvq.quantize_values(self.res_v, self.bits, self.vgroup)
         self.qv[b], self.qv_scale[b], self.qv_min[b] = codes, sc, mn
-        self.qpos[b] = self.res_pos
+        self.q_start[b] = self.res_pos[0]
         self.res_pos.fill(-1)
 
     def gather(self, kall: np.ndarray, vall: np.ndarray, pall: np.ndarray, o: int) -> int:
@@ -216,11 +258,11 @@ class _LayerKV:
         pall[o : o + r] = self.res_pos[:r]
         o += r
         for b in range(self.nb):
-            if self.qpos[b, 0] < 0:
+            if self.q_start[b] < 0:
                 continue
             kvq.dequantize_keys(self.qk[b], self.qk_scale[b], self.qk_min[b], self.bits, hd, out=kall[:, o : o + g])
             kvq.dequantize_values(self.qv[b], self.qv_scale[b], self.qv_min[b], self.bits, hd, out=vall[:, o : o + g])
-            pall[o : o + g] = self.qpos[b]
+            pall[o : o + g] = self.q_start[b] + np.arange(g)
             o += g
         return o
 
@@ -231,9 +273,12 @@ class SinkWindowKVCache:
     specs: one :class:`LayerSpec` per layer (Gemma-3 local layers: their own window, sinks=0).
     bits: 32 (float32, exact), 16 (float16), 8/4/2 (KIVI). group: KIVI key group (tokens).
     chunk: the largest query block attended at once; longer blocks are split (scratch is sized by it).
+    native: KIVI and float16 layouts attend in C (kernels/src/kv_attention.c; no numpy scratch) when the kernels
+    load; False keeps the numpy path (the reference backend's, and the C path's reference).
     """
 
-    def __init__(self, specs: Sequence[LayerSpec], bits: int = 16, group: int = kvq.DEFAULT_GROUP, chunk: int = 64):
+    def __init__(self, specs: Sequence[LayerSpec], bits: int = 16, group: int = kvq.DEFAULT_GROUP, chunk: int = 64,
+                 native: bool = True):  # fmt: skip
         self.bits = kvq.check_bits(bits)
         self.group = group
         self.chunk = chunk
@@ -241,9 +286,16 @@ class SinkWindowKVCache:
         for sp in self.specs:
             if sp.window < 1 or sp.sinks < 0 or sp.n_heads % sp.n_kv:
                 raise ValueError(f"bad layer spec {sp}")
+        self.native = native and self.bits <= 16 and _kernels_load() and group <= 64 and all(
+            sp.sinks <= 64 and sp.head_dim * self.bits % 8 == 0 for sp in self.specs)
         self.layers = [_LayerKV(sp, self.bits, group) for sp in self.specs]
         n_kv = max(sp.n_kv for sp in self.specs)
         hd = max(sp.head_dim for sp in self.specs)
+        nh = max(sp.n_heads for sp in self.specs)
+        self._init_counters()
+        if self.native:  # C attention: only the sink-query scratch (chunk, n_heads, hd)
+            self._qsink = _alloc(chunk * nh * hd, np.float32)
+            return
         cap = max(lay.capacity for lay in self.layers)
         rows = max(sp.n_heads // sp.n_kv for sp in self.specs) * chunk
         keys = max(sp.sinks for sp in self.specs) + cap + chunk
@@ -253,6 +305,8 @@ class SinkWindowKVCache:
         self._pall = np.full(keys, -1, np.int64)
         self._scores = _alloc(n_kv * rows * keys, np.float32)  # viewed as (n_kv, n_rep*T, n_keys)
         self._out = _alloc(n_kv * rows * hd, np.float32)  # viewed as (n_kv, n_rep*T, hd)
+
+    def _init_counters(self) -> None:
         self.seen = [0] * len(self.layers)  # tokens written per layer (next absolute position)
         self.length = 0  # tokens of the sequence so far (the models' cache protocol: length / advance)
 
@@ -261,8 +315,9 @@ class SinkWindowKVCache:
         self.length += n
 
     @staticmethod
-    def nbytes_for(specs: Sequence[LayerSpec], bits: int = 16, group: int = kvq.DEFAULT_GROUP, chunk: int = 64) -> int:
-        """Bytes a cache with these specs allocates (without building it)."""
+    def nbytes_for(specs: Sequence[LayerSpec], bits: int = 16, group: int = kvq.DEFAULT_GROUP, chunk: int = 64,
+                   native: bool = True) -> int:  # fmt: skip
+        """Bytes a cache with these specs allocates (without building it); `native` as the constructor's."""
         total = 0
         for sp in specs:
             fb = 4 if bits == 32 else 2
@@ -275,9 +330,12 @@ class SinkWindowKVCache:
                 total += 2 * sp.n_kv * group * sp.head_dim * 2 + 8 * group
                 total += nb * kvq.key_group_nbytes(sp.n_kv, group, sp.head_dim, bits)
                 total += nb * kvq.value_nbytes(sp.n_kv, group, sp.head_dim, bits, min(kvq.DEFAULT_GROUP, sp.head_dim))
-                total += 8 * nb * group
+                total += 8 * nb
         n_kv = max(sp.n_kv for sp in specs)
         hd = max(sp.head_dim for sp in specs)
+        if native and bits <= 16 and _kernels_load() and group <= 64 and all(
+                sp.sinks <= 64 and sp.head_dim * bits % 8 == 0 for sp in specs):  # fmt: skip
+            return total + chunk * max(sp.n_heads for sp in specs) * hd * 4
         caps = [sp.window if bits >= 16 else (-(-sp.window // group) + 1) * group for sp in specs]
         cap = max(caps)
         rows = max(sp.n_heads // sp.n_kv for sp in specs) * chunk
@@ -289,15 +347,14 @@ class SinkWindowKVCache:
     def nbytes(self) -> int:
         """Bytes held by the cache: every layer's buffers plus the shared scratch."""
         own = sum(lay.nbytes() for lay in self.layers)
-        scratch = (self._kall, self._vall, self._pall, self._scores, self._out)
-        return own + sum(a.nbytes for a in scratch)
+        names = ("_qsink",) if self.native else ("_kall", "_vall", "_pall", "_scores", "_out")
+        return own + sum(getattr(self, n).nbytes for n in names)
 
     def reset(self) -> None:
         """Start a new conversation (keeps all buffers)."""
         for lay in self.layers:
             lay.reset()
-        self.seen = [0] * len(self.layers)
-        self.length = 0
+        self._init_counters()
 
     def attend(
         self,
@@ -330,7 +387,40 @@ class SinkWindowKVCache:
             )
         return out
 
+    def kivi(self, layer: int):
+        """The C view (``er_kivi``) of a KIVI layer's buffers, for the fused decode (native caches only)."""
+        return self.layers[layer].kivi(self._qsink)
+
+    def _attend_native(self, li, q, k, v, rope, pos, scale, softcap):
+        """KIVI / float16 layouts in C: the block attends over the cache + itself (er_kivi_attention), then is stored."""
+        from edgerun.kernels import ops
+
+        lay = self.layers[li]
+        sp = lay.spec
+        s, w = sp.sinks, sp.window
+        scale = 1.0 / math.sqrt(sp.head_dim) if scale is None else scale
+        ident = rope is None
+        q = q.astype(np.float32, copy=False)
+        qr = q if ident else rope(q, pos)  # (n_heads, T, hd)
+        kr = np.ascontiguousarray(k if ident else rope(k, pos), np.float32)  # (n_kv, T, hd)
+        v = np.ascontiguousarray(v, np.float32)
+        qt = np.ascontiguousarray(qr.transpose(1, 0, 2))  # (T, n_heads, hd)
+        qs = None
+        if s and not ident and pos[-1] > s + w - 1:  # sinks: the query at its StreamingLLM in-cache position
+            qs = self._qsink[: qt.size].reshape(qt.shape)
+            qs[...] = rope(q, np.minimum(pos, s + w - 1)).transpose(1, 0, 2)
+        c = lay.kivi(self._qsink)
+        out = ops.kivi_attention(c, qt, kr, v, int(pos[0]), scale, softcap or 0.0, q_sink=qs)  # (T, n_heads, hd)
+        if lay.quant:
+            ops.kivi_store(c, kr, v, int(pos[0]))
+        else:  # float16 ring: numpy store (a few rows per block)
+            lay.write(kr, v, pos)
+        self.seen[li] = int(pos[-1]) + 1
+        return out.transpose(1, 0, 2)
+
     def _attend_chunk(self, li, q, k, v, rope, pos, scale, softcap):
+        if self.native:
+            return self._attend_native(li, q, k, v, rope, pos, scale, softcap)
         lay = self.layers[li]
         sp = lay.spec
         n_kv, hd, s, w = sp.n_kv, sp.head_dim, sp.sinks, sp.window

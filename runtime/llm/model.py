@@ -179,7 +179,7 @@ class LLM:
             return self.model.new_cache()
         p = self.plan
         return SinkWindowKVCache(kv_specs(self.footprint, p.kv_window, p.kv_sinks), bits=p.kv_bits,
-                                 chunk=p.prefill_chunk)  # fmt: skip
+                                 chunk=p.prefill_chunk, native=self.backend == "native")  # fmt: skip
 
     def _forward(self, ids, cache, last_only: bool) -> np.ndarray:
         """Run ids through the model (in chunks of `plan.prefill_chunk` under a budget)."""

@@ -1,0 +1,604 @@
+/* Attention straight over the KIVI int8/int4/int2 KV cache (er_kivi, edgerun_kernels.h), the store into it, and
+ * the fused decode layer over it. Numpy reference: kernels/reference.py kivi_attention / kivi_store.
+ *
+ * The keys a query sees are walked as segments: the sinks (f16, scored with the query at its in-cache position),
+ * each quantized ring group (G tokens), the f16 residual, then the new block (f32) in tiles of KV_TILE rows.
+ * A segment's keys are made f32 in one L1 tile (f16 converted; codes unpacked and dequantized, x = code * s + m,
+ * per channel for keys, per token and channel group for values) that all query heads of the kv head then read:
+ * scores, an online softmax (running max m, sum l, output o rescaled when m grows), values the same way.
+ * Decode (T = 1) splits a kv head's segments into chunks run by different threads; the partial (m, l, o) are
+ * merged at the end: o = sum_c o_c e^(m_c - M) / sum_c l_c e^(m_c - M).
+ *
+ * The store quantizes a full residual with exactly quant/kv.py's float32 arithmetic (scale = f16((hi - lo) / qmax),
+ * min = f16(lo), code = clip(rint((x - min) / scale))), so C and numpy writes give identical bytes. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "edgerun_kernels.h"
+#include "er_internal.h"
+#include "er_kv.h"
+
+#define KV_TILE 64 /* rows per segment tile; a quantized group (G) and the sinks must fit */
+#define KV_MAXG 64 /* query heads per kv head */
+#define KV_SEGS_PER_CHUNK 8
+#define KV_QROWS 48 /* (query, head) rows of a prefill item: they share every dequantized tile */
+
+/* ---- scalar ops ------------------------------------------------------------------------------------ */
+
+static void qk_scalar(const float *q, const float *rows, int64_t n, int64_t d, float *sc) {
+    for (int64_t j = 0; j < n; j++) {
+        float s = 0.0f;
+        for (int64_t i = 0; i < d; i++) s += q[i] * rows[j * d + i];
+        sc[j] = s;
+    }
+}
+
+static void pv_scalar(float *o, const float *p, const float *rows, int64_t n, int64_t d) {
+    for (int64_t j = 0; j < n; j++)
+        for (int64_t i = 0; i < d; i++) o[i] += p[j] * rows[j * d + i];
+}
+
+static float exp_sum_scalar(float *s, int64_t n, float mx) {
+    float sum = 0.0f;
+    for (int64_t j = 0; j < n; j++) {
+        s[j] = expf(s[j] - mx);
+        sum += s[j];
+    }
+    return sum;
+}
+
+static void scale_scalar(float *o, int64_t n, float r) {
+    for (int64_t i = 0; i < n; i++) o[i] *= r;
+}
+
+static void f16_row_scalar(const uint16_t *src, float *dst, int64_t n) {
+    for (int64_t i = 0; i < n; i++) dst[i] = er_f16_to_f32(src[i]);
+}
+
+static inline int code_at(const uint8_t *packed, int bits, int64_t i) {
+    if (bits == 8) return packed[i];
+    const int per = 8 / bits;
+    return (packed[i / per] >> ((i % per) * bits)) & ((1 << bits) - 1);
+}
+
+static void deq_keys_scalar(const uint8_t *packed, int bits, int64_t pb, const float *s, const float *m, int64_t n,
+                            int64_t d, float *dst) {
+    for (int64_t j = 0; j < n; j++)
+        for (int64_t i = 0; i < d; i++) dst[j * d + i] = (float)code_at(packed + j * pb, bits, i) * s[i] + m[i];
+}
+
+static void deq_values_scalar(const uint8_t *packed, int bits, int64_t pb, const uint16_t *vs, const uint16_t *vm,
+                              int64_t vg, int64_t n, int64_t d, float *dst) {
+    const int64_t nvg = d / vg;
+    for (int64_t j = 0; j < n; j++)
+        for (int64_t i = 0; i < d; i++)
+            dst[j * d + i] = (float)code_at(packed + j * pb, bits, i) * er_f16_to_f32(vs[j * nvg + i / vg]) +
+                             er_f16_to_f32(vm[j * nvg + i / vg]);
+}
+
+static const er_kv_ops kv_ops_scalar = {qk_scalar,    pv_scalar,      exp_sum_scalar,
+                                        scale_scalar, f16_row_scalar, deq_keys_scalar, deq_values_scalar};
+
+/* ---- AVX2 ops -------------------------------------------------------------------------------------- */
+#if ER_X86
+ER_AVX2 static float kv_hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+ER_AVX2 static void qk_avx2(const float *q, const float *rows, int64_t n, int64_t d, float *sc) {
+    int64_t j = 0;
+    if (d % 8 == 0)
+        for (; j + 8 <= n; j += 8) { /* 8 keys at once, their 8 accumulators reduced together */
+            __m256 a[8];
+            for (int r = 0; r < 8; r++) a[r] = _mm256_setzero_ps();
+            for (int64_t i = 0; i < d; i += 8) {
+                __m256 qv = _mm256_loadu_ps(q + i);
+                for (int r = 0; r < 8; r++) a[r] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(rows + (j + r) * d + i), a[r]);
+            }
+            __m256 u01 = _mm256_add_ps(_mm256_unpacklo_ps(a[0], a[1]), _mm256_unpackhi_ps(a[0], a[1]));
+            __m256 u23 = _mm256_add_ps(_mm256_unpacklo_ps(a[2], a[3]), _mm256_unpackhi_ps(a[2], a[3]));
+            __m256 u45 = _mm256_add_ps(_mm256_unpacklo_ps(a[4], a[5]), _mm256_unpackhi_ps(a[4], a[5]));
+            __m256 u67 = _mm256_add_ps(_mm256_unpacklo_ps(a[6], a[7]), _mm256_unpackhi_ps(a[6], a[7]));
+            __m256 w0 = _mm256_add_ps(_mm256_shuffle_ps(u01, u23, 0x44), _mm256_shuffle_ps(u01, u23, 0xee));
+            __m256 w1 = _mm256_add_ps(_mm256_shuffle_ps(u45, u67, 0x44), _mm256_shuffle_ps(u45, u67, 0xee));
+            _mm256_storeu_ps(sc + j, _mm256_add_ps(_mm256_permute2f128_ps(w0, w1, 0x20),
+                                                   _mm256_permute2f128_ps(w0, w1, 0x31)));
+        }
+    for (; j < n; j++) {
+        __m256 a = _mm256_setzero_ps();
+        int64_t i = 0;
+        for (; i + 8 <= d; i += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_loadu_ps(rows + j * d + i), a);
+        float s = kv_hsum8(a);
+        for (; i < d; i++) s += q[i] * rows[j * d + i];
+        sc[j] = s;
+    }
+}
+
+ER_AVX2 static void pv_avx2(float *o, const float *p, const float *rows, int64_t n, int64_t d) {
+    int64_t i0 = 0;
+    for (; i0 + 32 <= d; i0 += 32) { /* 32 outputs held in registers over all rows */
+        __m256 a0 = _mm256_loadu_ps(o + i0), a1 = _mm256_loadu_ps(o + i0 + 8);
+        __m256 a2 = _mm256_loadu_ps(o + i0 + 16), a3 = _mm256_loadu_ps(o + i0 + 24);
+        for (int64_t j = 0; j < n; j++) {
+            const float *r = rows + j * d + i0;
+            __m256 pj = _mm256_set1_ps(p[j]);
+            a0 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(r), a0);
+            a1 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(r + 8), a1);
+            a2 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(r + 16), a2);
+            a3 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(r + 24), a3);
+        }
+        _mm256_storeu_ps(o + i0, a0);
+        _mm256_storeu_ps(o + i0 + 8, a1);
+        _mm256_storeu_ps(o + i0 + 16, a2);
+        _mm256_storeu_ps(o + i0 + 24, a3);
+    }
+    for (; i0 + 8 <= d; i0 += 8) {
+        __m256 a = _mm256_loadu_ps(o + i0);
+        for (int64_t j = 0; j < n; j++) a = _mm256_fmadd_ps(_mm256_set1_ps(p[j]), _mm256_loadu_ps(rows + j * d + i0), a);
+        _mm256_storeu_ps(o + i0, a);
+    }
+    for (; i0 < d; i0++)
+        for (int64_t j = 0; j < n; j++) o[i0] += p[j] * rows[j * d + i0];
+}
+
+/* exp(x) for x <= 0 (ops.c exp256: Cephes polynomial, ~1 ulp); exactly 0 for x = -inf */
+ER_AVX2 static inline __m256 kv_exp256(__m256 x) {
+    __m256 ninf = _mm256_cmp_ps(x, _mm256_set1_ps(-INFINITY), _CMP_EQ_OQ);
+    x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_andnot_ps(ninf, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
+}
+
+ER_AVX2 static float exp_sum_avx2(float *s, int64_t n, float mx) {
+    __m256 m = _mm256_set1_ps(mx), acc = _mm256_setzero_ps();
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8) {
+        __m256 e = kv_exp256(_mm256_sub_ps(_mm256_loadu_ps(s + j), m));
+        _mm256_storeu_ps(s + j, e);
+        acc = _mm256_add_ps(acc, e);
+    }
+    float sum = kv_hsum8(acc);
+    for (; j < n; j++) {
+        s[j] = expf(s[j] - mx);
+        sum += s[j];
+    }
+    return sum;
+}
+
+ER_AVX2 static void scale_avx2(float *o, int64_t n, float r) {
+    const __m256 rv = _mm256_set1_ps(r);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(o + i, _mm256_mul_ps(_mm256_loadu_ps(o + i), rv));
+    for (; i < n; i++) o[i] *= r;
+}
+
+ER_AVX2 static void f16_row_avx2(const uint16_t *src, float *dst, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
+    for (; i < n; i++) dst[i] = er_f16_to_f32(src[i]);
+}
+
+/* codes i..i+15 (i a multiple of 16) of a packed row as 16 bytes, unpacked in registers */
+ER_AVX2 static inline __m128i codes16_avx2(const uint8_t *packed, int bits, int64_t i) {
+    if (bits == 8) return _mm_loadu_si128((const __m128i *)(packed + i));
+    if (bits == 4) { /* 8 bytes: low nibble first */
+        const __m128i m4 = _mm_set1_epi8(0x0f), b = _mm_loadl_epi64((const __m128i *)(packed + i / 2));
+        return _mm_unpacklo_epi8(_mm_and_si128(b, m4), _mm_and_si128(_mm_srli_epi16(b, 4), m4));
+    }
+    int32_t w; /* 4 bytes: bits 0-1, 2-3, 4-5, 6-7 */
+    memcpy(&w, packed + i / 4, 4);
+    const __m128i m2 = _mm_set1_epi8(0x03), b = _mm_cvtsi32_si128(w);
+    __m128i c0 = _mm_and_si128(b, m2), c1 = _mm_and_si128(_mm_srli_epi16(b, 2), m2);
+    __m128i c2 = _mm_and_si128(_mm_srli_epi16(b, 4), m2), c3 = _mm_and_si128(_mm_srli_epi16(b, 6), m2);
+    return _mm_unpacklo_epi16(_mm_unpacklo_epi8(c0, c1), _mm_unpacklo_epi8(c2, c3));
+}
+
+ER_AVX2 static void deq_keys_avx2(const uint8_t *packed, int bits, int64_t pb, const float *s, const float *m,
+                                  int64_t n, int64_t d, float *dst) {
+    for (int64_t j = 0; j < n; j++) {
+        const uint8_t *row = packed + j * pb;
+        float *o = dst + j * d;
+        int64_t i = 0;
+        for (; i + 16 <= d; i += 16) {
+            const __m128i c = codes16_avx2(row, bits, i);
+            __m256 lo = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(c));
+            __m256 hi = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(c, 8)));
+            _mm256_storeu_ps(o + i, _mm256_fmadd_ps(lo, _mm256_loadu_ps(s + i), _mm256_loadu_ps(m + i)));
+            _mm256_storeu_ps(o + i + 8, _mm256_fmadd_ps(hi, _mm256_loadu_ps(s + i + 8), _mm256_loadu_ps(m + i + 8)));
+        }
+        for (; i < d; i++) o[i] = (float)code_at(row, bits, i) * s[i] + m[i];
+    }
+}
+
+ER_AVX2 static void deq_values_avx2(const uint8_t *packed, int bits, int64_t pb, const uint16_t *vs,
+                                    const uint16_t *vm, int64_t vg, int64_t n, int64_t d, float *dst) {
+    const int64_t nvg = d / vg, gb = vg * bits / 8;
+    for (int64_t j = 0; j < n; j++)
+        for (int64_t g = 0; g < nvg; g++) {
+            const uint8_t *row = packed + j * pb + g * gb;
+            float *o = dst + j * d + g * vg;
+            const float sf = er_f16_to_f32(vs[j * nvg + g]), mf = er_f16_to_f32(vm[j * nvg + g]);
+            const __m256 sv = _mm256_set1_ps(sf), mv = _mm256_set1_ps(mf);
+            int64_t i = 0;
+            for (; i + 16 <= vg; i += 16) {
+                const __m128i c = codes16_avx2(row, bits, i);
+                __m256 lo = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(c));
+                __m256 hi = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(c, 8)));
+                _mm256_storeu_ps(o + i, _mm256_fmadd_ps(lo, sv, mv));
+                _mm256_storeu_ps(o + i + 8, _mm256_fmadd_ps(hi, sv, mv));
+            }
+            for (; i < vg; i++) o[i] = (float)code_at(row, bits, i) * sf + mf;
+        }
+}
+
+static const er_kv_ops kv_ops_avx2 = {qk_avx2,    pv_avx2,      exp_sum_avx2,
+                                      scale_avx2, f16_row_avx2, deq_keys_avx2, deq_values_avx2};
+#endif
+
+static const er_kv_ops *kv_ops_for(int isa) {
+#if defined(__aarch64__)
+    if (isa == ER_ISA_NEON) return &er_kv_ops_neon;
+#endif
+#if ER_X86
+    if (isa == ER_ISA_AVX2) return &kv_ops_avx2;
+#endif
+    (void)isa;
+    return &kv_ops_scalar;
+}
+
+/* ---- attention ------------------------------------------------------------------------------------- */
+
+typedef struct {
+    const er_kivi *c;
+    const er_kv_ops *ops;
+    const float *q, *qs, *kn, *vn;
+    float *out, *part, *scratch;
+    int64_t nh, gq, hd, T, p0, qb, nsegs, n_chunks, per_chunk, scratch_per_thread;
+    float scale, softcap;
+} kv_ctx;
+
+static int64_t seg_block(const kv_ctx *x, int64_t si, int64_t *pos) {
+    const int64_t j0 = (si - x->c->n_blocks - 2) * KV_TILE, n = x->T - j0 < KV_TILE ? x->T - j0 : KV_TILE;
+    for (int64_t j = 0; j < n; j++) pos[j] = x->p0 + j0 + j;
+    return n;
+}
+
+/* segment si: 0 sinks, 1..nb ring groups (f16 ring: tiles of slots), nb + 1 residual, then the new block in KV_TILE
+ * rows.
+ * Fills the key positions (-1: empty slot); returns how many keys (0: nothing there). */
+static int64_t seg_info(const kv_ctx *x, int64_t si, int64_t *pos, int *sink) {
+    const er_kivi *c = x->c;
+    const int64_t nb = c->n_blocks, G = c->group;
+    *sink = 0;
+    if (si == 0) {
+        *sink = 1;
+        for (int64_t j = 0; j < c->sinks; j++) pos[j] = c->sink_pos[j];
+        return c->sinks;
+    }
+    if (c->bits == 16) { /* float ring: tiles of KV_TILE slots, positions per slot; no residual */
+        if (si > nb) return si == nb + 1 ? 0 : seg_block(x, si, pos);
+        const int64_t s0 = (si - 1) * KV_TILE, n = c->window - s0 < KV_TILE ? c->window - s0 : KV_TILE;
+        for (int64_t j = 0; j < n; j++) pos[j] = c->ring_pos[s0 + j];
+        return n;
+    }
+    if (si <= nb) {
+        const int64_t st = c->q_start[si - 1];
+        if (st < 0) return 0;
+        for (int64_t j = 0; j < G; j++) pos[j] = st + j;
+        return G;
+    }
+    if (si == nb + 1) {
+        for (int64_t j = 0; j < G; j++) pos[j] = c->res_pos[j];
+        return G;
+    }
+    return seg_block(x, si, pos);
+}
+
+/* the n key (v = 0) or value (v = 1) rows of segment si for kv head h as f32 (in `tile` unless already f32) */
+static const float *seg_rows(const kv_ctx *x, int64_t si, int64_t h, int v, int64_t n, float *tile, float *sm) {
+    const er_kivi *c = x->c;
+    const er_kv_ops *ops = x->ops;
+    const int64_t nb = c->n_blocks, G = c->group, hd = x->hd, nkv = c->n_kv_heads;
+    if (si == 0) { /* f16 ring: the sink values are the first rows of the [sinks | ring] block */
+        const uint16_t *src = v && c->bits == 16 ? c->ring_v + h * c->ring_stride * hd : (v ? c->sink_v : c->sink_k) + h * c->sinks * hd;
+        ops->f16_row(src, tile, n * hd);
+        return tile;
+    }
+    if (c->bits == 16 && si <= nb) {
+        const int64_t off = (h * c->ring_stride + c->sinks + (si - 1) * KV_TILE) * hd;
+        ops->f16_row((v ? c->ring_v : c->ring_k) + off, tile, n * hd);
+        return tile;
+    }
+    if (si == nb + 1) {
+        ops->f16_row((v ? c->res_v : c->res_k) + h * G * hd, tile, n * hd);
+        return tile;
+    }
+    if (si > nb + 1) return (v ? x->vn : x->kn) + (h * x->T + (si - nb - 2) * KV_TILE) * hd;
+    const int64_t b = si - 1, pb = hd * c->bits / 8, gh = b * nkv + h;
+    const uint8_t *base = (v ? c->qv : c->qk) + gh * G * pb;
+    if (!v) { /* keys: (scale, min) per channel of the group */
+        ops->f16_row(c->qk_scale + gh * hd, sm, hd);
+        ops->f16_row(c->qk_min + gh * hd, sm + hd, hd);
+    }
+    if (!v)
+        ops->deq_keys(base, c->bits, pb, sm, sm + hd, n, hd, tile);
+    else
+        ops->deq_values(base, c->bits, pb, c->qv_scale + gh * G * (hd / c->vgroup), c->qv_min + gh * G * (hd / c->vgroup),
+                        c->vgroup, n, hd, tile);
+    return tile;
+}
+
+static void kv_task(void *vc, int64_t start, int64_t end, int tid) {
+    const kv_ctx *x = (const kv_ctx *)vc;
+    const er_kivi *c = x->c;
+    const er_kv_ops *ops = x->ops;
+    const int64_t hd = x->hd, gq = x->gq, nkv = c->n_kv_heads, S = c->sinks, W = c->window, qb = x->qb;
+    float *tile = x->scratch + (int64_t)tid * x->scratch_per_thread; /* (KV_TILE, hd) rows */
+    float *sm = tile + KV_TILE * hd, *sc = sm + 2 * hd;             /* (2, hd) key scale/min, (qb*gq, KV_TILE) */
+    int64_t pos[KV_TILE];
+    unsigned char vis[KV_TILE];
+    for (int64_t it = start; it < end; it++) { /* item: (query block, kv head, chunk of segments) */
+        const int64_t chunk = it % x->n_chunks, rest = it / x->n_chunks, h = rest % nkv, tb = rest / nkv;
+        const int64_t t0 = tb * qb, nt = x->T - t0 < qb ? x->T - t0 : qb, R = nt * gq; /* rows: (query, head) */
+        float *m = x->part + it * qb * gq * (hd + 2), *l = m + qb * gq, *o = l + qb * gq;
+        for (int64_t r = 0; r < R; r++) m[r] = -INFINITY, l[r] = 0.0f;
+        memset(o, 0, sizeof(float) * (size_t)(R * hd));
+        const int64_t s0 = chunk * x->per_chunk, s1 = s0 + x->per_chunk < x->nsegs ? s0 + x->per_chunk : x->nsegs;
+        for (int64_t si = s0; si < s1; si++) {
+            int sink;
+            const int64_t n = seg_info(x, si, pos, &sink);
+            if (!n) continue;
+            /* the last query of the block sees the most (causal); skip segments none of the block sees */
+            int64_t any = 0;
+            for (int64_t j = 0; j < n && !any; j++)
+                for (int64_t t = t0; t < t0 + nt && !any; t++) {
+                    const int64_t a = pos[j], p = x->p0 + t;
+                    any = a >= 0 && a <= p && (a < S || a > p - W);
+                }
+            if (!any) continue;
+            const float *kr = seg_rows(x, si, h, 0, n, tile, sm);
+            const float *qb0 = (sink && x->qs) ? x->qs : x->q;
+            for (int64_t t = t0; t < t0 + nt; t++) {
+                const int64_t p = x->p0 + t;
+                int64_t nvis = 0;
+                for (int64_t j = 0; j < n; j++) {
+                    const int64_t a = pos[j];
+                    vis[j] = a >= 0 && a <= p && (a < S || a > p - W);
+                    nvis += vis[j];
+                }
+                for (int64_t g = 0; g < gq; g++) {
+                    const int64_t r = (t - t0) * gq + g;
+                    float *s = sc + r * KV_TILE;
+                    if (!nvis) { /* nothing for this query here: zero weights */
+                        memset(s, 0, sizeof(float) * (size_t)n);
+                        continue;
+                    }
+                    ops->qk(qb0 + (t * x->nh + h * gq + g) * hd, kr, n, hd, s);
+                    float mx = -INFINITY;
+                    for (int64_t j = 0; j < n; j++) {
+                        if (!vis[j]) {
+                            s[j] = -INFINITY;
+                            continue;
+                        }
+                        float v = s[j] * x->scale;
+                        if (x->softcap > 0.0f) v = x->softcap * tanhf(v / x->softcap);
+                        s[j] = v;
+                        mx = v > mx ? v : mx;
+                    }
+                    const float mnew = mx > m[r] ? mx : m[r];
+                    if (m[r] > -INFINITY && mnew > m[r]) { /* rescale what was summed under the old max */
+                        const float corr = expf(m[r] - mnew);
+                        l[r] *= corr;
+                        ops->scale(o + r * hd, hd, corr);
+                    }
+                    m[r] = mnew;
+                    l[r] += ops->exp_sum(s, n, mnew);
+                }
+            }
+            const float *vr = seg_rows(x, si, h, 1, n, tile, sm);
+            for (int64_t r = 0; r < R; r++) ops->pv(o + r * hd, sc + r * KV_TILE, vr, n, hd);
+        }
+        if (x->n_chunks == 1)
+            for (int64_t r = 0; r < R; r++) {
+                const int64_t t = t0 + r / gq, g = r % gq;
+                float *dst = x->out + (t * x->nh + h * gq + g) * hd;
+                const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
+                for (int64_t i = 0; i < hd; i++) dst[i] = o[r * hd + i] * inv;
+            }
+    }
+}
+
+static int kivi_check(const er_kivi *c) {
+    if (c && c->bits == 16) /* the f16 [sinks | ring] layout (attention only) */
+        return c->n_kv_heads < 1 || c->head_dim < 1 || c->sinks < 0 || c->sinks > KV_TILE || c->window < 1 ||
+                       c->n_blocks != (c->window + KV_TILE - 1) / KV_TILE || !c->ring_k || !c->ring_v || !c->ring_pos ||
+                       c->ring_stride < c->sinks + c->window || (c->sinks && (!c->sink_k || !c->sink_pos))
+                   ? -1
+                   : 0;
+    if (!c || !(c->bits == 8 || c->bits == 4 || c->bits == 2) || c->group < 1 || c->group > KV_TILE ||
+        c->n_blocks < 1 || c->n_kv_heads < 1 || c->head_dim < 1 || c->sinks < 0 || c->sinks > KV_TILE ||
+        c->window < 1 || c->vgroup < 1 || c->head_dim % c->vgroup || (c->head_dim * c->bits) % 8)
+        return -1;
+    if (!c->res_k || !c->res_v || !c->res_pos || !c->qk || !c->qv || !c->qk_scale || !c->qk_min || !c->qv_scale ||
+        !c->qv_min || !c->q_start || (c->sinks && (!c->sink_k || !c->sink_v || !c->sink_pos)))
+        return -1;
+    return 0;
+}
+
+int er_kivi_attention(const er_kivi *c, const float *q, const float *q_sink, const float *k_new, const float *v_new,
+                      float *out, int64_t n_heads, int64_t T, int64_t p0, float scale, float softcap) {
+    if (kivi_check(c) || !q || !out || T < 0 || p0 < 0 || n_heads < 1 || n_heads % c->n_kv_heads ||
+        n_heads / c->n_kv_heads > KV_MAXG || (T > 0 && (!k_new || !v_new)))
+        return -1;
+    if (T == 0) return 0;
+    const int64_t hd = c->head_dim, nkv = c->n_kv_heads, gq = n_heads / nkv;
+    kv_ctx x = {.c = c, .ops = kv_ops_for(er_get_isa()), .q = q, .qs = q_sink, .kn = k_new, .vn = v_new, .out = out,
+                .nh = n_heads, .gq = gq, .hd = hd, .T = T, .p0 = p0, .scale = scale, .softcap = softcap};
+    x.nsegs = 2 + c->n_blocks + (T + KV_TILE - 1) / KV_TILE;
+    /* queries in blocks that share each dequantized tile (prefill), at most KV_QROWS (query, head) rows */
+    x.qb = KV_QROWS / gq < 1 ? 1 : KV_QROWS / gq;
+    if (x.qb > T) x.qb = T;
+    const int64_t nqb = (T + x.qb - 1) / x.qb, nt = er_get_num_threads();
+    x.n_chunks = 1;
+    if (nqb * nkv < 2 * nt) /* few items (decode): split the keys over the threads, merge the partial softmaxes */
+        x.n_chunks = (x.nsegs + KV_SEGS_PER_CHUNK - 1) / KV_SEGS_PER_CHUNK;
+    x.per_chunk = (x.nsegs + x.n_chunks - 1) / x.n_chunks;
+    const int64_t items = nqb * nkv * x.n_chunks, rows = x.qb * gq;
+    x.scratch_per_thread = KV_TILE * hd + 2 * hd + rows * KV_TILE + 16;
+    x.part = (float *)malloc(sizeof(float) * (size_t)(items * rows * (hd + 2) + nt * x.scratch_per_thread));
+    if (!x.part) return -3;
+    x.scratch = x.part + items * rows * (hd + 2);
+    const int64_t work = ((int64_t)c->n_blocks * c->group + T) * hd * gq * T;
+    er_parallel_for(items, work >= 16384 ? 1 : items, kv_task, &x);
+    if (x.n_chunks > 1) /* merge the chunks' partial softmaxes: o = sum o_c e^(m_c - M) / sum l_c e^(m_c - M) */
+        for (int64_t ib = 0; ib < nqb * nkv; ib++) {
+            const int64_t tb = ib / nkv, h = ib % nkv, t0 = tb * x.qb, ntq = T - t0 < x.qb ? T - t0 : x.qb;
+            for (int64_t r = 0; r < ntq * gq; r++) {
+                float M = -INFINITY, L = 0.0f;
+                for (int64_t ch = 0; ch < x.n_chunks; ch++) {
+                    const float mc = x.part[(ib * x.n_chunks + ch) * rows * (hd + 2) + r];
+                    M = mc > M ? mc : M;
+                }
+                const int64_t t = t0 + r / gq, g = r % gq;
+                float *dst = out + (t * n_heads + h * gq + g) * hd;
+                memset(dst, 0, sizeof(float) * (size_t)hd);
+                if (M == -INFINITY) continue;
+                for (int64_t ch = 0; ch < x.n_chunks; ch++) {
+                    const float *pm = x.part + (ib * x.n_chunks + ch) * rows * (hd + 2);
+                    if (pm[r] == -INFINITY) continue;
+                    const float w = expf(pm[r] - M);
+                    L += pm[rows + r] * w;
+                    const float *o = pm + 2 * rows + r * hd;
+                    for (int64_t i = 0; i < hd; i++) dst[i] += o[i] * w;
+                }
+                const float inv = L > 0.0f ? 1.0f / L : 0.0f;
+                for (int64_t i = 0; i < hd; i++) dst[i] *= inv;
+            }
+        }
+    free(x.part);
+    return 0;
+}
+
+/* ---- store ----------------------------------------------------------------------------------------- */
+
+/* quant/kv.py _quant over n values x[i * stride] (f16): writes codes (one byte each), returns scale/min f16 */
+static void quant_f16(const uint16_t *x, int64_t n, int64_t stride, int bits, uint8_t *codes, uint16_t *scale,
+                      uint16_t *mn) {
+    float lo = INFINITY, hi = -INFINITY;
+    for (int64_t i = 0; i < n; i++) {
+        const float v = er_f16_to_f32(x[i * stride]);
+        lo = v < lo ? v : lo;
+        hi = v > hi ? v : hi;
+    }
+    const int qmax = (1 << bits) - 1;
+    *scale = er_f32_to_f16((hi - lo) / (float)qmax);
+    *mn = er_f32_to_f16(lo);
+    const float s = er_f16_to_f32(*scale), m = er_f16_to_f32(*mn), safe = s > 0.0f ? s : 1.0f;
+    for (int64_t i = 0; i < n; i++) {
+        float r = rintf((er_f16_to_f32(x[i * stride]) - m) / safe);
+        r = r < 0.0f ? 0.0f : (r > (float)qmax ? (float)qmax : r);
+        codes[i] = (uint8_t)r;
+    }
+}
+
+static void pack_codes(const uint8_t *codes, int64_t n, int bits, uint8_t *dst) {
+    const int per = 8 / bits;
+    for (int64_t i = 0; i < n / per; i++) {
+        uint8_t b = 0;
+        for (int k = 0; k < per; k++) b |= (uint8_t)(codes[i * per + k] << (k * bits));
+        dst[i] = b;
+    }
+}
+
+/* the full residual -> ring group b (keys per channel over the G tokens, values per token and channel group) */
+static int flush_group(const er_kivi *c, int64_t b) {
+    const int64_t G = c->group, hd = c->head_dim, nkv = c->n_kv_heads, pb = hd * c->bits / 8, vg = c->vgroup;
+    const int bits = c->bits;
+    uint8_t *codes = (uint8_t *)malloc((size_t)(G * hd));
+    if (!codes) return -3;
+    for (int64_t h = 0; h < nkv; h++) {
+        const int64_t gh = b * nkv + h;
+        const uint16_t *rk = c->res_k + h * G * hd, *rv = c->res_v + h * G * hd;
+        uint8_t col[KV_TILE];
+        for (int64_t ch = 0; ch < hd; ch++) {
+            quant_f16(rk + ch, G, hd, bits, col, c->qk_scale + gh * hd + ch, c->qk_min + gh * hd + ch);
+            for (int64_t j = 0; j < G; j++) codes[j * hd + ch] = col[j];
+        }
+        for (int64_t j = 0; j < G; j++) pack_codes(codes + j * hd, hd, bits, c->qk + (gh * G + j) * pb);
+        for (int64_t j = 0; j < G; j++) {
+            uint16_t *vs = c->qv_scale + (gh * G + j) * (hd / vg), *vm = c->qv_min + (gh * G + j) * (hd / vg);
+            for (int64_t g = 0; g < hd / vg; g++) quant_f16(rv + j * hd + g * vg, vg, 1, bits, codes + g * vg, vs + g, vm + g);
+            pack_codes(codes, hd, bits, c->qv + (gh * G + j) * pb);
+        }
+    }
+    free(codes);
+    c->q_start[b] = c->res_pos[0];
+    for (int64_t j = 0; j < G; j++) c->res_pos[j] = -1;
+    return 0;
+}
+
+int er_kivi_store(const er_kivi *c, const float *k, const float *v, int64_t T, int64_t p0) {
+    if (kivi_check(c) || c->bits == 16 || !k || !v || T < 0 || p0 < 0) return -1;
+    const int64_t G = c->group, hd = c->head_dim, nkv = c->n_kv_heads, S = c->sinks;
+    for (int64_t t = 0; t < T; t++) {
+        const int64_t p = p0 + t;
+        uint16_t *dk, *dv;
+        int64_t hstride;
+        if (p < S) {
+            dk = c->sink_k + p * hd, dv = c->sink_v + p * hd, hstride = S * hd;
+            c->sink_pos[p] = p;
+        } else {
+            const int64_t r = (p - S) % G;
+            dk = c->res_k + r * hd, dv = c->res_v + r * hd, hstride = G * hd;
+            c->res_pos[r] = p;
+        }
+        for (int64_t h = 0; h < nkv; h++)
+            for (int64_t i = 0; i < hd; i++) {
+                dk[h * hstride + i] = er_f32_to_f16(k[(h * T + t) * hd + i]);
+                dv[h * hstride + i] = er_f32_to_f16(v[(h * T + t) * hd + i]);
+            }
+        if (p >= S && (p - S) % G == G - 1) {
+            int r = flush_group(c, ((p - S) / G) % c->n_blocks);
+            if (r) return r;
+        }
+    }
+    return 0;
+}
+
+/* ---- fused decode layer ---------------------------------------------------------------------------- */
+
+int er_decode_layer_kivi(const er_decode_cfg *cfg, const er_layer *L, const er_kivi *c, int64_t pos) {
+    if (kivi_check(c) || c->bits == 16 || !cfg || pos < 0 || !c->q_sink || cfg->n_kv_heads != c->n_kv_heads ||
+        cfg->head_dim != c->head_dim)
+        return -1;
+    int r = er_decode_attn_in(cfg, L, -1);
+    if (r) return r;
+    const int64_t nh = cfg->n_heads, hd = cfg->head_dim, S = c->sinks, pc = S + c->window - 1;
+    const float *qs = NULL;
+    if (S > 0 && pos > pc) { /* sink keys: the query at its StreamingLLM in-cache position */
+        memcpy(c->q_sink, cfg->q, sizeof(float) * (size_t)(nh * hd));
+        er_rope_neox(c->q_sink, nh, hd, pc, L->rope_theta, L->rope_freq_scale);
+        qs = c->q_sink;
+    }
+    er_rope_neox(cfg->q, nh, hd, pos, L->rope_theta, L->rope_freq_scale);
+    er_rope_neox(cfg->k, cfg->n_kv_heads, hd, pos, L->rope_theta, L->rope_freq_scale);
+    if ((r = er_kivi_attention(c, cfg->q, qs, cfg->k, cfg->v, cfg->att, nh, 1, pos, cfg->attn_scale, cfg->softcap)))
+        return r;
+    if ((r = er_kivi_store(c, cfg->k, cfg->v, 1, pos))) return r;
+    return er_decode_attn_out(cfg, L);
+}

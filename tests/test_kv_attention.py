@@ -1,0 +1,146 @@
+"""Attention straight over the KIVI int8/int4/int2 cache in C (kernels/src/kv_attention.c).
+
+- the C store writes the very bytes quant/kv.py's numpy quantizers write (cache buffers compared exactly);
+- er_kivi_attention equals the float64 numpy reference (kernels/reference.py kivi_attention) over the same
+  buffers, for every bit width, each ISA variant here, 1 and 2 threads, decode and prefill blocks, softcap,
+  sinks with the StreamingLLM sink query, a ring that has wrapped (expired tokens masked);
+- the native cache (C) and the numpy cache path give the same outputs through SinkWindowKVCache.attend
+  (KIVI layouts, and the float16 ring whose prefill the same kernel runs).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from edgerun.kernels import ops, reference
+from edgerun.runtime.llm.kv_cache import LayerSpec, SinkWindowKVCache, rope_neox
+
+ISAS = [i for i in ("scalar", "avx2", "neon") if ops.isa_supported(i)]
+
+
+def _fill(cache, n_tokens, seed, native_store):
+    """Write n_tokens random rotated keys / values into layer 0 (numpy write or the C store), in uneven blocks."""
+    rng = np.random.default_rng(seed)
+    lay = cache.layers[0]
+    sp = lay.spec
+    p = 0
+    while p < n_tokens:
+        t = min(int(rng.integers(1, 40)), n_tokens - p)
+        k = rng.standard_normal((sp.n_kv, t, sp.head_dim)).astype(np.float32)
+        k[:, :, 3] += 4.0  # an outlier channel, as KIVI expects in keys
+        v = rng.standard_normal((sp.n_kv, t, sp.head_dim)).astype(np.float32)
+        if native_store:
+            ops.kivi_store(cache.kivi(0), k, v, p)
+        else:
+            lay.write(k, v, np.arange(p, p + t))
+        p += t
+    return lay
+
+
+@pytest.mark.parametrize("bits", [8, 4, 2])
+@pytest.mark.parametrize("hd,group,sinks,window", [(64, 32, 4, 100), (32, 16, 0, 40), (128, 8, 2, 33)])
+def test_store_writes_numpy_bytes(bits, hd, group, sinks, window):
+    spec = [LayerSpec(6, 2, hd, window, sinks)]
+    a = SinkWindowKVCache(spec, bits=bits, group=group, native=False)
+    b = SinkWindowKVCache(spec, bits=bits, group=group, native=True)
+    assert b.native and not a.native
+    la, lb = _fill(a, 157, 1, False), _fill(b, 157, 1, True)
+    for name in ("sink_k", "sink_v", "sink_pos", "res_k", "res_v", "res_pos", "qk", "qk_scale", "qk_min", "qv",
+                 "qv_scale", "qv_min", "q_start"):
+        np.testing.assert_array_equal(getattr(lb, name), getattr(la, name), err_msg=name)
+    assert (la.q_start >= 0).all()  # the ring wrapped: every group written
+
+
+CASES = [  # (n_heads, n_kv, hd, group, sinks, window, tokens in cache, T new, softcap)
+    (9, 3, 64, 32, 4, 100, 300, 1, 0.0),
+    (9, 3, 64, 32, 4, 2048, 700, 1, 0.0),
+    (4, 2, 32, 16, 0, 40, 97, 1, 5.0),
+    (8, 1, 128, 8, 2, 33, 61, 1, 0.0),
+    (9, 3, 64, 32, 4, 100, 300, 64, 0.0),
+    (6, 2, 64, 32, 4, 60, 10, 21, 0.0),
+    (4, 4, 16, 16, 0, 20, 0, 5, 5.0),
+]
+
+
+@pytest.mark.parametrize("bits", [8, 4, 2])
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("isa", ISAS)
+def test_attention_matches_reference(bits, case, isa):
+    nh, nkv, hd, group, sinks, window, n0, t, softcap = case
+    cache = SinkWindowKVCache([LayerSpec(nh, nkv, hd, window, sinks)], bits=bits, group=group, chunk=64)
+    lay = _fill(cache, n0, bits + n0, True)
+    rng = np.random.default_rng(t)
+    q = rng.standard_normal((t, nh, hd)).astype(np.float32)
+    qs = rng.standard_normal((t, nh, hd)).astype(np.float32) if sinks else None
+    k = rng.standard_normal((nkv, t, hd)).astype(np.float32)
+    v = rng.standard_normal((nkv, t, hd)).astype(np.float32)
+    scale = 1 / np.sqrt(hd)
+    want = reference.kivi_attention(lay, q, k, v, n0, scale, softcap, q_sink=qs)
+    for threads in (1, 2):
+        ops.set_num_threads(threads)
+        with ops.use_isa(isa):
+            got = ops.kivi_attention(cache.kivi(0), q, k, v, n0, scale, softcap, q_sink=qs)
+        np.testing.assert_allclose(got, want, atol=2e-5 * np.abs(want).max() + 1e-6, err_msg=f"threads={threads}")
+    ops.set_num_threads(None)
+
+
+def test_attention_sees_exactly_the_window():
+    """Masking is not vacuous: a value planted in a just-expired token is absent, one just inside is present."""
+    nh, nkv, hd, w = 2, 1, 32, 50
+    cache = SinkWindowKVCache([LayerSpec(nh, nkv, hd, w, 0)], bits=8, group=16)
+    lay = cache.layers[0]
+    n0 = 130
+    zeros = np.zeros((nkv, 1, hd), np.float32)
+    for p in range(n0):  # keys all zero (uniform attention), value = 1 only at the two probe positions
+        v = zeros + (1.0 if p in (n0 - w, n0 - w + 1) else 0.0)
+        ops.kivi_store(cache.kivi(0), zeros, v, p)
+    q = np.ones((1, nh, hd), np.float32)
+    got = ops.kivi_attention(cache.kivi(0), q, zeros, zeros, n0, 1.0)
+    # query at n0 sees n0-w+1 .. n0 (w keys, uniform): exactly one probe inside -> 1/w
+    np.testing.assert_allclose(got, 1.0 / w, rtol=1e-5)
+    assert (lay.q_start >= 0).all()
+
+
+@pytest.mark.parametrize("bits", [16, 8, 4, 2])
+def test_native_cache_equals_numpy_cache(bits):
+    """SinkWindowKVCache.attend in C (native) and in numpy, through eviction, prefill blocks and decode steps.
+
+    bits=16: the float16 [sinks | ring] layout read by the same kernel (prefill of the f16 cache)."""
+    rng = np.random.default_rng(bits)
+    nh, nkv, hd, t = 4, 2, 32, 150
+    q = rng.standard_normal((nh, t, hd)).astype(np.float32)
+    k = rng.standard_normal((nkv, t, hd)).astype(np.float32)
+    v = rng.standard_normal((nkv, t, hd)).astype(np.float32)
+    rope = rope_neox(hd)
+    outs = []
+    for native in (False, True):
+        c = SinkWindowKVCache([LayerSpec(nh, nkv, hd, 48, 4)], bits=bits, group=16, chunk=16, native=native)
+        assert c.native == native
+        got, p = [], 0
+        for b in [37, 1, 1, 50, 1, 1, 1, 58]:
+            got.append(c.attend(0, q[:, p : p + b], k[:, p : p + b], v[:, p : p + b], rope, p))
+            p += b
+        outs.append(np.concatenate(got, axis=1))
+    np.testing.assert_allclose(outs[1], outs[0], atol=1e-4 * np.abs(outs[0]).max())
+
+
+@pytest.mark.slow
+def test_bench_context_runs_every_kv_width(tmp_path, smollm2_gguf):
+    """`edgerun bench --context`: prefill then decode at the context, per KV width, the cache's real size reported."""
+    from edgerun.bench.speed import bench_edgerun_context
+    from edgerun.export.exporter import export
+    from edgerun.runtime.llm.model import load
+    from tiny_models import make_tiny
+
+    hf, _ = make_tiny("llama", tmp_path, smollm2_gguf)
+    art = export(hf, tmp_path / "tiny.edge", weights="f32")
+    ids = None
+    for bits in (16, 8, 4, 2):
+        m = load(art, kv_bits=bits, kv_window=40 + 2 * 4 + 8)
+        r = bench_edgerun_context(m, 40, bits, n_decode=4, repeats=1, ids=ids)
+        ids = r.pop("ids")
+        assert r["kv"] == {16: "f16", 8: "int8", 4: "int4", 2: "int2"}[bits]
+        assert r["prefill_tps"] > 0 and r["decode_tps"] > 0
+        assert r["cache_bytes"] == m.new_cache().nbytes
+        assert m.new_cache().native == (bits < 16)
+        m.close()
