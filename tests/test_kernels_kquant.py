@@ -347,6 +347,7 @@ def _gguf_tensor(path, name: str) -> tuple[QuantizedTensor, np.ndarray, int]:
     return QuantizedTensor(fmt, (n, k), qk, BITS[fmt], raw.reshape(n, k // qk, ts), None, None), raw, t
 
 
+@pytest.mark.model
 @pytest.mark.parametrize("isa", ISAS)
 def test_real_gguf_tensors(isa, gemma3_gguf, smollm2_gguf):
     rng = np.random.default_rng(9)
