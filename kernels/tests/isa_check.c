@@ -444,6 +444,7 @@ int main(int argc, char **argv) {
                 int xkind = s == 1 ? (int)(mi % 3) : 0;
                 check_ggml(type, gshapes[s][0], gshapes[s][1], gms[mi], ci % 2 ? 3 : 1, xkind);
             }
+    for (int type = ER_W_Q4_1; type <= ER_W_Q6_K; type++) check_ggml(type, 9, 3, 40, 3, 0); /* two token tiles */
     static const int mk[][3] = {{ER_W_Q4_K, ER_W_Q6_K, ER_W_Q4_K}, {ER_W_Q2_K, ER_W_Q3_K, ER_W_Q5_K},
                                 {ER_W_Q5_0, ER_W_Q5_0, ER_W_Q4_1}, {ER_W_Q5_1, ER_W_Q4_1, ER_W_Q5_0}};
     for (size_t i = 0; i < sizeof mk / sizeof mk[0]; i++)
