@@ -512,6 +512,21 @@ GG_AVX2 static GG_INLINE void g32_pair(const int type, const uint8_t *b0, const 
 /* fw, fm of blocks 0..nb-1 at p (stride ts) in lane order [0 2 4 6 | 1 3 5 7]; 0 for missing blocks */
 GG_AVX2 static GG_INLINE void g32_factors(const int type, const uint8_t *p, const int ts, const int nb, __m256 *fw,
                                           __m256 *fm) {
+    if (nb == 8 && type == ER_W_Q5_0) { /* the f16 d of blocks 0 2 4 6 1 3 5 7 inserted from memory */
+        __m128i d = _mm_cvtsi32_si128(gg_u16(p));
+#define G32_INS(L, B) d = _mm_insert_epi16(d, gg_u16(p + (B) * ts), L)
+        G32_INS(1, 2);
+        G32_INS(2, 4);
+        G32_INS(3, 6);
+        G32_INS(4, 1);
+        G32_INS(5, 3);
+        G32_INS(6, 5);
+        G32_INS(7, 7);
+#undef G32_INS
+        *fw = _mm256_cvtph_ps(d);
+        *fm = _mm256_mul_ps(*fw, _mm256_set1_ps(-16.0f));
+        return;
+    }
     uint64_t de = 0, doo = 0, me = 0, mo = 0; /* f16 d, m of blocks 0 2 4 6 / 1 3 5 7 */
 #pragma GCC unroll 4
     for (int i = 0; i < 4; i++) {
