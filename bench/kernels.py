@@ -17,7 +17,9 @@ from edgerun.kernels._lib import lib
 from edgerun.quant import quantize
 
 DECODE_SHAPES = [(4096, 4096), (1536, 576), (576, 1536), (49152, 576)]
-FORMATS = ["f32", "f16", "int8", "int4", "int4_asym", "ternary"]
+# GGUF block formats run verbatim (random blocks: kernels.reference.ggml_random_weight); K-quants need K % 256 == 0
+GGML_FORMATS = ["q4_1", "q5_0", "q5_1", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k"]
+FORMATS = ["f32", "f16", "int8", "int4", "int4_asym", "ternary", *GGML_FORMATS]
 
 
 def _time(fn, min_time: float = 0.25, min_reps: int = 5) -> float:
@@ -37,6 +39,10 @@ def _time(fn, min_time: float = 0.25, min_reps: int = 5) -> float:
 
 def _weight(fmt: str, n: int, k: int, rng) -> ops.Weight:
     """A random weight of ``fmt``, rotated through ``copies`` so it never sits in the cache."""
+    if fmt in ops.GGML_TYPES:
+        from edgerun.kernels.reference import ggml_random_weight
+
+        return ops.Weight(ggml_random_weight(fmt, (n, k), rng))
     w = rng.standard_normal((n, k), dtype=np.float32)
     if fmt == "f32":
         return ops.Weight(w)
@@ -45,13 +51,19 @@ def _weight(fmt: str, n: int, k: int, rng) -> ops.Weight:
     return ops.Weight(quantize(w, fmt))
 
 
+def _block(fmt: str) -> int:
+    """Block size K must be a multiple of (1: none)."""
+    return ops.GGML_TYPES[fmt][1] if fmt in ops.GGML_TYPES else 1
+
+
 def _copy(w: ops.Weight) -> ops.Weight:
     """The same weight in fresh memory."""
     q = w.quantized
     if q is None:
         return ops.Weight(w._keep[0].copy())
     zp = None if q.zero_points is None else q.zero_points.copy()
-    return ops.Weight(type(q)(q.format, q.shape, q.block_size, q.bits, q.data.copy(), q.scales.copy(), zp))
+    sc = None if q.scales is None else q.scales.copy()
+    return ops.Weight(type(q)(q.format, q.shape, q.block_size, q.bits, q.data.copy(), sc, zp))
 
 
 def _nbytes(w: ops.Weight) -> int:
@@ -109,6 +121,8 @@ def bench_kernels(threads: int | None = None, shapes=None, formats=None, quick: 
     # weights rotated so that each call streams from DRAM (L3 here is 32 MB)
     for n, k in shapes:
         for fmt in formats:
+            if k % _block(fmt):
+                continue  # a K-quant needs K % 256 == 0
             one = _weight(fmt, n, k, rng)
             # enough copies (same values, other addresses) to overflow the 32 MB L3 three times
             copies = max(1, min(512, int(96e6 // max(_nbytes(one), 1))))
@@ -128,7 +142,7 @@ def bench_kernels(threads: int | None = None, shapes=None, formats=None, quick: 
             rows.append({"kernel": "gemv", "format": fmt, "shape": f"{n}x{k}", "threads": nt, "isa": isa,
                          "ms": t * 1e3, "gbs": gbs, "pct_read": 100 * gbs / bw["read_gbs"],
                          "pct_copy": 100 * gbs / bw["copy_gbs"]})
-            if (n, k) == (1536, 576):
+            if (n, k) == (1536, 576) or ((n, k) == (576, 1536) and 576 % _block(fmt)):  # K-quants: 576x1536
                 xm = rng.standard_normal((64, k), dtype=np.float32)
                 om = np.empty((64, n), np.float32)
                 t = _time(lambda one=one, xm=xm, om=om: ops.matmul(one, xm, om), 0.2, 3)

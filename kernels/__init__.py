@@ -7,6 +7,10 @@ Public API (see ``ops.py``; C API in ``src/edgerun_kernels.h``)::
     w = Weight(quantize(W, "int4"))     # or a float32 / float16 (N, K) array
     y = matmul(w, x)                    # x (K,) -> (N,);  (M, K) -> (M, N)
 
+GGUF block formats (``q4_1``, ``q5_0``, ``q5_1``, ``q2_k`` .. ``q6_k``) run from the GGUF's own blocks: a
+``QuantizedTensor(format="q4_k", shape=(N, K), block_size=256, data=(N, K // 256, 144) uint8, scales=None)``
+goes to :class:`Weight` as is; ``supported_formats()`` lists what the compiled library runs.
+
 The C library loads on first use of one of these names (PEP 562), so importing the package
 costs nothing until a kernel is needed.
 """

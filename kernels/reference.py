@@ -184,6 +184,31 @@ GGML_BLOCKS = {  # format: (QK, type_size) as gguf.GGML_QUANT_SIZES
 }
 
 
+_GGML_F16 = {"q4_1": (0, 2), "q5_0": (0,), "q5_1": (0, 2), "q2_k": (80, 82), "q3_k": (108,), "q4_k": (0, 2),
+             "q5_k": (0, 2), "q6_k": (208,)}  # byte offsets of each block's f16 factors (d, m / dmin)
+
+
+def ggml_random_blocks(fmt: str, nblocks: int, rng: np.random.Generator) -> np.ndarray:
+    """(nblocks, type_size) uint8 blocks of ``fmt``: every byte random (so every code and sub-block scale occurs)
+    except the f16 factors, finite values of either sign with magnitude in [0.001, 0.05]. For tests and
+    benchmarks: gguf-py cannot quantize K-quants."""
+    _, ts = GGML_BLOCKS[fmt]
+    b = rng.integers(0, 256, (nblocks, ts), dtype=np.uint8)
+    for o in _GGML_F16[fmt]:
+        v = (rng.uniform(0.001, 0.05, nblocks) * rng.choice([-1.0, 1.0], nblocks)).astype(np.float16)
+        b[:, o:o + 2] = v.view(np.uint8).reshape(nblocks, 2)
+    return b
+
+
+def ggml_random_weight(fmt: str, shape: tuple[int, int], rng: np.random.Generator) -> QuantizedTensor:
+    """A random (N, K) weight in GGUF block format ``fmt`` (K a multiple of the block size): ggml_random_blocks."""
+    qk, ts = GGML_BLOCKS[fmt]
+    n, k = shape
+    bits = {"q4_1": 4, "q5_0": 5, "q5_1": 5, "q2_k": 2, "q3_k": 3, "q4_k": 4, "q5_k": 5, "q6_k": 6}[fmt]
+    data = ggml_random_blocks(fmt, n * (k // qk), rng).reshape(n, k // qk, ts)
+    return QuantizedTensor(fmt, (n, k), qk, bits, data, None, None)
+
+
 def _f16(b: np.ndarray, o: int) -> np.ndarray:
     """The f16 at byte offset o of each block (nb, type_size) -> (nb,) float32."""
     return np.ascontiguousarray(b[:, o:o + 2]).view(np.float16)[:, 0].astype(np.float32)

@@ -1,7 +1,8 @@
 """Registry ``(op, format) -> kernel``: the C implementation and its numpy reference side by side.
 
 ``format`` is the weight format for ``matmul`` (``f32``, ``f16``, ``int8``, ``int4``, ``int4_asym``,
-``ternary``), the KV-cache dtype for ``attention`` (``f32``, ``f16``) and ``f32`` for the other ops.
+``ternary``, and the GGUF block formats ``q4_1``, ``q5_0``, ``q5_1``, ``q2_k`` .. ``q6_k`` read verbatim), the
+KV-cache dtype for ``attention`` (``f32``, ``f16``) and ``f32`` for the other ops.
 """
 
 from __future__ import annotations

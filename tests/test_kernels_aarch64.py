@@ -7,8 +7,9 @@ driver kernels/tests/isa_check.c for aarch64 and runs it under qemu-user on two 
 * ``cortex-a57``: NEON without dotprod (the run-time fallback; an sdot reaching it would SIGILL).
 
 The driver compares, through the public API (er_set_isa), every quantized (int8, int4 sym/asym, ternary;
-block sizes 32..512), f32/f16 matmul (GEMV and GEMM, 1 and 3 threads) and decode op with its scalar
-variant; tolerances are in its header. The same driver built natively checks AVX2 against scalar.
+block sizes 32..512; the GGUF block formats q4_1, q5_0, q5_1, q2_K..q6_K read verbatim, and matmul_multi over
+them), f32/f16 matmul (GEMV and GEMM, 1 and 3 threads) and decode op with its scalar variant; tolerances are in
+its header. The same driver built natively checks AVX2 against scalar.
 Needs the apt packages gcc-aarch64-linux-gnu and qemu-user (scripts/setup.sh installs them).
 """
 

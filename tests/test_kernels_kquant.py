@@ -31,8 +31,6 @@ FMTS = list(ref.GGML_BLOCKS)
 GTYPE = {"q4_1": GT.Q4_1, "q5_0": GT.Q5_0, "q5_1": GT.Q5_1, "q2_k": GT.Q2_K, "q3_k": GT.Q3_K, "q4_k": GT.Q4_K,
          "q5_k": GT.Q5_K, "q6_k": GT.Q6_K}
 BITS = {"q4_1": 4, "q5_0": 5, "q5_1": 5, "q2_k": 2, "q3_k": 3, "q4_k": 4, "q5_k": 5, "q6_k": 6}
-F16_FIELDS = {"q4_1": (0, 2), "q5_0": (0,), "q5_1": (0, 2), "q2_k": (80, 82), "q3_k": (108,), "q4_k": (0, 2),
-              "q5_k": (0, 2), "q6_k": (208,)}  # byte offsets of the f16 d / m / dmin of a block
 
 
 @pytest.fixture(autouse=True)
@@ -42,13 +40,8 @@ def _threads():
 
 
 def random_blocks(fmt: str, nblocks: int, rng) -> np.ndarray:
-    """(nblocks, type_size) uint8: every byte random, then the f16 factors set to finite values of either sign."""
-    _, ts = ref.GGML_BLOCKS[fmt]
-    b = rng.integers(0, 256, (nblocks, ts), dtype=np.uint8)
-    for o in F16_FIELDS[fmt]:
-        v = (rng.uniform(0.001, 0.05, nblocks) * rng.choice([-1.0, 1.0], nblocks)).astype(np.float16)
-        b[:, o:o + 2] = v.view(np.uint8).reshape(nblocks, 2)
-    return b
+    """(nblocks, type_size) uint8: every byte random, the f16 factors finite of either sign."""
+    return ref.ggml_random_blocks(fmt, nblocks, rng)
 
 
 def qtensor(fmt: str, n: int, k: int, blocks: np.ndarray) -> QuantizedTensor:
@@ -354,6 +347,7 @@ def _gguf_tensor(path, name: str) -> tuple[QuantizedTensor, np.ndarray, int]:
     return QuantizedTensor(fmt, (n, k), qk, BITS[fmt], raw.reshape(n, k // qk, ts), None, None), raw, t
 
 
+@pytest.mark.model
 @pytest.mark.parametrize("isa", ISAS)
 def test_real_gguf_tensors(isa, gemma3_gguf, smollm2_gguf):
     rng = np.random.default_rng(9)

@@ -12,11 +12,19 @@
  *   K-quants:   y += dy * (dA * sum_j sc_j dot_j - dB * sum_j mn_j bsum_j)   (dA = dB: one int32 difference)
  *   32-blocks:  y += fw * dy * dot + fm * sy
  *
- * Variants: scalar (portable, the canonical forms of ggml_blocks.h), AVX2 (below: maddubs of unsigned codes x
- * int8 activations, madd with the 16-bit sub-block scales, codes unpacked in registers) and NEON with/without
- * sdot (matmul_ggml_neon.c). GEMV (m == 1) walks each row once; GEMM (m > 1) unpacks each weight block once per
- * tile of up to 32 tokens and dots it with 4 tokens at a time. Rows are split across the thread pool;
- * er_matmul_multi quantizes x once for weights that share the activation kind.
+ * Variants: scalar (portable: the canonical forms of ggml_blocks.h, natural activation order), AVX2 (below) and
+ * NEON with / without sdot (matmul_ggml_neon.c). Rows are split across the thread pool; er_matmul_multi
+ * quantizes x once for weights that share the activation kind.
+ * AVX2, K-quants: a super-block is 8 chunks of 32 codes (unsigned, natural order, one or two 32-byte loads
+ *   unpacked with shifts and masks); per chunk maddubs with the activations (int16 pair sums) and madd with the
+ *   16-bit scales of its two sub-blocks (one in-lane shuffle of the widened scales), int32 sums; the offsets
+ *   from one madd of the 16 mins with the 16 activation sums; one FMA per super-block and token. GEMV dots each
+ *   chunk as it is unpacked; GEMM unpacks a super-block once per tile of 32 tokens and meets 4 tokens per pass.
+ * AVX2, 32-element blocks: a PAIR of blocks is one 256-bit load of both blocks' 16 code bytes, whose low
+ *   nibbles are elements 0-15 and high nibbles 16-31 of each: the activations are stored in that pair order
+ *   (g32_pdot), so a pair costs 2 maddubs and no shuffles; the fifth bits (q5_0, q5_1) come from one 64-bit
+ *   broadcast of both qh words. 8 blocks reduce to one vector (lanes [0 2 4 6 | 1 3 5 7]) met by one FMA with
+ *   the gathered fw * dy (and one with fm * sy). GEMM unpacks a group of 8 blocks once per tile of 32 tokens.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -153,11 +161,12 @@ GG_AVX2 static void gg_quant_row_avx2(const float *x, int64_t k, int kq, int64_t
                 const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
                 int8_t tmp[32];
                 const int sum = gg_hsum_i32(gg_q32(vb, _mm256_set1_ps(id), tmp));
-                int8_t *o = qg + 64 * (b >> 1) + 16 * (b & 1); /* pair layout (see g32_dots) */
+                int8_t *o = qg + 64 * (b >> 1) + 16 * (b & 1); /* pair layout (see g32_pdot) */
                 memcpy(o, tmp, 16);
                 memcpy(o + 32, tmp + 16, 16);
-                d[g * 8 + b] = db;
-                s[g * 8 + b] = db * (float)sum;
+                const int l = (b >> 1) + 4 * (b & 1); /* factors in the lane order of g32_reduce */
+                d[g * 8 + l] = db;
+                s[g * 8 + l] = db * (float)sum;
             }
         }
     }
@@ -461,10 +470,10 @@ GG_AVX2 static GG_INLINE void gk_gemm_avx2(const int type, const gg_job *j, int6
 
 /* 32-element blocks. The AVX2 activations of these formats are stored per PAIR of blocks (2p, 2p + 1) as
  *   [2p: e 0-15 | 2p+1: e 0-15 | 2p: e 16-31 | 2p+1: e 16-31]
- * (g32_store), the order one 256-bit load of both blocks' 16 code bytes unpacks to (low nibbles: elements
- * 0-15, high: 16-31), so a pair costs 2 maddubs and no shuffles. A group of 8 blocks reduces to one vector,
- * lanes [0 2 4 6 | 1 3 5 7] (GG_LANE), met by one FMA with the 8 products fw * dy gathered in that order. */
-static const int32_t GG_LANE[8] __attribute__((aligned(32))) = {0, 2, 4, 6, 1, 3, 5, 7};
+ * (gg_quant_row_avx2), the order one 256-bit load of both blocks' 16 code bytes unpacks to (low nibbles:
+ * elements 0-15, high: 16-31), so a pair costs 2 maddubs and no shuffles. A group of 8 blocks reduces to one
+ * vector, lanes [0 2 4 6 | 1 3 5 7], met by one FMA with the 8 products fw * dy: the weight factors gathered
+ * in that order, the activation factors d, s stored in it. */
 
 typedef struct {
     __m256i lo[4], hi[4]; /* pair p: [2p | 2p+1] codes of elements 0-15 (lo), 16-31 (hi) */
@@ -503,6 +512,21 @@ GG_AVX2 static GG_INLINE void g32_pair(const int type, const uint8_t *b0, const 
 /* fw, fm of blocks 0..nb-1 at p (stride ts) in lane order [0 2 4 6 | 1 3 5 7]; 0 for missing blocks */
 GG_AVX2 static GG_INLINE void g32_factors(const int type, const uint8_t *p, const int ts, const int nb, __m256 *fw,
                                           __m256 *fm) {
+    if (nb == 8 && type == ER_W_Q5_0) { /* the f16 d of blocks 0 2 4 6 1 3 5 7 inserted from memory */
+        __m128i d = _mm_cvtsi32_si128(gg_u16(p));
+#define G32_INS(L, B) d = _mm_insert_epi16(d, gg_u16(p + (B) * ts), L)
+        G32_INS(1, 2);
+        G32_INS(2, 4);
+        G32_INS(3, 6);
+        G32_INS(4, 1);
+        G32_INS(5, 3);
+        G32_INS(6, 5);
+        G32_INS(7, 7);
+#undef G32_INS
+        *fw = _mm256_cvtph_ps(d);
+        *fm = _mm256_mul_ps(*fw, _mm256_set1_ps(-16.0f));
+        return;
+    }
     uint64_t de = 0, doo = 0, me = 0, mo = 0; /* f16 d, m of blocks 0 2 4 6 / 1 3 5 7 */
 #pragma GCC unroll 4
     for (int i = 0; i < 4; i++) {
@@ -553,13 +577,11 @@ GG_AVX2 static GG_INLINE __m256i g32_dots(const g32_avx *u, const int8_t *a) {
     return g32_reduce(v);
 }
 
-/* acc += dots * fw * dy; accm += fm * sy for one token's group (d, s: its 8 natural-order factors) */
+/* acc += dots * fw * dy; accm += fm * sy for one token's group (d, s: its 8 factors, stored in lane order) */
 GG_AVX2 static GG_INLINE void g32_fma(__m256i dots, __m256 fw, __m256 fm, const float *d, const float *s, __m256 *acc,
                                       __m256 *accm) {
-    const __m256i li = _mm256_load_si256((const __m256i *)GG_LANE);
-    const __m256 dy = _mm256_permutevar8x32_ps(_mm256_loadu_ps(d), li), sy = _mm256_permutevar8x32_ps(_mm256_loadu_ps(s), li);
-    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots), _mm256_mul_ps(fw, dy), *acc);
-    *accm = _mm256_fmadd_ps(fm, sy, *accm);
+    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots), _mm256_mul_ps(fw, _mm256_loadu_ps(d)), *acc);
+    *accm = _mm256_fmadd_ps(fm, _mm256_loadu_ps(s), *accm);
 }
 
 /* GEMV: each pair is unpacked and dotted at once (few live registers) */

@@ -6,6 +6,8 @@
  * (twice the per-variant slack tests/test_kernels_matmul.py allows against the float64 emulation; one
  * wrong code or activation moves y by ~|x_k w_nk|, far above it even at K = 4100). Float matmul and ops use
  * twice the tolerances of tests/test_kernels_matmul.py / test_kernels_ops.py.
+ * GGUF block formats (q4_1 .. q6_K): the same bound with sum_k |x_k| (|term 1| + |term 2|) of each weight (its
+ * scale and min / offset terms), since the kernels add those separately; matmul_multi must equal er_matmul exactly.
  *
  * Build (aarch64, from the repository root; tests/test_kernels_aarch64.py does this):
  *   aarch64-linux-gnu-gcc -O2 -std=c11 -static -Ikernels/src <every kernels/src .c file> \
@@ -493,6 +495,7 @@ int main(int argc, char **argv) {
                 int xkind = s == 1 ? (int)(mi % 3) : 0;
                 check_ggml(type, gshapes[s][0], gshapes[s][1], gms[mi], ci % 2 ? 3 : 1, xkind);
             }
+    for (int type = ER_W_Q4_1; type <= ER_W_Q6_K; type++) check_ggml(type, 9, 3, 40, 3, 0); /* two token tiles */
     static const int mk[][3] = {{ER_W_Q4_K, ER_W_Q6_K, ER_W_Q4_K}, {ER_W_Q2_K, ER_W_Q3_K, ER_W_Q5_K},
                                 {ER_W_Q5_0, ER_W_Q5_0, ER_W_Q4_1}, {ER_W_Q5_1, ER_W_Q4_1, ER_W_Q5_0}};
     for (size_t i = 0; i < sizeof mk / sizeof mk[0]; i++)
