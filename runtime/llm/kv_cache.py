@@ -392,7 +392,8 @@ class SinkWindowKVCache:
         return self.layers[layer].kivi(self._qsink)
 
     def _attend_native(self, li, q, k, v, rope, pos, scale, softcap):
-        """KIVI / float16 layouts in C: the block attends over the cache + itself (er_kivi_attention), then is stored."""
+        """KIVI / float16 layouts in C: the block attends over the cache + itself (er_kivi_attention), then is
+        stored."""
         from edgerun.kernels import ops
 
         lay = self.layers[li]
