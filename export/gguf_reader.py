@@ -47,6 +47,69 @@ def _field_value(field):
         return None
 
 
+_GGUF_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # fixed-size value types
+_GGUF_STRING, _GGUF_ARRAY = 8, 9
+
+
+def _check_kv_section(path: Path) -> None:
+    """Walk the metadata of a v2/v3 GGUF checking every length and count against the bytes left, before
+    gguf-py reads it (a count mutated to 2^40 made it loop for minutes). One-line CorruptFileError."""
+    import mmap
+    import struct
+
+    def bad(what):
+        raise CorruptFileError(f"{path}: corrupt GGUF metadata ({what}); download or copy it again")
+
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        size = len(mm)
+        if size < 24:
+            bad("truncated header")
+        version, _n_tensors, n_kv = struct.unpack_from("<IQQ", mm, 4)
+        if version not in (2, 3):
+            return  # gguf-py says what it thinks of other versions
+        pos = 24
+
+        def u64(at):
+            if at + 8 > size:
+                bad("truncated")
+            return struct.unpack_from("<Q", mm, at)[0]
+
+        def value(vtype, at, depth=0):
+            if vtype in _GGUF_SIZES:
+                return at + _GGUF_SIZES[vtype]
+            if vtype == _GGUF_STRING:
+                n = u64(at)
+                if n > size - at - 8:
+                    bad(f"a string of {n} bytes at byte {at}")
+                return at + 8 + n
+            if vtype == _GGUF_ARRAY and depth < 4:
+                if at + 12 > size:
+                    bad("truncated")
+                etype, count = struct.unpack_from("<IQ", mm, at)
+                at += 12
+                if etype in _GGUF_SIZES:
+                    if count * _GGUF_SIZES[etype] > size - at:
+                        bad(f"an array of {count} values at byte {at}")
+                    return at + count * _GGUF_SIZES[etype]
+                if count > (size - at) // 8:
+                    bad(f"an array of {count} values at byte {at}")
+                for _ in range(count):
+                    at = value(etype, at, depth + 1)
+                return at
+            bad(f"value type {vtype} at byte {at}")
+
+        if n_kv > (size - pos) // 12:
+            bad(f"{n_kv} key/value pairs")
+        for _ in range(n_kv):
+            pos = value(_GGUF_STRING, pos)  # the key
+            if pos + 4 > size:
+                bad("truncated")
+            vtype = struct.unpack_from("<I", mm, pos)[0]
+            pos = value(vtype, pos + 4)
+            if pos > size:
+                bad("truncated")
+
+
 def open_gguf(path: str | os.PathLike):
     """Open a GGUF file with `gguf.GGUFReader`, turning parse failures into one-line errors."""
     import gguf
@@ -58,6 +121,7 @@ def open_gguf(path: str | os.PathLike):
         magic = f.read(4)
     if magic != GGUF_MAGIC:
         raise CorruptFileError(f"{path}: not a GGUF file (magic {magic!r}, expected b'GGUF')")
+    _check_kv_section(path)
     try:
         reader = gguf.GGUFReader(str(path), "r")
     except Exception as e:  # truncated header, bad counts, tensor data past the end
