@@ -392,7 +392,11 @@ class Artifact:
         from edgerun.quant import dequantize_parts
 
         parts = {p: self.part(name, p) for p in entry["parts"]}
-        return dequantize_parts(entry, parts).astype(dtype, copy=False)
+        try:
+            return dequantize_parts(entry, parts).astype(dtype, copy=False)
+        except ValueError as e:  # parts that do not fit the logical shape / block layout
+            raise CorruptFileError(f"{self.path / MANIFEST}: tensor {name!r} parts do not fit its shape "
+                                   f"{entry['shape']} ({str(e)[:80]}); export again") from None  # fmt: skip
 
     def verify(self) -> None:
         """Check every tensor part's checksum (raises CorruptFileError naming the tensor)."""
