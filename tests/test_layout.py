@@ -18,8 +18,8 @@ ALLOWED = {
     "runtime.models": {"quant", "kernels", "export", "runtime.backends"},
     "runtime.backends": {"quant", "kernels", "export", "runtime.models", "runtime.llm", "runtime.memory"},
     "runtime.memory": {"quant", "runtime.llm"},
-    "runtime.llm": {"quant", "export", "devices", "runtime.backends", "runtime.models", "runtime.memory",
-                    "runtime.store"},
+    "runtime.llm": {"quant", "kernels", "export", "devices", "runtime.backends", "runtime.models",
+                    "runtime.memory", "runtime.store"},  # kernels: the KV cache attends in C
     "runtime.store": {"export"},
     "runtime.audio": {"quant", "kernels", "export", "runtime.models", "runtime.backends", "runtime.llm",
                       "runtime.memory", "runtime.store", "devices"},

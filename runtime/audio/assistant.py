@@ -388,9 +388,17 @@ def load_within_budget(ram, model=None, asr=None, voice=None) -> tuple[object, o
     Returns (llm, asr, tts, report). Raises EdgerunError with the total minimum when `ram` is too small.
     """
     import edgerun
-    from edgerun.runtime.memory import fmt_bytes, parse_budget, peak_rss_bytes, reset_peak_rss, rss_bytes
+    from edgerun.runtime.memory import (
+        fmt_bytes,
+        limit_malloc_arenas,
+        parse_budget,
+        peak_rss_bytes,
+        reset_peak_rss,
+        rss_bytes,
+    )
 
     budget = parse_budget(ram)
+    limit_malloc_arenas()  # the LLM thread's own malloc arena would hold freed pages outside the plan
     base = rss_bytes()
     exact_peak = reset_peak_rss()  # the kernel's high-water mark from here, where the system allows it
     asr, tts = speech_recognizer(asr), voice_of(voice)

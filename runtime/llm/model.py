@@ -22,7 +22,15 @@ from edgerun.export.artifact import Artifact
 from edgerun.runtime.llm.kv_cache import SinkWindowKVCache
 from edgerun.runtime.llm.sampling import Sampler, SamplingParams
 from edgerun.runtime.llm.tokenizer import StreamDecoder, Tokenizer
-from edgerun.runtime.memory import AttnLayer, ModelFootprint, kv_specs, peak_rss_bytes, plan_memory, rss_bytes
+from edgerun.runtime.memory import (
+    AttnLayer,
+    ModelFootprint,
+    kv_specs,
+    limit_malloc_arenas,
+    peak_rss_bytes,
+    plan_memory,
+    rss_bytes,
+)
 from edgerun.runtime.models import get_model_class
 
 
@@ -160,6 +168,7 @@ class LLM:
         self.footprint.load_peak = self.load_peak_rss if count_tokenizer else 0
         p = self.profile
         if self.budgeted:
+            limit_malloc_arenas()
             self.plan = plan_memory(ram, self.footprint, kv_bits=p.kv_bits if kv_bits is None else kv_bits,
                                     kv_window=kv_window, kv_sinks=kv_sinks, prefill_chunk=prefill_chunk,
                                     max_window=p.kv_window, prefetch_buffers=p.prefetch_layers)  # fmt: skip
@@ -273,7 +282,9 @@ class LLM:
                 token = sampler(logits)
                 t_decode += time.perf_counter() - t1
         finally:
-            self._kept = (fed, cache) if reuse_prefix else None
+            # kept only where it can be reused: a cache without truncate (the budgeted sink + window ring) would
+            # sit beside the next call's new one and double the KV memory
+            self._kept = (fed, cache) if reuse_prefix and hasattr(cache, "truncate") else None
 
     def _cache_for(self, ids: list[int], reuse: bool):
         """(cache, n): the cache kept by the last `reuse_prefix` call truncated to the n tokens it shares with
@@ -287,6 +298,7 @@ class LLM:
             if n:
                 cache.truncate(n)
                 return cache, n
+        kept = None  # let the old cache go before the new one is allocated
         return self.new_cache(), 0
 
     def generate(self, prompt: str | list[int], max_tokens: int = 128, **kw) -> str:
