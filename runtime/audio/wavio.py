@@ -66,10 +66,18 @@ def read_audio(path: str) -> tuple[np.ndarray, int]:
         import soundfile as sf
 
         try:
+            info = sf.info(path)
+            if info.format in ("WAV", "WAVEX", "AIFF") and info.subtype.startswith(("PCM", "FLOAT", "DOUBLE")) \
+                    and info.frames * info.channels > os.path.getsize(path):  # uncompressed: >= 1 byte a sample
+                raise EdgerunError(f"'{path}': its header claims {info.frames} frames but the file holds "
+                                   f"{os.path.getsize(path)} bytes; the file is truncated or corrupt")
             x, sr = sf.read(path, dtype="float32", always_2d=False)
         except (sf.LibsndfileError, RuntimeError) as e:
             raise EdgerunError(f"'{path}' is not a readable audio file ({str(e).splitlines()[0]}); "
                                "give a WAV, FLAC or OGG file") from None
+        except MemoryError:  # a compressed file whose header claims more audio than memory holds
+            raise EdgerunError(f"'{path}': its header claims more audio than fits in memory; "
+                               "the file is corrupt") from None
     except ImportError:  # pragma: no cover - soundfile is optional: plain WAV through the stdlib
         x, sr = _read_wav_stdlib(path)
     check_rate(sr)

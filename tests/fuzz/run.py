@@ -111,7 +111,7 @@ def run_atheris(target: str, seconds: float, runs: int) -> dict:
         reg.mkdir(parents=True, exist_ok=True)
         args = [sys.executable, str(HERE / "atheris_main.py"), target, f"-max_total_time={int(seconds)}",
                 f"-runs={runs}", "-rss_limit_mb=4096", f"-artifact_prefix={reg}/", "-print_final_stats=1",
-                "-timeout=30", corpus]  # fmt: skip
+                "-timeout=30", "-seed=1", corpus]  # fmt: skip  (seeded: the same mutations every run)
         t0 = time.time()
         out = subprocess.run(args, capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"})
         log = out.stdout + out.stderr
