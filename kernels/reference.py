@@ -374,17 +374,43 @@ def ggml_error_bound(w: QuantizedTensor, x: np.ndarray, wf: np.ndarray | None = 
     return d @ np.abs((ggml_dequantize(w) if wf is None else wf).astype(np.float64)).T
 
 
+KV_QMAX = 16383  # kv_attention.c (er_kv.h): the decode's 15-bit query codes
+
+
+def kivi_query_scores(q: np.ndarray, codes: np.ndarray, s: np.ndarray, m: np.ndarray, bits: int,
+                      scale: float) -> np.ndarray:
+    """The decode's scores of one quantized key group (er_kv_ops q_prep + qk_codes, kernels/src/er_kv.h), float64.
+
+    q (H, D) float32 queries, codes (n, D) uint8, s / m (D,) float32 key scales / mins. Each head's q' = (q * scale)
+    * s is rounded to integers qi = rint(q' * KV_QMAX / max|q'|) (float32 arithmetic, as C), then
+    score = max|q'| / KV_QMAX * sum qi (code - 2^(bits-1)) + sum (q * scale) m + 2^(bits-1) sum q'. -> (H, n).
+    """
+    qs = q.astype(np.float32) * np.float32(scale)
+    qp = qs * s.astype(np.float32)  # (H, D)
+    mx = np.abs(qp).max(axis=1, keepdims=True)
+    inv = np.where(mx > 0, np.float32(KV_QMAX) / np.where(mx > 0, mx, 1), 0).astype(np.float32)
+    qi = np.rint(qp * inv).astype(np.int64)
+    zc = 1 << (bits - 1)
+    dot = qi @ (codes.astype(np.int64) - zc).T  # (H, n), exact
+    off = (qs.astype(np.float64) * m.astype(np.float64)).sum(1, keepdims=True) + zc * qp.astype(np.float64).sum(
+        1, keepdims=True)
+    return (mx.astype(np.float64) / KV_QMAX) * dot + off
+
+
 def kivi_attention(lay, q: np.ndarray, k_new: np.ndarray, v_new: np.ndarray, p0: int, scale: float,
-                   softcap: float = 0.0, q_sink: np.ndarray | None = None) -> np.ndarray:
+                   softcap: float = 0.0, q_sink: np.ndarray | None = None, query_codes: bool = False) -> np.ndarray:
     """Reference of ``er_kivi_attention`` over a KIVI cache layer (runtime/llm/kv_cache.py ``_LayerKV``).
 
     Dequantizes every key/value with quant/kv.py, then float64 attention: q (T, H, D) at p0..; query p sees key a
     iff a <= p and (a < sinks or a > p - window); sink keys are scored with q_sink (None: q). -> (T, H, D).
+    query_codes: score the quantized key groups as the C decode (T = 1) does, with the query rounded to 15-bit
+    integers per group (:func:`kivi_query_scores`); False: the exact float scores.
     """
     from edgerun.quant import kv as kvq
 
     t_, h, d = q.shape
     hkv = k_new.shape[0]
+    qscores = []  # query_codes: (H, T, G) scores of each quantized group, in order
     ks, vs, ps, sink = [], [], [], []  # (Hkv, n, D) pieces, positions, sink flags
     ks.append(lay.sink_k.astype(np.float64))
     vs.append(lay.sink_v.astype(np.float64))
@@ -393,10 +419,19 @@ def kivi_attention(lay, q: np.ndarray, k_new: np.ndarray, v_new: np.ndarray, p0:
     for b in range(lay.nb):
         if lay.q_start[b] < 0:
             continue
-        ks.append(kvq.dequantize_keys(lay.qk[b], lay.qk_scale[b], lay.qk_min[b], lay.bits, d).astype(np.float64))
-        vs.append(kvq.dequantize_values(lay.qv[b], lay.qv_scale[b], lay.qv_min[b], lay.bits, d).astype(np.float64))
+        kq = kvq.dequantize_keys(lay.qk[:, b], lay.qk_scale[:, b], lay.qk_min[:, b], lay.bits, d)
+        vq = kvq.dequantize_values(lay.qv[:, b], lay.qv_scale[:, b].transpose(0, 2, 1),
+                                   lay.qv_min[:, b].transpose(0, 2, 1), lay.bits, d)  # fmt: skip
+        ks.append(kq.astype(np.float64))
+        vs.append(vq.astype(np.float64))
         ps.append(lay.q_start[b] + np.arange(lay.G))
         sink.append(np.zeros(lay.G, bool))
+        if query_codes:
+            codes = kvq.unpack(lay.qk[:, b], lay.bits, d)  # (Hkv, G, D)
+            sc = np.stack([kivi_query_scores(q[t].reshape(hkv, h // hkv, d)[j], codes[j], lay.qk_scale[j, b, 0],
+                                             lay.qk_min[j, b, 0], lay.bits, scale)
+                           for j in range(hkv) for t in range(t_)])  # fmt: skip
+            qscores.append(sc.reshape(hkv, t_, h // hkv, -1).transpose(0, 2, 1, 3).reshape(h, t_, -1))
     for kk, vv, pp in ((lay.res_k, lay.res_v, lay.res_pos), (k_new, v_new, p0 + np.arange(t_))):
         ks.append(kk.astype(np.float64))
         vs.append(vv.astype(np.float64))
@@ -408,6 +443,8 @@ def kivi_attention(lay, q: np.ndarray, k_new: np.ndarray, v_new: np.ndarray, p0:
     qs = q if q_sink is None else q_sink
     s = np.where(sk[None, None, :], np.einsum("thd,hjd->htj", qs.astype(np.float64), kk),
                  np.einsum("thd,hjd->htj", q.astype(np.float64), kk)) * scale  # (H, T, n)
+    if qscores:
+        s[:, :, lay.S : lay.S + sum(x.shape[-1] for x in qscores)] = np.concatenate(qscores, -1)
     if softcap > 0:
         s = softcap * np.tanh(s / softcap)
     qp = p0 + np.arange(t_)[:, None]

@@ -70,15 +70,69 @@ static void deq_keys_scalar(const uint8_t *packed, int bits, int64_t pb, const f
 
 static void deq_values_scalar(const uint8_t *packed, int bits, int64_t pb, const uint16_t *vs, const uint16_t *vm,
                               int64_t vg, int64_t n, int64_t d, float *dst) {
-    const int64_t nvg = d / vg;
     for (int64_t j = 0; j < n; j++)
         for (int64_t i = 0; i < d; i++)
-            dst[j * d + i] = (float)code_at(packed + j * pb, bits, i) * er_f16_to_f32(vs[j * nvg + i / vg]) +
-                             er_f16_to_f32(vm[j * nvg + i / vg]);
+            dst[j * d + i] = (float)code_at(packed + j * pb, bits, i) * er_f16_to_f32(vs[(i / vg) * n + j]) +
+                             er_f16_to_f32(vm[(i / vg) * n + j]);
 }
 
-static const er_kv_ops kv_ops_scalar = {qk_scalar,    pv_scalar,      exp_sum_scalar,
-                                        scale_scalar, f16_row_scalar, deq_keys_scalar, deq_values_scalar};
+/* every ISA's q_prep rounds the same products the same way: the same qi */
+static void q_prep_scalar(const float *q, int64_t gq, int64_t d, const float *s, const float *m, int bits, int16_t *qi,
+                          er_kv_qg *qg) {
+    const float zc = (float)(1 << (bits - 1));
+    for (int64_t g = 0; g < gq; g++) {
+        const float *qh = q + g * d;
+        float mx = 0.0f, sq = 0.0f, sm = 0.0f;
+        for (int64_t i = 0; i < d; i++) {
+            const float v = qh[i] * s[i];
+            mx = fabsf(v) > mx ? fabsf(v) : mx;
+            sq += v;
+            sm += qh[i] * m[i];
+        }
+        const float inv = mx > 0.0f ? (float)KV_QMAX / mx : 0.0f;
+        int32_t zs = 0;
+        for (int64_t i = 0; i < d; i++) {
+            const int v = (int)rintf(qh[i] * s[i] * inv);
+            qi[g * d + i] = (int16_t)v;
+            zs += v;
+        }
+        qg[g].d = mx / (float)KV_QMAX;
+        qg[g].off = sm + zc * sq;
+        qg[g].zsum = (1 << (bits - 1)) * zs;
+    }
+}
+
+static void qk_codes_scalar(const int16_t *qi, const er_kv_qg *qg, int64_t gq, const uint8_t *packed, int bits,
+                            int64_t pb, int64_t n, int64_t d, float *sc, int64_t ss) {
+    const int zc = 1 << (bits - 1);
+    for (int64_t g = 0; g < gq; g++)
+        for (int64_t j = 0; j < n; j++) {
+            int32_t acc = 0;
+            for (int64_t i = 0; i < d; i++) acc += (int32_t)qi[g * d + i] * (code_at(packed + j * pb, bits, i) - zc);
+            sc[g * ss + j] = qg[g].d * (float)acc + qg[g].off;
+        }
+}
+
+static void pv_codes_scalar(float *o, int64_t gq, const float *p, int64_t ps, const uint8_t *packed, int bits,
+                            int64_t pb, const float *vs, const float *vm, int64_t vg, int64_t n, int64_t d) {
+    for (int64_t g = 0; g < gq; g++)
+        for (int64_t j = 0; j < n; j++) {
+            const float pj = p[g * ps + j];
+            if (pj == 0.0f) continue; /* masked */
+            for (int64_t i = 0; i < d; i++)
+                o[g * d + i] += pj * ((float)code_at(packed + j * pb, bits, i) * vs[(i / vg) * n + j] + vm[(i / vg) * n + j]);
+        }
+}
+
+static float vmax_scalar(const float *s, int64_t n, float m) {
+    for (int64_t j = 0; j < n; j++) m = s[j] > m ? s[j] : m;
+    return m;
+}
+
+static const er_kv_ops kv_ops_scalar = {qk_scalar,       pv_scalar,         exp_sum_scalar, scale_scalar,
+                                        f16_row_scalar,  deq_keys_scalar,   deq_values_scalar,
+                                        q_prep_scalar,   qk_codes_scalar,   pv_codes_scalar,
+                                        vmax_scalar};
 
 /* ---- AVX2 ops -------------------------------------------------------------------------------------- */
 #if ER_X86
@@ -232,7 +286,7 @@ ER_AVX2 static void deq_values_avx2(const uint8_t *packed, int bits, int64_t pb,
         for (int64_t g = 0; g < nvg; g++) {
             const uint8_t *row = packed + j * pb + g * gb;
             float *o = dst + j * d + g * vg;
-            const float sf = er_f16_to_f32(vs[j * nvg + g]), mf = er_f16_to_f32(vm[j * nvg + g]);
+            const float sf = er_f16_to_f32(vs[g * n + j]), mf = er_f16_to_f32(vm[g * n + j]);
             const __m256 sv = _mm256_set1_ps(sf), mv = _mm256_set1_ps(mf);
             int64_t i = 0;
             for (; i + 16 <= vg; i += 16) {
@@ -246,8 +300,176 @@ ER_AVX2 static void deq_values_avx2(const uint8_t *packed, int bits, int64_t pb,
         }
 }
 
-static const er_kv_ops kv_ops_avx2 = {qk_avx2,    pv_avx2,      exp_sum_avx2,
-                                      scale_avx2, f16_row_avx2, deq_keys_avx2, deq_values_avx2};
+ER_AVX2 static void q_prep_avx2(const float *q, int64_t gq, int64_t d, const float *s, const float *m, int bits,
+                                int16_t *qi, er_kv_qg *qg) {
+    if (d % 8) {
+        q_prep_scalar(q, gq, d, s, m, bits, qi, qg);
+        return;
+    }
+    const float zc = (float)(1 << (bits - 1));
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    for (int64_t g = 0; g < gq; g++) {
+        const float *qh = q + g * d;
+        __m256 mx = _mm256_setzero_ps(), sq = mx, sm = mx;
+        for (int64_t i = 0; i < d; i += 8) {
+            const __m256 qv = _mm256_loadu_ps(qh + i), v = _mm256_mul_ps(qv, _mm256_loadu_ps(s + i));
+            mx = _mm256_max_ps(mx, _mm256_andnot_ps(sign, v));
+            sq = _mm256_add_ps(sq, v);
+            sm = _mm256_fmadd_ps(qv, _mm256_loadu_ps(m + i), sm);
+        }
+        __m128 h = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+        h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+        const float mxs = _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
+        const float inv = mxs > 0.0f ? (float)KV_QMAX / mxs : 0.0f;
+        const __m256 iv = _mm256_set1_ps(inv);
+        __m256i zs = _mm256_setzero_si256();
+        for (int64_t i = 0; i < d; i += 8) {
+            const __m256 v = _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(qh + i), _mm256_loadu_ps(s + i)), iv);
+            const __m256i r = _mm256_cvtps_epi32(v); /* round to nearest even, as rintf */
+            zs = _mm256_add_epi32(zs, r);
+            _mm_storeu_si128((__m128i *)(qi + g * d + i),
+                             _mm_packs_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1)));
+        }
+        __m128i z = _mm_add_epi32(_mm256_castsi256_si128(zs), _mm256_extracti128_si256(zs, 1));
+        z = _mm_add_epi32(z, _mm_shuffle_epi32(z, 0x4e));
+        z = _mm_add_epi32(z, _mm_shuffle_epi32(z, 0xb1));
+        qg[g].d = mxs / (float)KV_QMAX;
+        qg[g].off = kv_hsum8(sm) + zc * kv_hsum8(sq);
+        qg[g].zsum = (1 << (bits - 1)) * _mm_cvtsi128_si32(z);
+    }
+}
+
+/* sum_i qi[i] * code_i of one row as 8 int32 partial sums: codes widened to 16 bits, madd with the int16 query */
+ER_AVX2 static inline __attribute__((always_inline)) __m256i dot_row_avx2(const int16_t *qi, const uint8_t *row,
+                                                                         int bits, int64_t d) {
+    __m256i acc = _mm256_setzero_si256();
+    for (int64_t i = 0; i < d; i += 16) {
+        const __m256i c = _mm256_cvtepu8_epi16(bits == 8 ? _mm_loadu_si128((const __m128i *)(row + i))
+                                                         : codes16_avx2(row, bits, i));
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(c, _mm256_loadu_si256((const __m256i *)(qi + i))));
+    }
+    return acc;
+}
+
+ER_AVX2 static inline __attribute__((always_inline)) void qk_codes_avx2_b(const int16_t *qi, const er_kv_qg *qg,
+        int64_t gq, const uint8_t *packed, const int bits, int64_t pb, int64_t n, const int64_t d, float *sc,
+        int64_t ss) {  /* bits and d constant where inlined */
+    for (int64_t g = 0; g < gq; g++) {
+        const int16_t *q = qi + g * d;
+        const __m256 dv = _mm256_set1_ps(qg[g].d), ov = _mm256_set1_ps(qg[g].off);
+        const __m256i zs = _mm256_set1_epi32(qg[g].zsum);
+        int64_t j = 0;
+        for (; j + 8 <= n; j += 8) { /* 8 rows, their sums reduced together */
+            __m256i a[8];
+            for (int r = 0; r < 8; r++) a[r] = dot_row_avx2(q, packed + (j + r) * pb, bits, d);
+            const __m256i h0 = _mm256_hadd_epi32(_mm256_hadd_epi32(a[0], a[1]), _mm256_hadd_epi32(a[2], a[3]));
+            const __m256i h1 = _mm256_hadd_epi32(_mm256_hadd_epi32(a[4], a[5]), _mm256_hadd_epi32(a[6], a[7]));
+            const __m256i t = _mm256_add_epi32(_mm256_permute2x128_si256(h0, h1, 0x20),
+                                               _mm256_permute2x128_si256(h0, h1, 0x31));
+            _mm256_storeu_ps(sc + g * ss + j, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(t, zs)), dv, ov));
+        }
+        for (; j < n; j++) {
+            const __m256i a = dot_row_avx2(q, packed + j * pb, bits, d);
+            __m128i z = _mm_add_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
+            z = _mm_add_epi32(z, _mm_shuffle_epi32(z, 0x4e));
+            z = _mm_add_epi32(z, _mm_shuffle_epi32(z, 0xb1));
+            const int32_t t = _mm_cvtsi128_si32(z) - qg[g].zsum;
+            sc[g * ss + j] = qg[g].d * (float)t + qg[g].off;
+        }
+    }
+}
+
+ER_AVX2 static void qk_codes_avx2(const int16_t *qi, const er_kv_qg *qg, int64_t gq, const uint8_t *packed, int bits,
+                                  int64_t pb, int64_t n, int64_t d, float *sc, int64_t ss) {
+    if (d % 16) {
+        qk_codes_scalar(qi, qg, gq, packed, bits, pb, n, d, sc, ss);
+        return;
+    }
+#define KV_QK(B)                                                                        \
+    if (d == 64) qk_codes_avx2_b(qi, qg, gq, packed, B, pb, n, 64, sc, ss);            \
+    else if (d == 128) qk_codes_avx2_b(qi, qg, gq, packed, B, pb, n, 128, sc, ss);     \
+    else qk_codes_avx2_b(qi, qg, gq, packed, B, pb, n, d, sc, ss);
+    if (bits == 8) { KV_QK(8) }
+    else if (bits == 4) { KV_QK(4) }
+    else { KV_QK(2) }
+#undef KV_QK
+}
+
+#define KV_PVH 4 /* query heads accumulated together by pv_codes_avx2 */
+
+/* NH heads' 16 outputs at channel i0: o += sum_j w[h][j] * code_j (codes made f32 once for the NH heads) */
+ER_AVX2 static inline void pv16_avx2(float *o, int64_t d, const float *w, int64_t wstride, int NH,
+                                     const uint8_t *packed, int bits, int64_t pb, int64_t n, int64_t i0) {
+    __m256 a[KV_PVH][2];
+    for (int h = 0; h < NH; h++) a[h][0] = _mm256_loadu_ps(o + h * d + i0), a[h][1] = _mm256_loadu_ps(o + h * d + i0 + 8);
+    for (int64_t j = 0; j < n; j++) {
+        const __m128i c = codes16_avx2(packed + j * pb, bits, i0);
+        const __m256 lo = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(c));
+        const __m256 hi = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(c, 8)));
+        for (int h = 0; h < NH; h++) {
+            const __m256 wv = _mm256_broadcast_ss(w + h * wstride + j);
+            a[h][0] = _mm256_fmadd_ps(wv, lo, a[h][0]);
+            a[h][1] = _mm256_fmadd_ps(wv, hi, a[h][1]);
+        }
+    }
+    for (int h = 0; h < NH; h++) _mm256_storeu_ps(o + h * d + i0, a[h][0]), _mm256_storeu_ps(o + h * d + i0 + 8, a[h][1]);
+}
+
+ER_AVX2 static void pv_codes_avx2(float *o, int64_t gq, const float *p, int64_t ps, const uint8_t *packed, int bits,
+                                  int64_t pb, const float *vs, const float *vm, int64_t vg, int64_t n, int64_t d) {
+    const int64_t nvg = d / vg;
+    if (d % 16 || vg % 16 || n > KV_TILE) {
+        pv_codes_scalar(o, gq, p, ps, packed, bits, pb, vs, vm, vg, n, d);
+        return;
+    }
+    float w[KV_PVH * KV_TILE]; /* p_j * vs_j of the heads of a block, one channel group */
+    for (int64_t h0 = 0; h0 < gq; h0 += KV_PVH) {
+        const int NH = gq - h0 < KV_PVH ? (int)(gq - h0) : KV_PVH;
+        for (int64_t cg = 0; cg < nvg; cg++) {
+            const float *vsg = vs + cg * n, *vmg = vm + cg * n;
+            for (int h = 0; h < NH; h++) { /* the mins: sum_j p_j vm_j added to the group's channels */
+                const float *ph = p + (h0 + h) * ps;
+                __m256 bacc = _mm256_setzero_ps();
+                int64_t j = 0;
+                for (; j + 8 <= n; j += 8) {
+                    const __m256 pv = _mm256_loadu_ps(ph + j);
+                    _mm256_storeu_ps(w + h * KV_TILE + j, _mm256_mul_ps(pv, _mm256_loadu_ps(vsg + j)));
+                    bacc = _mm256_fmadd_ps(pv, _mm256_loadu_ps(vmg + j), bacc);
+                }
+                float b = kv_hsum8(bacc);
+                for (; j < n; j++) {
+                    w[h * KV_TILE + j] = ph[j] * vsg[j];
+                    b += ph[j] * vmg[j];
+                }
+                float *oh = o + (h0 + h) * d + cg * vg;
+                const __m256 bv = _mm256_set1_ps(b);
+                for (int64_t i = 0; i < vg; i += 8) _mm256_storeu_ps(oh + i, _mm256_add_ps(_mm256_loadu_ps(oh + i), bv));
+            }
+            for (int64_t i0 = cg * vg; i0 < (cg + 1) * vg; i0 += 16) switch (NH) { /* constant head counts: registers */
+                case 1: pv16_avx2(o + h0 * d, d, w, KV_TILE, 1, packed, bits, pb, n, i0); break;
+                case 2: pv16_avx2(o + h0 * d, d, w, KV_TILE, 2, packed, bits, pb, n, i0); break;
+                case 3: pv16_avx2(o + h0 * d, d, w, KV_TILE, 3, packed, bits, pb, n, i0); break;
+                default: pv16_avx2(o + h0 * d, d, w, KV_TILE, 4, packed, bits, pb, n, i0); break;
+            }
+        }
+    }
+}
+
+ER_AVX2 static float vmax_avx2(const float *s, int64_t n, float m) {
+    __m256 a = _mm256_set1_ps(m);
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8) a = _mm256_max_ps(a, _mm256_loadu_ps(s + j));
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    m = _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
+    for (; j < n; j++) m = s[j] > m ? s[j] : m;
+    return m;
+}
+
+static const er_kv_ops kv_ops_avx2 = {qk_avx2,         pv_avx2,         exp_sum_avx2, scale_avx2,
+                                      f16_row_avx2,    deq_keys_avx2,   deq_values_avx2,
+                                      q_prep_avx2,     qk_codes_avx2,   pv_codes_avx2,
+                                      vmax_avx2};
 #endif
 
 static const er_kv_ops *kv_ops_for(int isa) {
@@ -313,7 +535,7 @@ static int64_t seg_info(const kv_ctx *x, int64_t si, int64_t *pos, int *sink) {
 static const float *seg_rows(const kv_ctx *x, int64_t si, int64_t h, int v, int64_t n, float *tile, float *sm) {
     const er_kivi *c = x->c;
     const er_kv_ops *ops = x->ops;
-    const int64_t nb = c->n_blocks, G = c->group, hd = x->hd, nkv = c->n_kv_heads;
+    const int64_t nb = c->n_blocks, G = c->group, hd = x->hd;
     if (si == 0) { /* f16 ring: the sink values are the first rows of the [sinks | ring] block */
         const uint16_t *src = v && c->bits == 16 ? c->ring_v + h * c->ring_stride * hd : (v ? c->sink_v : c->sink_k) + h * c->sinks * hd;
         ops->f16_row(src, tile, n * hd);
@@ -329,7 +551,7 @@ static const float *seg_rows(const kv_ctx *x, int64_t si, int64_t h, int v, int6
         return tile;
     }
     if (si > nb + 1) return (v ? x->vn : x->kn) + (h * x->T + (si - nb - 2) * KV_TILE) * hd;
-    const int64_t b = si - 1, pb = hd * c->bits / 8, gh = b * nkv + h;
+    const int64_t b = si - 1, pb = hd * c->bits / 8, gh = h * nb + b; /* (n_kv, nb, ...): one head's groups in a row */
     const uint8_t *base = (v ? c->qv : c->qk) + gh * G * pb;
     if (!v) { /* keys: (scale, min) per channel of the group */
         ops->f16_row(c->qk_scale + gh * hd, sm, hd);
@@ -423,6 +645,105 @@ static void kv_task(void *vc, int64_t start, int64_t end, int tid) {
     }
 }
 
+/* Decode (T = 1): one item = (kv head, chunk of segments). Two passes over the chunk: every score first (quantized
+ * key groups straight from the codes: the query heads, scaled, times the group's channel scales, quantized to int8,
+ * integer dot products with the codes), one softmax over the chunk, then the values (quantized groups accumulated
+ * from the codes, the per-token scale folded into the weight). No dequantized copy of a quantized group is made. */
+static void kv_task_decode(void *vc, int64_t start, int64_t end, int tid) {
+    const kv_ctx *x = (const kv_ctx *)vc;
+    const er_kivi *c = x->c;
+    const er_kv_ops *ops = x->ops;
+    const int64_t hd = x->hd, gq = x->gq, nkv = c->n_kv_heads, S = c->sinks, W = c->window, nb = c->n_blocks;
+    const int64_t G = c->group, L = x->per_chunk * KV_TILE, p = x->p0, pb = hd * c->bits / 8;
+    const int64_t nvg = c->bits < 16 ? hd / c->vgroup : 1;
+    float *tile = x->scratch + (int64_t)tid * x->scratch_per_thread; /* (KV_TILE, hd) f32 rows */
+    float *sm = tile + KV_TILE * hd;                                 /* (2, hd) key scale / min */
+    float *vsm = sm + 2 * hd;                                        /* (2, KV_TILE, nvg) value scale / min */
+    float *qsc = vsm + 2 * KV_TILE * nvg, *qss = qsc + gq * hd;      /* the scaled queries (gq, hd) */
+    float *sc = qss + gq * hd;                                       /* (gq, L) scores, then weights */
+    int64_t *seg = (int64_t *)(sc + gq * L);                         /* (per_chunk, 2) offset and length */
+    er_kv_qg *qg = (er_kv_qg *)(seg + 2 * x->per_chunk);
+    int16_t *qi = (int16_t *)(qg + gq);
+    int64_t pos[KV_TILE];
+    unsigned char vis[KV_TILE];
+    float mx[KV_MAXG];
+    for (int64_t it = start; it < end; it++) {
+        const int64_t chunk = it % x->n_chunks, h = (it / x->n_chunks) % nkv;
+        float *m = x->part + it * gq * (hd + 2), *l = m + gq, *o = l + gq;
+        for (int64_t i = 0; i < gq * hd; i++) {
+            qsc[i] = x->q[h * gq * hd + i] * x->scale;
+            if (x->qs) qss[i] = x->qs[h * gq * hd + i] * x->scale;
+        }
+        for (int64_t g = 0; g < gq; g++) mx[g] = -INFINITY;
+        const int64_t s0 = chunk * x->per_chunk, s1 = s0 + x->per_chunk < x->nsegs ? s0 + x->per_chunk : x->nsegs;
+        int64_t off = 0;
+        for (int64_t si = s0; si < s1; si++) { /* pass 1: scores */
+            int sink;
+            int64_t *sg = seg + 2 * (si - s0);
+            sg[1] = 0;
+            const int64_t n = seg_info(x, si, pos, &sink);
+            int64_t nvis = 0;
+            for (int64_t j = 0; j < n; j++) {
+                const int64_t a = pos[j];
+                vis[j] = a >= 0 && a <= p && (a < S || a > p - W);
+                nvis += vis[j];
+            }
+            if (!nvis) continue;
+            if (c->bits < 16 && si >= 1 && si <= nb) {
+                const int64_t gh = h * nb + si - 1;
+                ops->f16_row(c->qk_scale + gh * hd, sm, hd);
+                ops->f16_row(c->qk_min + gh * hd, sm + hd, hd);
+                ops->q_prep(qsc, gq, hd, sm, sm + hd, c->bits, qi, qg);
+                ops->qk_codes(qi, qg, gq, c->qk + gh * G * pb, c->bits, pb, n, hd, sc + off, L);
+            } else {
+                const float *kr = seg_rows(x, si, h, 0, n, tile, sm), *qq = sink && x->qs ? qss : qsc;
+                for (int64_t g = 0; g < gq; g++) ops->qk(qq + g * hd, kr, n, hd, sc + g * L + off);
+            }
+            if (nvis == n && !(x->softcap > 0.0f)) /* the common case: nothing masked */
+                for (int64_t g = 0; g < gq; g++) mx[g] = ops->vmax(sc + g * L + off, n, mx[g]);
+            else
+            for (int64_t g = 0; g < gq; g++) {
+                float *s = sc + g * L + off, mg = mx[g];
+                for (int64_t j = 0; j < n; j++) {
+                    float v = s[j];
+                    if (x->softcap > 0.0f) v = x->softcap * tanhf(v / x->softcap);
+                    v = vis[j] ? v : -INFINITY;
+                    s[j] = v;
+                    mg = v > mg ? v : mg;
+                }
+                mx[g] = mg;
+            }
+            sg[0] = off, sg[1] = n;
+            off += n;
+        }
+        memset(o, 0, sizeof(float) * (size_t)(gq * hd));
+        for (int64_t g = 0; g < gq; g++) m[g] = mx[g], l[g] = 0.0f;
+        if (off) {
+            for (int64_t g = 0; g < gq; g++) l[g] = ops->exp_sum(sc + g * L, off, mx[g]);
+            for (int64_t si = s0; si < s1; si++) { /* pass 2: values */
+                const int64_t *sg = seg + 2 * (si - s0), n = sg[1];
+                if (!n) continue;
+                if (c->bits < 16 && si >= 1 && si <= nb) {
+                    const int64_t gh = h * nb + si - 1;
+                    ops->f16_row(c->qv_scale + gh * G * nvg, vsm, n * nvg); /* (nvg, G) */
+                    ops->f16_row(c->qv_min + gh * G * nvg, vsm + n * nvg, n * nvg);
+                    ops->pv_codes(o, gq, sc + sg[0], L, c->qv + gh * G * pb, c->bits, pb, vsm, vsm + n * nvg, c->vgroup,
+                                  n, hd);
+                } else {
+                    const float *vr = seg_rows(x, si, h, 1, n, tile, sm);
+                    for (int64_t g = 0; g < gq; g++) ops->pv(o + g * hd, sc + g * L + sg[0], vr, n, hd);
+                }
+            }
+        }
+        if (x->n_chunks == 1)
+            for (int64_t g = 0; g < gq; g++) {
+                float *dst = x->out + (h * gq + g) * hd;
+                const float inv = l[g] > 0.0f ? 1.0f / l[g] : 0.0f;
+                for (int64_t i = 0; i < hd; i++) dst[i] = o[g * hd + i] * inv;
+            }
+    }
+}
+
 static int kivi_check(const er_kivi *c) {
     if (c && c->bits == 16) /* the f16 [sinks | ring] layout (attention only) */
         return c->n_kv_heads < 1 || c->head_dim < 1 || c->sinks < 0 || c->sinks > KV_TILE || c->window < 1 ||
@@ -460,11 +781,14 @@ int er_kivi_attention(const er_kivi *c, const float *q, const float *q_sink, con
     x.per_chunk = (x.nsegs + x.n_chunks - 1) / x.n_chunks;
     const int64_t items = nqb * nkv * x.n_chunks, rows = x.qb * gq;
     x.scratch_per_thread = KV_TILE * hd + 2 * hd + rows * KV_TILE + 16;
+    if (T == 1) /* kv_task_decode's layout */
+        x.scratch_per_thread = KV_TILE * hd + 2 * hd + 2 * KV_TILE * hd + 2 * gq * hd + gq * x.per_chunk * KV_TILE +
+                               4 * x.per_chunk + 3 * gq + (gq * hd + 1) / 2 + 16;
     x.part = (float *)malloc(sizeof(float) * (size_t)(items * rows * (hd + 2) + nt * x.scratch_per_thread));
     if (!x.part) return -3;
     x.scratch = x.part + items * rows * (hd + 2);
     const int64_t work = ((int64_t)c->n_blocks * c->group + T) * hd * gq * T;
-    er_parallel_for(items, work >= 16384 ? 1 : items, kv_task, &x);
+    er_parallel_for(items, work >= 16384 ? 1 : items, T == 1 ? kv_task_decode : kv_task, &x);
     if (x.n_chunks > 1) /* merge the chunks' partial softmaxes: o = sum o_c e^(m_c - M) / sum l_c e^(m_c - M) */
         for (int64_t ib = 0; ib < nqb * nkv; ib++) {
             const int64_t tb = ib / nkv, h = ib % nkv, t0 = tb * x.qb, ntq = T - t0 < x.qb ? T - t0 : x.qb;
@@ -528,11 +852,12 @@ static void pack_codes(const uint8_t *codes, int64_t n, int bits, uint8_t *dst) 
 /* the full residual -> ring group b (keys per channel over the G tokens, values per token and channel group) */
 static int flush_group(const er_kivi *c, int64_t b) {
     const int64_t G = c->group, hd = c->head_dim, nkv = c->n_kv_heads, pb = hd * c->bits / 8, vg = c->vgroup;
+    const int64_t nb = c->n_blocks;
     const int bits = c->bits;
     uint8_t *codes = (uint8_t *)malloc((size_t)(G * hd));
     if (!codes) return -3;
     for (int64_t h = 0; h < nkv; h++) {
-        const int64_t gh = b * nkv + h;
+        const int64_t gh = h * nb + b; /* (n_kv, nb, ...): one head's groups in a row */
         const uint16_t *rk = c->res_k + h * G * hd, *rv = c->res_v + h * G * hd;
         uint8_t col[KV_TILE];
         for (int64_t ch = 0; ch < hd; ch++) {
@@ -540,9 +865,10 @@ static int flush_group(const er_kivi *c, int64_t b) {
             for (int64_t j = 0; j < G; j++) codes[j * hd + ch] = col[j];
         }
         for (int64_t j = 0; j < G; j++) pack_codes(codes + j * hd, hd, bits, c->qk + (gh * G + j) * pb);
-        for (int64_t j = 0; j < G; j++) {
-            uint16_t *vs = c->qv_scale + (gh * G + j) * (hd / vg), *vm = c->qv_min + (gh * G + j) * (hd / vg);
-            for (int64_t g = 0; g < hd / vg; g++) quant_f16(rv + j * hd + g * vg, vg, 1, bits, codes + g * vg, vs + g, vm + g);
+        for (int64_t j = 0; j < G; j++) { /* value scale/min (hd / vg, G) per group */
+            uint16_t *vs = c->qv_scale + gh * G * (hd / vg) + j, *vm = c->qv_min + gh * G * (hd / vg) + j;
+            for (int64_t g = 0; g < hd / vg; g++)
+                quant_f16(rv + j * hd + g * vg, vg, 1, bits, codes + g * vg, vs + g * G, vm + g * G);
             pack_codes(codes, hd, bits, c->qv + (gh * G + j) * pb);
         }
     }

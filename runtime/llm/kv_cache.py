@@ -115,12 +115,15 @@ class _LayerKV:
         self.res_v = _alloc((n_kv, g, hd), np.float16)
         self.res_pos = np.full(g, -1, np.int64)
         pb = hd * bits // 8
-        self.qk = _alloc((self.nb, n_kv, g, pb), np.uint8)  # (nb, n_kv, G, hd*bits/8)
-        self.qk_scale = _alloc((self.nb, n_kv, 1, hd), np.float16)
-        self.qk_min = _alloc((self.nb, n_kv, 1, hd), np.float16)
-        self.qv = _alloc((self.nb, n_kv, g, pb), np.uint8)
-        self.qv_scale = _alloc((self.nb, n_kv, g, hd // self.vgroup), np.float16)
-        self.qv_min = _alloc((self.nb, n_kv, g, hd // self.vgroup), np.float16)
+        # group b of kv head h at [h, b]: a head's groups follow each other (the C decode streams them in order)
+        self.qk = _alloc((n_kv, self.nb, g, pb), np.uint8)  # (n_kv, nb, G, hd*bits/8)
+        self.qk_scale = _alloc((n_kv, self.nb, 1, hd), np.float16)
+        self.qk_min = _alloc((n_kv, self.nb, 1, hd), np.float16)
+        self.qv = _alloc((n_kv, self.nb, g, pb), np.uint8)
+        # value scales/mins per channel group then token (n_kv, nb, hd/vgroup, G): the C decode reads a channel
+        # group's G scales contiguously (quantize_values' (n_kv, G, hd/vgroup), transposed)
+        self.qv_scale = _alloc((n_kv, self.nb, hd // self.vgroup, g), np.float16)
+        self.qv_min = _alloc((n_kv, self.nb, hd // self.vgroup, g), np.float16)
         self.q_start = np.full(self.nb, -1, np.int64)  # (nb,) first position of each group's G tokens
         self._kivi = None  # the C view of these buffers (built on first use, see `kivi`)
 
@@ -237,9 +240,9 @@ class _LayerKV:
     def _flush(self, group_index: int) -> None:
         b = group_index % self.nb
         codes, sc, mn = kvq.quantize_keys(self.res_k, self.bits)
-        self.qk[b], self.qk_scale[b], self.qk_min[b] = codes, sc, mn
+        self.qk[:, b], self.qk_scale[:, b], self.qk_min[:, b] = codes, sc, mn
         codes, sc, mn = kvq.quantize_values(self.res_v, self.bits, self.vgroup)
-        self.qv[b], self.qv_scale[b], self.qv_min[b] = codes, sc, mn
+        self.qv[:, b], self.qv_scale[:, b], self.qv_min[:, b] = codes, sc.transpose(0, 2, 1), mn.transpose(0, 2, 1)
         self.q_start[b] = self.res_pos[0]
         self.res_pos.fill(-1)
 
@@ -260,8 +263,10 @@ class _LayerKV:
         for b in range(self.nb):
             if self.q_start[b] < 0:
                 continue
-            kvq.dequantize_keys(self.qk[b], self.qk_scale[b], self.qk_min[b], self.bits, hd, out=kall[:, o : o + g])
-            kvq.dequantize_values(self.qv[b], self.qv_scale[b], self.qv_min[b], self.bits, hd, out=vall[:, o : o + g])
+            kvq.dequantize_keys(self.qk[:, b], self.qk_scale[:, b], self.qk_min[:, b], self.bits, hd,
+                                out=kall[:, o : o + g])  # fmt: skip
+            vs, vm = self.qv_scale[:, b].transpose(0, 2, 1), self.qv_min[:, b].transpose(0, 2, 1)
+            kvq.dequantize_values(self.qv[:, b], vs, vm, self.bits, hd, out=vall[:, o : o + g])
             pall[o : o + g] = self.q_start[b] + np.arange(g)
             o += g
         return o
