@@ -379,10 +379,58 @@ ER_AVX2 static inline __attribute__((always_inline)) void qk_codes_avx2_b(const 
     }
 }
 
+/* sum_i qi[i] * c[i] of one row of codes already widened to int16 */
+ER_AVX2 static inline __attribute__((always_inline)) __m256i dot16_avx2(const int16_t *qi, const int16_t *c, int64_t d) {
+    __m256i acc = _mm256_setzero_si256();
+    for (int64_t i = 0; i < d; i += 16)
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)(c + i)),
+                                                      _mm256_loadu_si256((const __m256i *)(qi + i))));
+    return acc;
+}
+
+/* the same over codes unpacked and widened once into an int16 tile that every head reads */
+ER_AVX2 static inline __attribute__((always_inline)) void qk_tile_avx2(const int16_t *qi, const er_kv_qg *qg,
+        int64_t gq, const int16_t *t, int64_t n, const int64_t d, float *sc, int64_t ss) {
+    for (int64_t g = 0; g < gq; g++) {
+        const int16_t *q = qi + g * d;
+        const __m256 dv = _mm256_set1_ps(qg[g].d), ov = _mm256_set1_ps(qg[g].off);
+        const __m256i zs = _mm256_set1_epi32(qg[g].zsum);
+        int64_t j = 0;
+        for (; j + 8 <= n; j += 8) {
+            __m256i a[8];
+            for (int r = 0; r < 8; r++) a[r] = dot16_avx2(q, t + (j + r) * d, d);
+            const __m256i h0 = _mm256_hadd_epi32(_mm256_hadd_epi32(a[0], a[1]), _mm256_hadd_epi32(a[2], a[3]));
+            const __m256i h1 = _mm256_hadd_epi32(_mm256_hadd_epi32(a[4], a[5]), _mm256_hadd_epi32(a[6], a[7]));
+            const __m256i u = _mm256_add_epi32(_mm256_permute2x128_si256(h0, h1, 0x20),
+                                               _mm256_permute2x128_si256(h0, h1, 0x31));
+            _mm256_storeu_ps(sc + g * ss + j, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(u, zs)), dv, ov));
+        }
+        for (; j < n; j++) {
+            const __m256i a = dot16_avx2(q, t + j * d, d);
+            __m128i z = _mm_add_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
+            z = _mm_add_epi32(z, _mm_shuffle_epi32(z, 0x4e));
+            z = _mm_add_epi32(z, _mm_shuffle_epi32(z, 0xb1));
+            sc[g * ss + j] = qg[g].d * (float)(_mm_cvtsi128_si32(z) - qg[g].zsum) + qg[g].off;
+        }
+    }
+}
+
+#define KV_QTILE 8192 /* int16 codes of the tile qk_codes_avx2 widens a group into (16 KiB) */
+
 ER_AVX2 static void qk_codes_avx2(const int16_t *qi, const er_kv_qg *qg, int64_t gq, const uint8_t *packed, int bits,
                                   int64_t pb, int64_t n, int64_t d, float *sc, int64_t ss) {
     if (d % 16) {
         qk_codes_scalar(qi, qg, gq, packed, bits, pb, n, d, sc, ss);
+        return;
+    }
+    if (gq > 1 && n * d <= KV_QTILE) { /* several heads: unpack and widen the codes once */
+        int16_t t[KV_QTILE] __attribute__((aligned(32)));
+        for (int64_t j = 0; j < n; j++)
+            for (int64_t i = 0; i < d; i += 16)
+                _mm256_store_si256((__m256i *)(t + j * d + i), _mm256_cvtepu8_epi16(codes16_avx2(packed + j * pb, bits, i)));
+        if (d == 64) qk_tile_avx2(qi, qg, gq, t, n, 64, sc, ss);
+        else if (d == 128) qk_tile_avx2(qi, qg, gq, t, n, 128, sc, ss);
+        else qk_tile_avx2(qi, qg, gq, t, n, d, sc, ss);
         return;
     }
 #define KV_QK(B)                                                                        \
@@ -776,7 +824,8 @@ int er_kivi_attention(const er_kivi *c, const float *q, const float *q_sink, con
     if (x.qb > T) x.qb = T;
     const int64_t nqb = (T + x.qb - 1) / x.qb, nt = er_get_num_threads();
     x.n_chunks = 1;
-    if (nqb * nkv < 2 * nt) /* few items (decode): split the keys over the threads, merge the partial softmaxes */
+    if (T == 1 || nqb * nkv < 2 * nt) /* decode, or few items: the keys in chunks (over the threads; an L1-sized score
+                                      * block each), their partial softmaxes merged */
         x.n_chunks = (x.nsegs + KV_SEGS_PER_CHUNK - 1) / KV_SEGS_PER_CHUNK;
     x.per_chunk = (x.nsegs + x.n_chunks - 1) / x.n_chunks;
     const int64_t items = nqb * nkv * x.n_chunks, rows = x.qb * gq;
