@@ -643,13 +643,25 @@ static void kv_task(void *vc, int64_t start, int64_t end, int tid) {
             if (!any) continue;
             const float *kr = seg_rows(x, si, h, 0, n, tile, sm);
             const float *qb0 = (sink && x->qs) ? x->qs : x->q;
+            int64_t pmin = INT64_MAX, pmax = -1, allv = 1; /* a query sees all of it iff pmax <= p and the oldest is
+                                                            * in its window (or all are sinks) */
+            for (int64_t j = 0; j < n; j++) {
+                const int64_t a = pos[j];
+                allv &= a >= 0;
+                pmin = a >= 0 && a < pmin ? a : pmin;
+                pmax = a > pmax ? a : pmax;
+            }
             for (int64_t t = t0; t < t0 + nt; t++) {
                 const int64_t p = x->p0 + t;
-                int64_t nvis = 0;
-                for (int64_t j = 0; j < n; j++) {
-                    const int64_t a = pos[j];
-                    vis[j] = a >= 0 && a <= p && (a < S || a > p - W);
-                    nvis += vis[j];
+                const int full = allv && pmax <= p && (pmin > p - W || pmax < S);
+                int64_t nvis = n;
+                if (!full) {
+                    nvis = 0;
+                    for (int64_t j = 0; j < n; j++) {
+                        const int64_t a = pos[j];
+                        vis[j] = a >= 0 && a <= p && (a < S || a > p - W);
+                        nvis += vis[j];
+                    }
                 }
                 for (int64_t g = 0; g < gq; g++) {
                     const int64_t r = (t - t0) * gq + g;
@@ -658,18 +670,21 @@ static void kv_task(void *vc, int64_t start, int64_t end, int tid) {
                         memset(s, 0, sizeof(float) * (size_t)n);
                         continue;
                     }
-                    ops->qk(qb0 + (t * x->nh + h * gq + g) * hd, kr, n, hd, s);
+                    ops->qk(qb0 + (t * x->nh + h * gq + g) * hd, kr, n, hd, s); /* q scaled already */
                     float mx = -INFINITY;
-                    for (int64_t j = 0; j < n; j++) {
-                        if (!vis[j]) {
-                            s[j] = -INFINITY;
-                            continue;
+                    if (full && !(x->softcap > 0.0f))
+                        mx = ops->vmax(s, n, mx);
+                    else
+                        for (int64_t j = 0; j < n; j++) {
+                            if (!full && !vis[j]) {
+                                s[j] = -INFINITY;
+                                continue;
+                            }
+                            float v = s[j];
+                            if (x->softcap > 0.0f) v = x->softcap * tanhf(v / x->softcap);
+                            s[j] = v;
+                            mx = v > mx ? v : mx;
                         }
-                        float v = s[j] * x->scale;
-                        if (x->softcap > 0.0f) v = x->softcap * tanhf(v / x->softcap);
-                        s[j] = v;
-                        mx = v > mx ? v : mx;
-                    }
                     const float mnew = mx > m[r] ? mx : m[r];
                     if (m[r] > -INFINITY && mnew > m[r]) { /* rescale what was summed under the old max */
                         const float corr = expf(m[r] - mnew);
@@ -833,9 +848,18 @@ int er_kivi_attention(const er_kivi *c, const float *q, const float *q_sink, con
     if (T == 1) /* kv_task_decode's layout */
         x.scratch_per_thread = KV_TILE * hd + 2 * hd + 2 * KV_TILE * hd + 2 * gq * hd + gq * x.per_chunk * KV_TILE +
                                4 * x.per_chunk + 3 * gq + (gq * hd + 1) / 2 + 16;
-    x.part = (float *)malloc(sizeof(float) * (size_t)(items * rows * (hd + 2) + nt * x.scratch_per_thread));
+    const int64_t nq = T > 1 ? T * n_heads * hd : 0; /* prefill: the queries scaled once (decode scales per item) */
+    x.part = (float *)malloc(sizeof(float) * (size_t)(items * rows * (hd + 2) + nt * x.scratch_per_thread +
+                                                      (q_sink ? 2 : 1) * nq));
     if (!x.part) return -3;
     x.scratch = x.part + items * rows * (hd + 2);
+    if (nq) {
+        float *qsc = x.scratch + nt * x.scratch_per_thread;
+        for (int64_t i = 0; i < nq; i++) qsc[i] = q[i] * scale;
+        if (q_sink)
+            for (int64_t i = 0; i < nq; i++) qsc[nq + i] = q_sink[i] * scale;
+        x.q = qsc, x.qs = q_sink ? qsc + nq : NULL;
+    }
     const int64_t work = ((int64_t)c->n_blocks * c->group + T) * hd * gq * T;
     er_parallel_for(items, work >= 16384 ? 1 : items, T == 1 ? kv_task_decode : kv_task, &x);
     if (x.n_chunks > 1) /* merge the chunks' partial softmaxes: o = sum o_c e^(m_c - M) / sum l_c e^(m_c - M) */
