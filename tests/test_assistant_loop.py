@@ -185,3 +185,58 @@ def test_budget_below_speech_models_fails_in_one_line(question_wav, tmp_path):
     msg = (out.stdout + out.stderr).strip()
     assert "\n" not in msg and "Traceback" not in msg, msg
     assert re.search(r"below the assistant's minimum: .* use ram of at least", msg), msg
+
+
+@pytest.fixture(scope="module")
+def realtime_assistant():
+    from edgerun.runtime.audio.assistant import Assistant
+
+    return Assistant(max_tokens=24)
+
+
+def _last_voiced(x: np.ndarray) -> int:
+    return int(np.flatnonzero(np.abs(x) > 0.01)[-1]) + 1
+
+
+@pytest.mark.model
+def test_realtime_loop_never_speaks_before_the_endpoint(realtime_assistant, tmp_path):
+    """In real time, with the reply prepared during the silence: one turn, and its first audio reaches the
+    speaker only after the user's speech ended and the endpoint's silence was heard."""
+    from edgerun.runtime.audio.wavio import write_wav
+
+    a = realtime_assistant
+    a.history.clear()
+    sr = a.tts.sample_rate
+    q = a.tts.generate("What is the capital of France?")
+    q = q[: _last_voiced(q)]
+    p = write_wav(str(tmp_path / "q.wav"), np.concatenate([np.zeros(sr // 2, np.float32), q,
+                                                           np.zeros(sr * 3 // 2, np.float32)]), sr)
+    speech_end = (sr // 2 + len(q)) / sr
+    turns, t0 = a.run_realtime(p)
+    assert len(turns) == 1 and "capital" in turns[0].transcript.lower()
+    t = turns[0]
+    assert t.first_audio_wall is not None and t.reply
+    assert t.first_audio_wall - (t0 + speech_end) >= 0.15  # the VAD heard at least the endpoint's silence
+    assert len(a.history) == 2 and a.history[0]["content"] == t.transcript
+
+
+@pytest.mark.model
+def test_realtime_loop_drops_a_reply_when_the_user_speaks_on(realtime_assistant, tmp_path):
+    """A pause long enough for a tentative transcript but shorter than the endpoint: the reply prepared for
+    the first half is dropped (not spoken, not in the history) and the whole question is answered."""
+    from edgerun.runtime.audio.wavio import write_wav
+
+    a = realtime_assistant
+    a.history.clear()
+    sr = a.tts.sample_rate
+    part1 = a.tts.generate("Tell me the capital.")
+    part2 = a.tts.generate("Of Germany, please.")
+    part1, part2 = part1[: _last_voiced(part1)], part2[: _last_voiced(part2)]
+    x = np.concatenate([np.zeros(sr // 2, np.float32), part1, np.zeros(int(0.17 * sr), np.float32), part2,
+                        np.zeros(sr * 3 // 2, np.float32)])
+    p = write_wav(str(tmp_path / "q2.wav"), x, sr)
+    before = a.dropped_replies
+    turns, _ = a.run_realtime(p)
+    assert a.dropped_replies > before, "the pause produced no tentative transcript"
+    assert len(turns) == 1 and "germany" in turns[0].transcript.lower()
+    assert len(a.history) == 2
