@@ -111,6 +111,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None, help="only the first N questions")
     ap.add_argument("--model", default=None, help="LLM (GGUF or artifact; default: the packaged SmolLM2)")
     ap.add_argument("--max-tokens", type=int, default=60)
+    ap.add_argument("--system-prompt", default=None, help="instead of the assistant's default")
     ap.add_argument("--no-speculate", action="store_true", help="wait for the endpoint before replying")
     ap.add_argument("--compare", action="store_true", help="run with and without speculation, same run")
     ap.add_argument("--verbose", action="store_true", help="print every question, transcript and reply")
@@ -118,7 +119,8 @@ def main() -> None:
 
     from edgerun.runtime.audio.assistant import Assistant
 
-    a = Assistant(llm=args.model, max_tokens=args.max_tokens)
+    kw = {} if args.system_prompt is None else dict(system_prompt=args.system_prompt)
+    a = Assistant(llm=args.model, max_tokens=args.max_tokens, **kw)
     print(f"warm-up at start: {a.warmup_seconds * 1000:.0f} ms; threads: {getattr(a.llm, 'threads', '?')}")
     questions = QUESTIONS[: args.limit]
     modes = [True, False] if args.compare else [not args.no_speculate]
