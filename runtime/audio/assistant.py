@@ -44,6 +44,7 @@ class Turn:
     endpoint_wait_seconds: float = 0.0  # silence the VAD waits for before declaring the endpoint (audio time)
     interrupted: bool = False
     first_audio_wall: float | None = None  # perf_counter when its first audio reached the speaker (live loop)
+    speech_end: float | None = None  # live loop: input time (s) where the VAD heard the user's speech stop
     events: list = field(default_factory=list)  # (seconds after the endpoint, "token"|"phrase"|"audio", detail)
 
 
@@ -236,10 +237,7 @@ class Assistant:
             t = time.perf_counter()
             handle(stream.accept_waveform(sr, x[i : i + step]), t)
         handle(stream.input_finished(), time.perf_counter())
-        if output_path is not None:
-            gap = np.zeros(int(0.3 * self.tts.sample_rate), np.float32)
-            parts = [p for t in turns for p in (t.audio, gap)]
-            write_wav(output_path, np.concatenate(parts) if parts else np.zeros(0, np.float32), self.tts.sample_rate)
+        _write_replies(turns, output_path, self.tts.sample_rate)
         return turns
 
     # ------------------------------------------------------------------ live
@@ -319,8 +317,10 @@ class Assistant:
         job: _ReplyJob | None = None
         done = False
 
-        def start(text: str, t_end: float, asr_s: float, confirmed: bool) -> _ReplyJob:
-            j = _ReplyJob(text, t_end, asr_s, confirmed)
+        def start(r, t_end: float, confirmed: bool) -> _ReplyJob:
+            j = _ReplyJob(r.text, t_end, r.compute_seconds, confirmed)
+            text, asr_s = r.text, r.compute_seconds
+            speech_end = r.end - stream.vad.pad / 16000  # segments end one speech pad after the silence began
             to_device = StreamResampler(self.tts.sample_rate, player.rate)  # one stream per reply: no seams
 
             def to_player(chunk):
@@ -339,6 +339,7 @@ class Assistant:
                 player.add(to_device.flush())
                 turn.asr_final_seconds = asr_s
                 turn.first_audio_wall = j.first_audio_wall
+                turn.speech_end = speech_end
                 if j.first_audio_wall is not None:  # from the endpoint (a prepared reply may be ready before it)
                     turn.first_audio_seconds = max(0.0, j.first_audio_wall - j.t_end)
                 turns.append(turn)
@@ -386,7 +387,7 @@ class Assistant:
                 now = time.perf_counter()
                 if r.tentative and speculate and r.text:
                     drop(job)
-                    job = start(r.text, now, r.compute_seconds, confirmed=False)
+                    job = start(r, now, confirmed=False)
                 elif r.is_final and r.text:
                     echo(f"you: {r.text}")
                     if job is not None and not job.release.is_set() and job.text == r.text:
@@ -394,7 +395,7 @@ class Assistant:
                         job.release.set()  # the prepared reply is the right one: let it play
                     else:
                         drop(job)
-                        job = start(r.text, now, r.compute_seconds, confirmed=True)
+                        job = start(r, now, confirmed=True)
         if job is not None:
             if not job.release.is_set():
                 drop(job)
@@ -541,10 +542,12 @@ def assistant(input: str | None = None, output: str | None = None, model: str | 
               asr_model: str | None = None, voice: str | None = None, max_tokens: int = 80,
               input_device=None, output_device=None, max_turns: int | None = None, seconds: float | None = None,
               echo: Callable[[str], object] = print, ram: str | int | None = None,
-              timeline: str | None = None) -> list[Turn]:
+              timeline: str | None = None, realtime: bool = False) -> list[Turn]:
     """`edgerun assistant`: live with the microphone and speaker, or headless with --input/--output files.
 
     `timeline` (headless): a PNG of where each turn's time went (runtime/audio/timeline.py).
+    `realtime` (headless): play the input at real-time pace through the live loop, as a microphone would, and
+    report the latency from the end of speech (the honest figure); otherwise the file is read as fast as possible.
     `ram` bounds the resident memory of all three models together: ASR and TTS are loaded and measured
     at work first, the language model gets the rest (see :func:`load_within_budget`, docs/memory.md).
     """
@@ -559,7 +562,11 @@ def assistant(input: str | None = None, output: str | None = None, model: str | 
         model, asr_model, voice, budget = load_within_budget(ram, model, asr_model, voice)
     a = Assistant(llm=model, asr=asr_model, tts=voice, max_tokens=max_tokens)
     if input is not None:
-        turns = a.run_files(input, output)
+        if realtime:
+            turns, t0 = a.run_realtime(input)
+            _write_replies(turns, output, a.tts.sample_rate)
+        else:
+            turns = a.run_files(input, output)
         if not turns:
             echo("(no speech in the input)")
         if timeline is not None and turns:
@@ -569,6 +576,10 @@ def assistant(input: str | None = None, output: str | None = None, model: str | 
         for t in turns:
             echo(f"you: {t.transcript}")
             echo(f"assistant: {t.reply}")
+            if realtime and t.first_audio_wall is not None:
+                echo(f"latency: first reply audio {(t.first_audio_wall - t0 - t.speech_end) * 1000:.0f} ms after the "
+                     f"end of speech (real time; the reply was prepared during the endpoint's silence)")
+                continue
             echo(f"latency: first reply audio {t.first_audio_seconds * 1000:.0f} ms after the end-of-speech "
                  f"endpoint (ASR final {t.asr_final_seconds * 1000:.0f} ms, LLM first phrase "
                  f"{t.first_text_seconds * 1000:.0f} ms) + {t.endpoint_wait_seconds * 1000:.0f} ms VAD silence")
@@ -576,6 +587,14 @@ def assistant(input: str | None = None, output: str | None = None, model: str | 
             echo(_memory_line(budget))
         return turns
     return a.run_live(input_device, output_device, max_turns=max_turns, seconds=seconds, echo=echo)
+
+
+def _write_replies(turns: list[Turn], path: str | None, rate: int) -> None:
+    """All replies of `turns` into one WAV at `path` (0.3 s between replies); nothing when `path` is None."""
+    if path is not None:
+        gap = np.zeros(int(0.3 * rate), np.float32)
+        parts = [p for t in turns for p in (t.audio, gap)]
+        write_wav(path, np.concatenate(parts) if parts else np.zeros(0, np.float32), rate)
 
 
 def _memory_line(budget: dict) -> str:
