@@ -74,13 +74,12 @@ def question_wav(tts, text: str, length_scale: float, path: str) -> float:
     return (len(lead) + len(q)) / sr
 
 
-def run(a, questions, speculate: bool, d: str) -> list[dict]:
-    """Ask each question through the real-time loop; one row per question."""
+def run(a, questions, wavs, speculate: bool) -> list[dict]:
+    """Ask each question (its WAV and speech end in `wavs`) through the real-time loop; one row per question."""
     rows = []
     for k, (q, answers) in enumerate(questions):
         a.history.clear()
-        path = os.path.join(d, f"q{k}.wav")
-        speech_end = question_wav(a.tts, q, RATES[k % len(RATES)], path)
+        path, speech_end = wavs[k]
         turns, t0 = a.run_realtime(path, speculate=speculate)
         t = next((t for t in turns if t.first_audio_wall is not None), None)
         row = dict(question=q, rate=RATES[k % len(RATES)], heard="", reply="", latency_ms=None,
@@ -126,8 +125,12 @@ def main() -> None:
     modes = [True, False] if args.compare else [not args.no_speculate]
     out = {}
     with tempfile.TemporaryDirectory() as d:
+        wavs = []  # synthesized once: both modes hear the same audio (Piper samples noise)
+        for k, (q, _) in enumerate(questions):
+            path = os.path.join(d, f"q{k}.wav")
+            wavs.append((path, question_wav(a.tts, q, RATES[k % len(RATES)], path)))
         for spec in modes:
-            rows = run(a, questions, spec, d)
+            rows = run(a, questions, wavs, spec)
             s = summary(rows)
             name = "speculative" if spec else "after endpoint"
             out[name] = dict(rows=rows, summary=s)
