@@ -26,6 +26,7 @@ import os
 import re
 import statistics
 import tempfile
+import time
 
 import numpy as np
 
@@ -94,6 +95,55 @@ def run(a, questions, wavs, speculate: bool) -> list[dict]:
     return rows
 
 
+def peer_cascade(questions, wavs, system_prompt: str, threads: int = 2, vad_silence: float = 0.4) -> list[dict]:
+    """The same questions through the peers chained one after the other, as a plain pipeline would:
+    `vad_silence` of silence to declare the endpoint, faster-whisper (same Whisper base, int8, beam 1) on the
+    utterance, llama.cpp (same GGUF) streaming the reply until its first phrase, piper-tts (same voice) until
+    its first audio. Latency = the sum; compute times measured, the silence counted as audio time."""
+    from edgerun.export.whisper_export import assemble_ct2_dir
+    from edgerun.runtime.audio.assistant import _reply_is_done, llm_phrases
+    from edgerun.runtime.audio.resample import resample
+    from edgerun.runtime.audio.tts import default_voice
+    from edgerun.runtime.audio.wavio import read_audio
+    from edgerun.runtime.store.defaults import packaged_smollm2_gguf
+    from faster_whisper import WhisperModel
+    from llama_cpp import Llama
+    from piper import PiperVoice
+
+    fw = WhisperModel(assemble_ct2_dir(), device="cpu", compute_type="int8", cpu_threads=threads)
+    llm = Llama(model_path=str(packaged_smollm2_gguf()), n_ctx=1024, n_threads=threads, verbose=False)
+    voice = PiperVoice.load(default_voice())
+    rows = []
+    for k, (q, answers) in enumerate([("Hello.", [])] + list(questions)):  # the first one warms up
+        path, speech_end = wavs[k - 1] if k else wavs[0]
+        x, sr = read_audio(path)
+        seg = resample(x[: int((speech_end + 0.1) * sr)], sr, 16000)
+        t0 = time.perf_counter()
+        heard = " ".join(s.text for s in fw.transcribe(seg, beam_size=1, language="en",
+                                                        without_timestamps=True)[0]).strip()
+        t_asr = time.perf_counter() - t0
+        msgs = [{"role": "system", "content": system_prompt}, {"role": "user", "content": heard}]
+        t0 = time.perf_counter()
+        pieces = (c["choices"][0]["delta"].get("content", "") for c in
+                  llm.create_chat_completion(msgs, max_tokens=60, temperature=0.0, stream=True))
+        phrases, t_llm = [], None
+        for ph in llm_phrases(pieces):
+            t_llm = t_llm if t_llm is not None else time.perf_counter() - t0
+            phrases.append(ph)
+            if _reply_is_done(phrases, 2):
+                break
+        t0 = time.perf_counter()
+        next(iter(voice.synthesize(phrases[0] if phrases else "Sorry.")))
+        t_tts = time.perf_counter() - t0
+        if k == 0:
+            continue
+        reply = " ".join(phrases)
+        rows.append(dict(question=q, heard=heard, reply=reply, correct=any(w in _words(reply) for w in answers),
+                         heard_ok=_words(heard) == _words(q), asr_final_ms=1000 * t_asr,
+                         latency_ms=1000 * (vad_silence + t_asr + (t_llm or 0.0) + t_tts)))
+    return rows
+
+
 def summary(rows: list[dict]) -> dict:
     """Median / p90 latency (ms), first-turn latency, answer accuracy and transcript accuracy."""
     lat = sorted(r["latency_ms"] for r in rows if r["latency_ms"] is not None)
@@ -114,6 +164,8 @@ def main() -> None:
     ap.add_argument("--no-speculate", action="store_true", help="wait for the endpoint before replying")
     ap.add_argument("--compare", action="store_true", help="run with and without speculation, same run")
     ap.add_argument("--verbose", action="store_true", help="print every question, transcript and reply")
+    ap.add_argument("--peers", action="store_true",
+                    help="also the peers chained (faster-whisper -> llama.cpp -> piper-tts), same questions")
     args = ap.parse_args()
 
     from edgerun.runtime.audio.assistant import Assistant
@@ -129,10 +181,12 @@ def main() -> None:
         for k, (q, _) in enumerate(questions):
             path = os.path.join(d, f"q{k}.wav")
             wavs.append((path, question_wav(a.tts, q, RATES[k % len(RATES)], path)))
-        for spec in modes:
-            rows = run(a, questions, wavs, spec)
+        for spec in modes + (["peers"] if args.peers else []):
+            if spec == "peers":
+                rows, name = peer_cascade(questions, wavs, a.system_prompt), "peers chained"
+            else:
+                rows, name = run(a, questions, wavs, spec), "speculative" if spec else "after endpoint"
             s = summary(rows)
-            name = "speculative" if spec else "after endpoint"
             out[name] = dict(rows=rows, summary=s)
             if args.verbose:
                 for r in rows:
