@@ -234,8 +234,9 @@ class PiperVoice:
             need = min(n, end + cd)
             if need > done:
                 a, b = max(0, done - cf), min(n, need + cf)
+                feeds = {sp["z_p"]: np.ascontiguousarray(zp[:, :, a:b]), sp["y_mask"]: mask[:, :, a:b]}
                 with self._lock:
-                    out = self._flow.run(None, {sp["z_p"]: zp[:, :, a:b], sp["y_mask"]: mask[:, :, a:b]})[0]
+                    out = self._flow.run(None, feeds)[0]
                 z[:, :, done:need] = out[:, :, done - a : need - a]
                 done = need
             t2 = time.perf_counter()
