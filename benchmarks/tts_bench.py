@@ -11,7 +11,7 @@ measured contexts and with shorter ones. Also: how many texts get exactly the sa
 edgerun's espeak-ng path as from piper-tts's. The 1-minute load average is printed: on a shared machine
 wall-clock figures move with it.
 
-    python benchmarks/tts_bench.py [--runs 3] [--threads 2] [--json out.json]
+    python benchmarks/tts_bench.py [--runs 3] [--threads 2] [--spin] [--json out.json]
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2, help="onnxruntime threads of edgerun's voice")
+    ap.add_argument("--spin", action="store_true", help="let onnxruntime's workers spin between ops")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
@@ -77,9 +78,9 @@ def main() -> None:
     from edgerun.runtime.audio.tts import TTS, PiperVoice, default_voice
 
     t = time.perf_counter()
-    tts = TTS(threads=args.threads)
+    tts = TTS(threads=args.threads, spin=args.spin)
     load_edge = time.perf_counter() - t
-    whole = TTS(PiperVoice(threads=args.threads, streaming=False))
+    whole = TTS(PiperVoice(threads=args.threads, streaming=False, spin=args.spin))
     parts: dict[str, list] = {"phonemes": [], "encoder": [], "flow": [], "decoder": []}
 
     def edgerun_fn(engine, record=False):
@@ -153,7 +154,8 @@ def main() -> None:
             phoneme_ids(phonemize(t), tts.voice.id_map)
             == [i for s in peer.phonemize(t) for i in peer.phonemes_to_ids(s)] for t in TEXTS
         )
-    print(f"{len(TEXTS)} texts x {args.runs} runs, interleaved; edgerun on {args.threads} onnxruntime threads; "
+    print(f"{len(TEXTS)} texts x {args.runs} runs, interleaved; edgerun on {args.threads} onnxruntime threads"
+          f"{' (spinning)' if args.spin else ''}; "
           f"load average {min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} CPUs; voice load: edgerun "
           f"{load_edge:.2f} s" + (f", piper-tts {load_peer:.2f} s" if load_peer is not None else ", piper-tts missing"))
     print(f"{'system':54s} {'first audio ms':>14s} {'(min)':>6s} {'CPU ms':>7s} {'RTF':>6s} {'round-trip WER %':>16s}")
