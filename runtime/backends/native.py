@@ -8,7 +8,8 @@ decode step (T = 1), per layer, all buffers preallocated, pointers cached:
   x ─ rmsnorm ─► h ─ matmul q,k,v ─► [qk-norm] ─ rope q,k ─► k,v into the cache at pos
     ─ attention(q, cache[:, start:pos+1]) ─ matmul o ─► [post-norm] ─ x += ..
   x ─ rmsnorm ─► h ─ matmul gate,up ─ silu/gelu_mul ─ matmul down ─► [post-norm] ─ x += ..
-prefill (T > 1): the same matmuls as GEMMs (M = T), RoPE in numpy, causal attention in one kernel call.
+prefill (T > 1): the same matmuls as GEMMs (M = T; q/k/v and gate/up each one er_matmul_multi call), RoPE in
+numpy, causal attention in one kernel call.
 ```
 
 Decode runs each layer as one C call (``er_decode_layer``, kernels/src/decode.c: the steps above, q/k/v and
@@ -341,7 +342,7 @@ class NativeModel:
         a, pre, T = self.args, f"blk.{i}.", x.shape[0]
         W = self.src.layer(i)
         h = self._norm(x, pre + "attn_norm.weight")
-        q, k, v = (self._mm(W[n], h) for n in ("wq", "wk", "wv"))
+        q, k, v = self.k.matmul_multi([W["wq"], W["wk"], W["wv"]], h)  # x quantized once, one parallel job
         if pre + "attn_q.bias" in self.V:
             q, k, v = (m + self.V[pre + f"attn_{t}.bias"] for m, t in zip((q, k, v), "qkv", strict=True))
         q = q.reshape(T, a.n_heads, a.head_dim).transpose(1, 0, 2)  # (n_heads, T, hd)
@@ -367,7 +368,7 @@ class NativeModel:
             o = self._norm(o, pre + "post_attention_norm.weight")
         x = x + o
         h = self._norm(x, pre + "ffn_norm.weight")
-        g, u = self._mm(W["wg"], h), self._mm(W["wu"], h)
+        g, u = self.k.matmul_multi([W["wg"], W["wu"]], h)
         f = self.k.gelu_mul(g, u) if self.gemma else self.k.silu_mul(g, u)
         o = self._mm(W["wd"], f)
         self.src.release(i)
