@@ -982,6 +982,10 @@ static void fdot_scalar(const er_weight *w, int64_t n0, int R, const float *x, f
 
 /* ---- the parallel task -------------------------------------------------------------------- */
 
+#ifndef GV_STREAMS
+#define GV_STREAMS 4
+#endif
+
 typedef struct {
     const er_weight *w;
     const float *x;
@@ -1018,6 +1022,15 @@ static void mm_task(void *vctx, int64_t start, int64_t end, int tid) {
             }
             n += R;
         }
+        return;
+    }
+    if (w->type == ER_W_Q && c->isa == ER_ISA_AVX2 && c->m == 1 && end - start >= 4 * GV_STREAMS) {
+        /* 8-bit GEMV: GV_STREAMS row ranges read in turn, one row of each per step: that many sequential streams
+         * keep more DRAM reads in flight than one (a big head GEMV is bound by one core's read bandwidth) */
+        const int64_t len = (end - start) / GV_STREAMS;
+        for (int64_t i = 0; i < len; i++)
+            for (int s = 0; s < GV_STREAMS; s++) c->y[start + s * len + i] = qdot_row_avx2_b8(w, start + s * len + i, &c->a, 0);
+        for (int64_t n = start + GV_STREAMS * len; n < end; n++) c->y[n] = qdot_row_avx2_b8(w, n, &c->a, 0);
         return;
     }
 #endif
