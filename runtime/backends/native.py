@@ -113,6 +113,7 @@ class NativeModel:
         self.head_name = "token_embd.weight" if tied else "output.weight"
         self.head = None if self.src.stream_globals else self.src.global_weight(self.head_name)
         self._build_decode()
+        self._rope_tabs: dict = {}  # RoPE cos/sin of the current prefill, per (theta, scale)
 
     # --- hooks shared with the reference
     def window(self, layer: int):
@@ -354,7 +355,11 @@ class NativeModel:
         if isinstance(cache, SinkWindowKVCache):  # rotates q/k itself, attends sinks + window + block
             o = cache.attend(i, q, k, v, self.layers[i]["rope"], pos, self.scale)
         else:  # full cache: causal attention of the block over the cache in one threaded kernel call
-            cos, sin = rope_tables(pos, a.head_dim, self.ref.rope_theta(i), self.ref.rope_scale(i))
+            key = (self.ref.rope_theta(i), self.ref.rope_scale(i))  # one table per base in a forward (2 on Gemma-3)
+            tabs = self._rope_tabs.get(key)
+            if tabs is None:
+                tabs = self._rope_tabs[key] = rope_tables(pos, a.head_dim, *key)
+            cos, sin = tabs
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
             n0, n1 = int(pos[0]), int(pos[-1]) + 1
             cache.k[i][:, n0:n1] = k
@@ -385,6 +390,7 @@ class NativeModel:
         if not isinstance(cache, SinkWindowKVCache):
             cache.reserve(int(pos[-1]) + 1)
         x = self.embed(tokens)  # (T, dim)
+        self._rope_tabs = {}
         for i in range(self.args.n_layers):
             x = self._block(i, x, cache, pos)
         cache.advance(len(tokens))
