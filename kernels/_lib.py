@@ -107,7 +107,7 @@ _SIGNATURES = {
     "er_attention_seg2": (
         c_int,
         [c_void_p, c_int64, c_void_p, c_void_p, c_int64, c_int64, c_void_p, c_void_p, c_int64, c_int64, c_int64,
-         c_int, c_void_p, c_int64, c_int64, c_int64, c_int64, c_float],
+         c_int64, c_int, c_void_p, c_int64, c_int64, c_int64, c_int64, c_float],
     ),
     "er_memcpy": (None, [c_void_p, c_void_p, c_size_t]),
     "er_read_sum": (c_double, [c_void_p, c_size_t]),

@@ -354,13 +354,14 @@ def gelu_erf(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
 
 
 def attention_seg2(q: np.ndarray, ka: np.ndarray, va: np.ndarray, kb: np.ndarray | None = None,
-                   vb: np.ndarray | None = None, b0: int = 0, scale: float | None = None,
+                   vb: np.ndarray | None = None, b0: int = 0, b_step: int = 1, scale: float | None = None,
                    out: np.ndarray | None = None) -> np.ndarray:
     """Non-causal attention of T queries over the keys of segment A then segment B (one C call, threaded).
 
     q (T, H*D) f32 rows, possibly a column slice of a wider array (the q part of a fused qkv output);
-    ka, va (H, Sa, D) f32 with every row a key; kb, vb (H, Sb, D) f16 or f32, keys ``b0 .. Sb-1`` used
-    (None: no segment B). Returns (T, H*D) (or ``out``). ``scale`` defaults to 1/sqrt(D).
+    ka, va (H, Sa, D) f32 with every row a key; kb, vb (H, Sb, D) f16 or f32, keys ``b0, b0 + b_step, ..`` < Sb
+    used, each weighted as ``b_step`` keys (None: no segment B). Returns (T, H*D) (or ``out``). ``scale``
+    defaults to 1/sqrt(D).
     """
     h, na, d = ka.shape
     if va.shape != ka.shape or ka.dtype != np.float32 or va.dtype != np.float32:
@@ -371,7 +372,7 @@ def attention_seg2(q: np.ndarray, ka: np.ndarray, va: np.ndarray, kb: np.ndarray
         raise ValueError(f"q must be float32 (T, {h * d}) with contiguous rows")
     t = q.shape[0]
     if kb is None:
-        nb, b_stride, f16, kp, vp = 0, 0, 0, None, None
+        b0, b_step, nb, b_stride, f16, kp, vp = 0, 1, 0, 0, 0, None, None
     else:
         if kb.shape != vb.shape or kb.dtype != vb.dtype or kb.ndim != 3 or kb.shape[0] != h or kb.shape[2] != d:
             raise ValueError(f"kb/vb must both be ({h}, Sb, {d}); got {kb.shape}, {vb.shape}")
@@ -379,13 +380,16 @@ def attention_seg2(q: np.ndarray, ka: np.ndarray, va: np.ndarray, kb: np.ndarray
             raise TypeError("kb/vb must be C-contiguous float16 or float32")
         if not 0 <= b0 <= kb.shape[1]:
             raise ValueError(f"b0={b0} outside segment B's {kb.shape[1]} rows")
-        nb, b_stride, f16, kp, vp = kb.shape[1] - b0, kb.shape[1], int(kb.dtype == np.float16), _ptr(kb), _ptr(vb)
+        if b_step < 1:
+            raise ValueError("b_step must be >= 1")
+        nb = -(-(kb.shape[1] - b0) // b_step)
+        b_stride, f16, kp, vp = kb.shape[1], int(kb.dtype == np.float16), _ptr(kb), _ptr(vb)
     out = np.empty((t, h * d), np.float32) if out is None else _f32(out, "out")
     if out.shape != (t, h * d):
         raise ValueError(f"out must be ({t}, {h * d})")
     scale = 1.0 / float(np.sqrt(d)) if scale is None else float(scale)
     r = lib.er_attention_seg2(_ptr(q), q.strides[0] // 4, _ptr(ka), _ptr(va), na, na, kp, vp, int(b0), nb,
-                              b_stride, f16, _ptr(out), h * d, h, d, t, scale)
+                              int(b_step), b_stride, f16, _ptr(out), h * d, h, d, t, scale)
     if r:
         raise ValueError(f"er_attention_seg2 rejected its arguments (code {r})")
     return out

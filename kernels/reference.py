@@ -190,12 +190,13 @@ def gelu_erf(x: np.ndarray) -> np.ndarray:
 
 
 def attention_seg2(q: np.ndarray, ka: np.ndarray, va: np.ndarray, kb: np.ndarray, vb: np.ndarray,
-                   scale: float) -> np.ndarray:
+                   scale: float, b_step: int = 1) -> np.ndarray:
     """Non-causal attention over two key segments. q (T, H, D); ka, va (H, na, D); kb, vb (H, nb, D) (any float
-    dtype) -> (T, H, D): softmax over the concatenated keys [ka; kb]."""
+    dtype; each key of segment B weighted as ``b_step`` keys) -> (T, H, D): softmax over the keys [ka; kb]."""
     k = np.concatenate([ka.astype(np.float64), kb.astype(np.float64)], axis=1)  # (H, S, D)
     v = np.concatenate([va.astype(np.float64), vb.astype(np.float64)], axis=1)
     s = np.einsum("thd,hjd->htj", q.astype(np.float64), k) * scale
+    s[..., ka.shape[1] :] += np.log(b_step)
     p = np.exp(s - s.max(axis=-1, keepdims=True))
     p /= p.sum(axis=-1, keepdims=True)
     return np.einsum("htj,hjd->thd", p, v).astype(np.float32)

@@ -45,14 +45,15 @@ def test_gelu_erf(isa, n, threads):
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("h,d,t,na,nb,b0,f16", [
-    (8, 64, 37, 37, 1500, 37, True),   # Whisper: the audio's frames + the rest of the window from the cache
-    (2, 64, 5, 5, 0, 0, False),        # one segment only
-    (3, 16, 9, 4, 11, 3, False),       # D not a multiple of 64, f32 segment B
-    (1, 6, 3, 2, 5, 0, True),          # D not a multiple of 8: scalar path
-    (2, 128, 4, 0, 13, 2, True),       # segment A empty
+@pytest.mark.parametrize("h,d,t,na,nb,b0,step,f16", [
+    (8, 64, 37, 37, 1500, 37, 4, True),  # Whisper: the audio's frames + every 4th frame of the cached window
+    (8, 64, 3, 3, 1500, 3, 1, True),     # the decoder: every cached frame
+    (2, 64, 5, 5, 0, 0, 1, False),       # one segment only
+    (3, 16, 9, 4, 11, 3, 3, False),      # D not a multiple of 64, f32 segment B
+    (1, 6, 3, 2, 5, 0, 2, True),         # D not a multiple of 8: scalar path
+    (2, 128, 4, 0, 13, 2, 1, True),      # segment A empty
 ])
-def test_attention_seg2(isa, h, d, t, na, nb, b0, f16, threads):
+def test_attention_seg2(isa, h, d, t, na, nb, b0, step, f16, threads):
     rng = np.random.default_rng(2)
     qkv = rng.standard_normal((t, 3 * h * d)).astype(np.float32)  # q is a column slice of a fused projection
     q = qkv[:, : h * d]
@@ -61,11 +62,11 @@ def test_attention_seg2(isa, h, d, t, na, nb, b0, f16, threads):
     if nb:
         kb, vb = (2 * rng.standard_normal((2, h, nb, d))).astype(np.float16 if f16 else np.float32)
     with ops.use_isa(isa):
-        got = ops.attention_seg2(q, ka, va, kb, vb, b0=b0)
+        got = ops.attention_seg2(q, ka, va, kb, vb, b0=b0, b_step=step)
     qh = q.reshape(t, h, d)
-    kb_ = kb[:, b0:] if nb else np.zeros((h, 0, d), np.float32)
-    vb_ = vb[:, b0:] if nb else np.zeros((h, 0, d), np.float32)
-    want = ref.attention_seg2(qh, ka, va, kb_, vb_, 1 / np.sqrt(d)).reshape(t, h * d)
+    kb_ = kb[:, b0::step] if nb else np.zeros((h, 0, d), np.float32)
+    vb_ = vb[:, b0::step] if nb else np.zeros((h, 0, d), np.float32)
+    want = ref.attention_seg2(qh, ka, va, kb_, vb_, 1 / np.sqrt(d), step).reshape(t, h * d)
     np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-4)
 
 

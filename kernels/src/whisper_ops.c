@@ -167,7 +167,8 @@ typedef struct {
     const float *ka, *va;
     int64_t na, a_stride;
     const char *kb, *vb;
-    int64_t b0, nb, b_stride;
+    int64_t b0, nb, b_stride, b_step;
+    float b_logw;
     int b_f16, isa;
     float *out;
     int64_t out_stride, H, D, T;
@@ -191,8 +192,8 @@ static void seg_query_scalar(const seg_ctx *c, const float *q, int64_t h, float 
         mx = s > mx ? s : mx;
     }
     for (int64_t j = 0; j < c->nb; j++) {
-        const char *k = c->kb + (h * c->b_stride + c->b0 + j) * D * es;
-        float s = 0.0f;
+        const char *k = c->kb + (h * c->b_stride + c->b0 + j * c->b_step) * D * es;
+        float s = c->b_logw;
         for (int64_t i = 0; i < D; i++) s += q[i] * ld_b(k, c->b_f16, i);
         sc[c->na + j] = s;
         mx = s > mx ? s : mx;
@@ -209,7 +210,7 @@ static void seg_query_scalar(const seg_ctx *c, const float *q, int64_t h, float 
         for (int64_t i = 0; i < D; i++) o[i] += p * v[i];
     }
     for (int64_t j = 0; j < c->nb; j++) {
-        const char *v = c->vb + (h * c->b_stride + c->b0 + j) * D * es;
+        const char *v = c->vb + (h * c->b_stride + c->b0 + j * c->b_step) * D * es;
         const float p = sc[c->na + j];
         for (int64_t i = 0; i < D; i++) o[i] += p * ld_b(v, c->b_f16, i);
     }
@@ -230,10 +231,11 @@ ER_AVX2 static inline __m256 hsum_8x8(__m256 a0, __m256 a1, __m256 a2, __m256 a3
     return _mm256_add_ps(_mm256_permute2f128_ps(s0, s1, 0x20), _mm256_permute2f128_ps(s0, s1, 0x31));
 }
 
-/* sc[j] = q . k_j for n keys (rows of D, D % 8 == 0) starting at kbase (f32 or f16); returns the max */
-ER_AVX2 static float qk_rows_avx2(const float *q, const char *kbase, int f16, int64_t n, int64_t D, float *sc,
-                                  float mx) {
-    const int64_t es = f16 ? 2 : 4, rb = D * es;
+/* sc[j] = q . k_j + bias for n keys (D values each, D % 8 == 0, rb bytes apart) from kbase (f32 or f16);
+ * returns the max of mx and the scores */
+ER_AVX2 static float qk_rows_avx2(const float *q, const char *kbase, int f16, int64_t n, int64_t D, int64_t rb,
+                                  float bias, float *sc, float mx) {
+    const __m256 vb = _mm256_set1_ps(bias);
     __m256 vmx = _mm256_set1_ps(mx);
     int64_t j = 0;
     for (; j + 8 <= n; j += 8) {
@@ -250,7 +252,7 @@ ER_AVX2 static float qk_rows_avx2(const float *q, const char *kbase, int f16, in
             a6 = _mm256_fmadd_ps(qv, ld8(k + 6 * rb, f16, i), a6);
             a7 = _mm256_fmadd_ps(qv, ld8(k + 7 * rb, f16, i), a7);
         }
-        __m256 s = hsum_8x8(a0, a1, a2, a3, a4, a5, a6, a7);
+        __m256 s = _mm256_add_ps(hsum_8x8(a0, a1, a2, a3, a4, a5, a6, a7), vb);
         _mm256_storeu_ps(sc + j, s);
         vmx = _mm256_max_ps(vmx, s);
     }
@@ -262,20 +264,20 @@ ER_AVX2 static float qk_rows_avx2(const float *q, const char *kbase, int f16, in
         const char *k = kbase + j * rb;
         __m256 a = _mm256_setzero_ps();
         for (int64_t i = 0; i < D; i += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), ld8(k, f16, i), a);
-        float s = hsum8_w(a);
+        float s = hsum8_w(a) + bias;
         sc[j] = s;
         mx = s > mx ? s : mx;
     }
     return mx;
 }
 
-/* o[0:64] += sum_j p_j v_j for n value rows (D floats each, o covers columns [c0, c0+64)) */
-ER_AVX2 static void pv64_avx2(__m256 acc[8], const float *p, const char *vbase, int f16, int64_t n, int64_t D,
+/* acc (columns [c0, c0+64)) += sum_j p_j v_j for n value rows rb bytes apart */
+ER_AVX2 static void pv64_avx2(__m256 acc[8], const float *p, const char *vbase, int f16, int64_t n, int64_t rb,
                               int64_t c0) {
     const int64_t es = f16 ? 2 : 4;
     __m256 o0 = acc[0], o1 = acc[1], o2 = acc[2], o3 = acc[3], o4 = acc[4], o5 = acc[5], o6 = acc[6], o7 = acc[7];
     for (int64_t j = 0; j < n; j++) {
-        const char *v = vbase + (j * D + c0) * es;
+        const char *v = vbase + j * rb + c0 * es;
         __m256 pj = _mm256_set1_ps(p[j]);
         o0 = _mm256_fmadd_ps(pj, ld8(v, f16, 0), o0);
         o1 = _mm256_fmadd_ps(pj, ld8(v, f16, 8), o1);
@@ -294,8 +296,9 @@ ER_AVX2 static void seg_query_avx2(const seg_ctx *c, const float *q, int64_t h, 
     const char *ka = (const char *)(c->ka + h * c->a_stride * D), *va = (const char *)(c->va + h * c->a_stride * D);
     const char *kb = c->kb + (h * c->b_stride + c->b0) * D * es, *vb = c->vb + (h * c->b_stride + c->b0) * D * es;
     float mx = -INFINITY;
-    if (c->na) mx = qk_rows_avx2(q, ka, 0, c->na, D, sc, mx);
-    if (c->nb) mx = qk_rows_avx2(q, kb, c->b_f16, c->nb, D, sc + c->na, mx);
+    const int64_t rbb = D * es * c->b_step;
+    if (c->na) mx = qk_rows_avx2(q, ka, 0, c->na, D, D * 4, 0.0f, sc, mx);
+    if (c->nb) mx = qk_rows_avx2(q, kb, c->b_f16, c->nb, D, rbb, c->b_logw, sc + c->na, mx);
     /* exp and sum */
     const __m256 m = _mm256_set1_ps(mx);
     __m256 accs = _mm256_setzero_ps();
@@ -315,8 +318,8 @@ ER_AVX2 static void seg_query_avx2(const seg_ctx *c, const float *q, int64_t h, 
         for (int64_t c0 = 0; c0 < D; c0 += 64) {
             __m256 acc[8];
             for (int i = 0; i < 8; i++) acc[i] = _mm256_setzero_ps();
-            if (c->na) pv64_avx2(acc, sc, va, 0, c->na, D, c0);
-            if (c->nb) pv64_avx2(acc, sc + c->na, vb, c->b_f16, c->nb, D, c0);
+            if (c->na) pv64_avx2(acc, sc, va, 0, c->na, D * 4, c0);
+            if (c->nb) pv64_avx2(acc, sc + c->na, vb, c->b_f16, c->nb, rbb, c0);
             for (int i = 0; i < 8; i++) _mm256_storeu_ps(o + c0 + 8 * i, _mm256_mul_ps(acc[i], inv));
         }
         return;
@@ -326,7 +329,7 @@ ER_AVX2 static void seg_query_avx2(const seg_ctx *c, const float *q, int64_t h, 
         for (int64_t t = 0; t < c->na; t++)
             a = _mm256_fmadd_ps(_mm256_set1_ps(sc[t]), _mm256_loadu_ps((const float *)va + t * D + i), a);
         for (int64_t t = 0; t < c->nb; t++)
-            a = _mm256_fmadd_ps(_mm256_set1_ps(sc[c->na + t]), ld8(vb + t * D * es, c->b_f16, i), a);
+            a = _mm256_fmadd_ps(_mm256_set1_ps(sc[c->na + t]), ld8(vb + t * rbb, c->b_f16, i), a);
         _mm256_storeu_ps(o + i, _mm256_mul_ps(a, inv));
     }
 }
@@ -353,11 +356,11 @@ static void seg_task(void *vc, int64_t start, int64_t end, int tid) {
 }
 
 int er_attention_seg2(const float *q, int64_t q_stride, const float *ka, const float *va, int64_t na,
-                      int64_t a_stride, const void *kb, const void *vb, int64_t b0, int64_t nb, int64_t b_stride,
-                      int b_f16, float *out, int64_t out_stride, int64_t n_heads, int64_t head_dim, int64_t T,
-                      float scale) {
-    if (n_heads < 1 || head_dim < 1 || T < 1 || na < 0 || nb < 0 || na + nb < 1 || a_stride < na ||
-        b_stride < b0 + nb || b0 < 0 || q_stride < n_heads * head_dim || out_stride < n_heads * head_dim ||
+                      int64_t a_stride, const void *kb, const void *vb, int64_t b0, int64_t nb, int64_t b_step,
+                      int64_t b_stride, int b_f16, float *out, int64_t out_stride, int64_t n_heads, int64_t head_dim,
+                      int64_t T, float scale) {
+    if (n_heads < 1 || head_dim < 1 || T < 1 || na < 0 || nb < 0 || na + nb < 1 || a_stride < na || b_step < 1 ||
+        (nb && b_stride < b0 + (nb - 1) * b_step + 1) || b0 < 0 || q_stride < n_heads * head_dim || out_stride < n_heads * head_dim ||
         (na && (!ka || !va)) || (nb && (!kb || !vb)))
         return -1;
     const int nt = er_get_num_threads();
@@ -365,6 +368,7 @@ int er_attention_seg2(const float *q, int64_t q_stride, const float *ka, const f
     if (!buf) return -3;
     seg_ctx c = {.q = q, .q_stride = q_stride, .ka = ka, .va = va, .na = na, .a_stride = a_stride,
                  .kb = (const char *)kb, .vb = (const char *)vb, .b0 = b0, .nb = nb, .b_stride = b_stride,
+                 .b_step = b_step, .b_logw = logf((float)b_step),
                  .b_f16 = b_f16 ? 1 : 0, .isa = er_get_isa(), .out = out, .out_stride = out_stride, .H = n_heads,
                  .D = head_dim, .T = T, .scale = scale, .scores = buf, .qbuf = buf + (size_t)nt * (na + nb)};
     const int64_t items = n_heads * T;

@@ -98,7 +98,7 @@ class ASR:
     """Whisper speech recognizer (greedy decoding, English by default)."""
 
     def __init__(self, model: str | None = None, language: str = "en", final_full_window: bool = True,
-                 final_uses_prefix: bool = False):
+                 final_uses_prefix: bool = False, audio_ctx: bool = True):
         path = model or default_asr_model()
         self.model_path = path
         self.model, self.manifest, tok_json = load_whisper(path)
@@ -127,17 +127,28 @@ class ASR:
         self.max_new_tokens = self.model.args.n_text_ctx // 2
         t0 = time.perf_counter()
         self.model.prepare()
+        # audio_ctx: a "30-s window" is encoded on the audio's own frames (+ 1 s) with the cached silence
+        # context standing in for the rest (models/whisper.py SilenceContext); False: all 1500 frames
+        self.silence = self.model.silence_context() if audio_ctx else None
         self.prepare_seconds = time.perf_counter() - t0
 
     # ------------------------------------------------------------------ core
     def encode(self, audio16k: np.ndarray, full_window: bool = True) -> np.ndarray:
-        """Encoder output for up to 30 s of 16 kHz audio: the full 30-s window, or the audio + 1 s."""
+        """Encoder output for up to 30 s of 16 kHz audio: the 30-s window (with `audio_ctx`, only the audio's
+        frames are computed and the cached silence context stands in for the rest: pass the same `full_window`
+        to `new_state`), or the window cut 1 s after the audio (streaming partials)."""
         a = np.asarray(audio16k, np.float32)[:N_SAMPLES]
-        if full_window:
-            pad_to = N_SAMPLES
-        else:
-            pad_to = min(N_SAMPLES, (int(np.ceil(len(a) / SAMPLE_RATE)) + 1) * SAMPLE_RATE)
-        return self.model.encode(log_mel(a, self.model.args.n_mels, pad_to=pad_to))
+        if full_window and self.silence is not None:
+            # the audio's own frames, rounded up to 0.1 s: no margin of computed silence (with the context, a
+            # margin made the encoder output further from the full window's on LibriVox, not closer)
+            n = min(N_SAMPLES, max(1, int(np.ceil(len(a) / 1600))) * 1600)
+            return self.model.encode(log_mel(a, self.model.args.n_mels, pad_to=n), silence=self.silence)
+        short = min(N_SAMPLES, (int(np.ceil(len(a) / SAMPLE_RATE)) + 1) * SAMPLE_RATE)
+        return self.model.encode(log_mel(a, self.model.args.n_mels, pad_to=N_SAMPLES if full_window else short))
+
+    def new_state(self, enc: np.ndarray, full_window: bool = True):
+        """Decoder state for an encoder output of `encode(..., full_window)`."""
+        return self.model.new_state(enc, self.silence if full_window else None)
 
     def decode(self, audio16k: np.ndarray, prefix: list[int] | None = None, full_window: bool = True,
                max_new_tokens: int | None = None) -> Decoded:
@@ -145,7 +156,7 @@ class ASR:
         t0 = time.perf_counter()
         m: Whisper = self.model
         enc = self.encode(audio16k, full_window)
-        state = m.new_state(enc)
+        state = self.new_state(enc, full_window)
         prefix = list(prefix or [])
         logits = m.decode(self.prompt + prefix, state)  # (len, n_vocab)
         p0 = _log_softmax(logits[0])
