@@ -142,7 +142,9 @@ class ASR:
             # the audio's own frames, rounded up to 0.1 s: no margin of computed silence (with the context, a
             # margin made the encoder output further from the full window's on LibriVox, not closer)
             n = min(N_SAMPLES, max(1, int(np.ceil(len(a) / 1600))) * 1600)
-            return self.model.encode(log_mel(a, self.model.args.n_mels, pad_to=n), silence=self.silence)
+            # + 2 encoder frames of the zero padding: the convolutions' right context, as in the full window
+            mel = log_mel(a, self.model.args.n_mels, pad_to=min(N_SAMPLES, n + 640))
+            return self.model.encode(mel, silence=self.silence, frames=n // 320)
         short = min(N_SAMPLES, (int(np.ceil(len(a) / SAMPLE_RATE)) + 1) * SAMPLE_RATE)
         return self.model.encode(log_mel(a, self.model.args.n_mels, pad_to=N_SAMPLES if full_window else short))
 

@@ -376,6 +376,7 @@ class Whisper:
             )
         self.dec_ln = _LN(get, "decoder.layer_norm")
         self._embed_rows: np.ndarray | None = None
+        self.silence_step = SILENCE_STEP  # encoder attention: every n-th frame of a silence context
 
     def linears(self) -> list[Linear]:
         """Every linear layer (convs, attention, FFN, embedding)."""
@@ -390,14 +391,17 @@ class Whisper:
             lin(np.zeros((1, lin.shape[1]), np.float32))
 
     # ---------------------------------------------------------------- encoder
-    def encode(self, mel: np.ndarray, silence: SilenceContext | None = None,
-               record: list | None = None) -> np.ndarray:
+    def encode(self, mel: np.ndarray, silence: SilenceContext | None = None, record: list | None = None,
+               frames: int | None = None) -> np.ndarray:
         """mel (n_mels, 2*T_a) -> encoder output (T_a, d). T_a may be shorter than 1500: alone (the window cut
-        after the audio), or with `silence` standing in for frames T_a..1499 of a 30-s window.
+        after the audio), or with `silence` standing in for frames T_a..1499 of a 30-s window. `frames`: keep
+        only the first T_a = `frames` after the convolutions (mel frames beyond give them their right context).
         `record` (a list) receives each layer's self-attention (k, v), (H, T_a, D) each."""
         h = self.args.n_audio_head
         x = gelu(conv1d(mel.astype(np.float32), self.conv1, 3, 1))  # (T, d)
         x = gelu(conv1d(np.ascontiguousarray(x.T), self.conv2, 3, 2))  # (T_a, d)
+        if frames is not None:
+            x = np.ascontiguousarray(x[:frames])
         t = x.shape[0]
         if silence is not None and t > silence.enc_k[0].shape[1]:
             raise ValueError(f"{t} encoder frames exceed the {silence.enc_k[0].shape[1]} of the window")
@@ -412,7 +416,7 @@ class Whisper:
             kb = vb = None
             if silence is not None:
                 kb, vb = silence.enc_k[i], silence.enc_v[i]
-            x = x + L["out"](_attend(qkv[:, :d], k, v, kb, vb, t, h, SILENCE_STEP))
+            x = x + L["out"](_attend(qkv[:, :d], k, v, kb, vb, t, h, self.silence_step))
             x = x + L["fc2"](gelu(L["fc1"](L["ln2"](x))))
         return self.enc_ln(x).astype(np.float32)
 
