@@ -332,6 +332,8 @@ def assistant(
     seconds: Annotated[float | None, typer.Option(help="Stop the live loop after this many seconds.")] = None,
     ram: RamOpt = None,
     timeline: Annotated[str | None, typer.Option(help="Headless: PNG of where each turn's time went.")] = None,
+    realtime: Annotated[bool, typer.Option(help="Headless: play the input at real-time pace through the live loop "
+                                                 "(honest latency from the end of speech).")] = False,
 ):
     """Voice assistant: mic -> VAD -> ASR -> LLM -> TTS -> speaker, with barge-in; or --input/--output files."""
     from edgerun.runtime.audio.assistant import assistant as _assistant
@@ -340,7 +342,8 @@ def assistant(
         return int(d) if d is not None and d.isdigit() else d
 
     _assistant(input=input, output=output, model=model, max_tokens=max_tokens, input_device=dev(input_device),
-               output_device=dev(output_device), seconds=seconds, echo=typer.echo, ram=ram, timeline=timeline)
+               output_device=dev(output_device), seconds=seconds, echo=typer.echo, ram=ram, timeline=timeline,
+               realtime=realtime)
 
 
 # ---- benchmarks (bench/) -------------------------------------------------------------

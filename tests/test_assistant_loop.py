@@ -19,16 +19,27 @@ def test_llm_phrases_groups_stream():
     assert list(llm_phrases(iter([]))) == []
 
 
+SPEECH = os.path.join(os.path.dirname(__file__), "fixtures", "speech")
+
+
+def spoken(name: str) -> np.ndarray:
+    """A question spoken by the packaged Piper voice, kept as a file (Piper samples noise: a new synthesis may be
+    heard differently), 22.05 kHz, 0.1 s of silence before the speech and none after its last voiced sample."""
+    from edgerun.runtime.audio.wavio import read_audio
+
+    x, sr = read_audio(os.path.join(SPEECH, f"{name}.wav"))
+    assert sr == 22050
+    return x
+
+
 @pytest.fixture(scope="module")
 def question_wav(tmp_path_factory):
-    from edgerun.runtime.audio.tts import TTS
     from edgerun.runtime.audio.wavio import write_wav
 
-    tts = TTS()
     d = tmp_path_factory.mktemp("assistant")
-    q = tts.generate("What is the capital of France?")
+    q = spoken("capital_of_france")
     p = str(d / "question.wav")
-    write_wav(p, np.concatenate([np.zeros(11025, np.float32), q, np.zeros(22050, np.float32)]), tts.sample_rate)
+    write_wav(p, np.concatenate([np.zeros(11025, np.float32), q, np.zeros(22050, np.float32)]), 22050)
     return p
 
 
@@ -102,11 +113,10 @@ def _fake_alsa(tmp_path, pcm16k: np.ndarray) -> dict:
 @pytest.mark.model
 def test_live_loop_fake_alsa_with_barge_in(question_wav, tmp_path):
     from edgerun.runtime.audio.resample import resample
-    from edgerun.runtime.audio.tts import TTS
     from edgerun.runtime.audio.wavio import read_audio
 
     q, sr = read_audio(question_wav)
-    second = TTS().generate("Tell me something about Berlin instead.")
+    second = spoken("berlin_instead")
     mic = np.concatenate([resample(q, sr, 16000), np.zeros(16000, np.float32),
                           resample(second, 22050, 16000), np.zeros(16000 * 3, np.float32)])
     fake = _fake_alsa(tmp_path, mic)
@@ -185,3 +195,72 @@ def test_budget_below_speech_models_fails_in_one_line(question_wav, tmp_path):
     msg = (out.stdout + out.stderr).strip()
     assert "\n" not in msg and "Traceback" not in msg, msg
     assert re.search(r"below the assistant's minimum: .* use ram of at least", msg), msg
+
+
+@pytest.fixture(scope="module")
+def realtime_assistant():
+    from edgerun.runtime.audio.assistant import Assistant
+
+    return Assistant(max_tokens=24)
+
+
+def _last_voiced(x: np.ndarray) -> int:
+    return int(np.flatnonzero(np.abs(x) > 0.01)[-1]) + 1
+
+
+@pytest.mark.model
+def test_realtime_loop_never_speaks_before_the_endpoint(realtime_assistant, tmp_path):
+    """In real time, with the reply prepared during the silence: one turn, and its first audio reaches the
+    speaker only after the user's speech ended and the endpoint's silence was heard."""
+    from edgerun.runtime.audio.wavio import write_wav
+
+    a = realtime_assistant
+    a.history.clear()
+    sr = a.tts.sample_rate
+    q = spoken("capital_of_france")
+    p = write_wav(str(tmp_path / "q.wav"), np.concatenate([np.zeros(sr // 2, np.float32), q,
+                                                           np.zeros(sr * 3 // 2, np.float32)]), sr)
+    speech_end = (sr // 2 + _last_voiced(q)) / sr
+    turns, t0 = a.run_realtime(p)
+    assert len(turns) == 1 and "france" in turns[0].transcript.lower()
+    t = turns[0]
+    assert t.first_audio_wall is not None and t.reply
+    assert t.first_audio_wall - (t0 + speech_end) >= 0.15  # the VAD heard at least the endpoint's silence
+    assert len(a.history) == 2 and a.history[0]["content"] == t.transcript
+
+
+@pytest.mark.model
+def test_realtime_loop_drops_a_reply_when_the_user_speaks_on(realtime_assistant, tmp_path):
+    """A pause long enough for a tentative transcript but shorter than the endpoint: the reply prepared for
+    the first half is dropped (not spoken, not in the history) and the whole question is answered."""
+    from edgerun.runtime.audio.wavio import write_wav
+
+    a = realtime_assistant
+    a.history.clear()
+    sr = a.tts.sample_rate
+    part1, part2 = spoken("tell_me_the_capital"), spoken("of_germany_please")[int(0.1 * sr) :]
+    x = np.concatenate([np.zeros(sr // 2, np.float32), part1, np.zeros(int(0.17 * sr), np.float32), part2,
+                        np.zeros(sr * 3 // 2, np.float32)])
+    p = write_wav(str(tmp_path / "q2.wav"), x, sr)
+    before = a.dropped_replies
+    turns, _ = a.run_realtime(p)
+    assert a.dropped_replies > before, "the pause produced no tentative transcript"
+    assert len(turns) == 1 and "germany" in turns[0].transcript.lower()
+    assert len(a.history) == 2
+
+
+@pytest.mark.model
+def test_headless_realtime_reports_latency_from_end_of_speech(question_wav, tmp_path):
+    from edgerun.runtime.audio.assistant import assistant
+    from edgerun.runtime.audio.wavio import read_audio
+
+    lines = []
+    out = str(tmp_path / "reply.wav")
+    turns = assistant(input=question_wav, output=out, max_tokens=24, echo=lines.append, realtime=True)
+    assert len(turns) == 1 and turns[0].speech_end is not None
+    lat = [s for s in lines if s.startswith("latency:")]
+    assert lat and "after the end of speech (real time" in lat[0], lines
+    ms = float(lat[0].split("audio ")[1].split(" ms")[0])
+    assert ms >= 100  # at least the endpoint's silence
+    y, sr = read_audio(out)
+    assert len(y) / sr > 0.5

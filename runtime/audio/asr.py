@@ -74,6 +74,7 @@ class ASRResult:
     compute_seconds: float = 0.0  # time spent producing this result after its endpoint
     timings: dict = field(default_factory=dict)
     endpoint_delay: float = 0.0  # finals: audio seconds from the end of speech to the endpoint decision
+    tentative: bool = False  # decoded at the first silence: the final's text if no speech comes back
 
 
 @dataclass
@@ -230,12 +231,17 @@ class ASRStream:
     """Streaming recognition: `accept_waveform(sr, samples)` -> partial and final `ASRResult`s."""
 
     def __init__(self, asr: ASR, partial_step: float = 1.0, min_partial_audio: float = 1.0,
-                 vad: VAD | None = None, early_silence: float | None = 0.2, **vad_kw):
+                 vad: VAD | None = None, early_silence: float | None = 0.2, tentative_silence: float | None = 0.1,
+                 **vad_kw):
         self.asr = asr
         self.vad = vad or VAD(model=asr.vad_model(), **vad_kw)
         self.partial_step = partial_step
         self.min_partial_audio = min_partial_audio
         self.early_silence = early_silence
+        # the utterance is decoded once this much silence follows it (it is then the same audio the final cuts:
+        # the VAD pads segments by its speech_pad, 100 ms): a tentative result a caller may act on at once
+        self.tentative_silence = (None if early_silence is None or tentative_silence is None
+                                  else min(tentative_silence, early_silence))
         self.reset()
 
     def reset(self) -> None:
@@ -308,24 +314,38 @@ class ASRStream:
     def _early_endpoint(self) -> ASRResult | None:
         """Endpointing that does not always wait the VAD's full silence.
 
-        Once speech has been followed by `early_silence` seconds of silence, the utterance is decoded at once,
-        exactly as the final decode would cut it. If that text is a complete sentence (ends in . ? or !), the
-        endpoint is declared now; otherwise the decode is kept, and the final at the VAD endpoint reuses it
-        when no speech came back in between (the same audio), so the final costs no decode after the endpoint.
+        Once speech has been followed by `tentative_silence` seconds of silence (100 ms: the segment is then
+        exactly the audio a final would cut), the utterance is decoded at once and returned as a *tentative*
+        result: a caller may start working on it (the assistant prepares its reply) while the silence goes on.
+        At `early_silence` seconds (200 ms), if that text is a complete sentence (ends in . ? or !), the
+        endpoint is declared with that text; otherwise the decode is kept, and the final at the VAD endpoint
+        reuses it when no speech came back in between (the same audio), so no final costs a decode after
+        its endpoint unless the decode itself is slower than the silence it overlaps.
         """
         v = self.vad
-        if self.early_silence is None or not v.in_speech or v.trailing_silence < self.early_silence:
-            return None
-        seg = v.pending_segment()
-        if seg is None or (self._early is not None and self._early[0] == seg.end):
+        if self.early_silence is None or not v.in_speech:
             return None
         silence = v.trailing_silence
-        d, text, prefix = self._decode_final(seg)
-        self._early = (seg.end, d, text, prefix, silence)
-        if text.rstrip().endswith((".", "?", "!")) and not text.rstrip().endswith("..."):
+        if silence < self.tentative_silence:
+            return None
+        seg = v.pending_segment()
+        if seg is None:
+            return None
+        if self._early is None or self._early[0] != seg.end:  # first silence after this speech: decode it now
+            d, text, prefix = self._decode_final(seg)
+            self._early = (seg.end, d, text, prefix, silence)
+            if silence < self.early_silence:
+                return ASRResult(text, False, text, "", seg.start, seg.end, self.segment, not text, d.seconds,
+                                 tentative=True)
+        _, d, text, prefix, decoded_at = self._early
+        if silence >= self.early_silence and text.rstrip().endswith((".", "?", "!")) \
+                and not text.rstrip().endswith("..."):
             closed = v.close_now()
-            if closed is not None:
-                return self._result(closed, d, text, prefix, compute=d.seconds, delay=silence)
+            if closed is not None:  # in real time the decode ran from `decoded_at` into this silence
+                r = self._result(closed, d, text, prefix, compute=max(0.0, decoded_at + d.seconds - silence),
+                                 delay=silence)
+                r.timings["decoded_during_silence"] = True
+                return r
         return None
 
     def _decode_final(self, seg: SpeechSegment):

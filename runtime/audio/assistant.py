@@ -24,7 +24,9 @@ from edgerun.errors import EdgerunError
 from edgerun.runtime.audio.resample import StreamResampler
 from edgerun.runtime.audio.wavio import read_audio, write_wav
 
-SYSTEM_PROMPT = "You are a helpful voice assistant. Answer briefly, in one or two short sentences."
+# measured on the 22 questions of benchmarks/asr_assistant_latency.py (text in, SmolLM2-135M-Instruct, greedy):
+# "Answer briefly, in one or two short sentences." 11/22 correct, no system prompt 12/22, this one 16/22
+SYSTEM_PROMPT = "You are a voice assistant. Give the answer first, in one short sentence."
 _PHRASE_END = re.compile(r"[.!?;:](?=\s)|,(?=\s)")
 
 
@@ -41,6 +43,8 @@ class Turn:
     first_audio_seconds: float = 0.0  # endpoint -> first reply audio ready (the latency that matters)
     endpoint_wait_seconds: float = 0.0  # silence the VAD waits for before declaring the endpoint (audio time)
     interrupted: bool = False
+    first_audio_wall: float | None = None  # perf_counter when its first audio reached the speaker (live loop)
+    speech_end: float | None = None  # live loop: input time (s) where the VAD heard the user's speech stop
     events: list = field(default_factory=list)  # (seconds after the endpoint, "token"|"phrase"|"audio", detail)
 
 
@@ -109,6 +113,7 @@ class Assistant:
         self.history_turns = history_turns
         self.max_sentences = max_sentences  # a spoken reply ends after this many sentences
         self.repeat_penalty = repeat_penalty  # 1.1 made SmolLM2 avoid the question's own words (measured)
+        self.dropped_replies = 0  # replies prepared on a tentative transcript and dropped (the user spoke on)
         self.warmup_seconds = self.warm_up() if warm_up else 0.0
 
     def warm_up(self) -> float:
@@ -133,9 +138,12 @@ class Assistant:
         return msgs + [{"role": "user", "content": user_text}]
 
     def reply(self, user_text: str, on_audio: Callable[[np.ndarray], object] | None = None,
-              cancel: threading.Event | None = None, t_end: float | None = None) -> Turn:
+              cancel: threading.Event | None = None, t_end: float | None = None,
+              release: threading.Event | None = None) -> Turn | None:
         """Stream the LLM reply phrase by phrase into TTS; `on_audio(chunk)` gets each phrase's audio.
         `t_end` (perf_counter) is when the user's speech was declared over, for the latency figures.
+        `release` (a speculative reply): when it is still unset at the end (the reply was cancelled before its
+        transcript was confirmed), the reply is dropped: None is returned and the history is left as it was.
 
         The LLM runs on its own thread and hands over phrases through a queue, so phrase n + 1 is being
         written while phrase n is synthesized and played. `turn.events` records when each token, phrase and
@@ -197,6 +205,8 @@ class Assistant:
         finally:
             stop.set()
             writer.join()
+        if release is not None and not release.is_set():
+            return None
         if cancel is not None and cancel.is_set():  # cut off, also while the LLM had not written a phrase yet
             turn.interrupted = True
         turn.reply = " ".join(spoken)
@@ -227,50 +237,31 @@ class Assistant:
             t = time.perf_counter()
             handle(stream.accept_waveform(sr, x[i : i + step]), t)
         handle(stream.input_finished(), time.perf_counter())
-        if output_path is not None:
-            gap = np.zeros(int(0.3 * self.tts.sample_rate), np.float32)
-            parts = [p for t in turns for p in (t.audio, gap)]
-            write_wav(output_path, np.concatenate(parts) if parts else np.zeros(0, np.float32), self.tts.sample_rate)
+        _write_replies(turns, output_path, self.tts.sample_rate)
         return turns
 
     # ------------------------------------------------------------------ live
     def run_live(self, input_device=None, output_device=None, max_turns: int | None = None,
                  seconds: float | None = None, barge_in: bool = True, echo: Callable[[str], object] = print,
-                 block_ms: int = 100, barge_in_ms: int = 200) -> list[Turn]:
+                 block_ms: int = 100, barge_in_ms: int = 200, speculate: bool = True) -> list[Turn]:
         """Talk through sounddevice until Ctrl-C, `max_turns` replies, or `seconds` of wall time.
 
         Barge-in: once the VAD has heard `barge_in_ms` of speech while a reply is being generated or played,
         playback stops and the reply is abandoned (short clicks and coughs do not interrupt). There is no
-        echo cancellation: with loudspeakers near the microphone use headphones or `barge_in=False`."""
+        echo cancellation: with loudspeakers near the microphone use headphones or `barge_in=False`.
+        `speculate`: see :meth:`serve`."""
         sd = import_sounddevice()
         in_rate = _device_rate(sd, input_device, "input", 16000)
         out_rate = _device_rate(sd, output_device, "output", self.tts.sample_rate)
         mic: queue.Queue = queue.Queue(maxsize=int(60_000 / block_ms))  # at most 60 s waiting; more is dropped
         overruns = [0]
         player = _Player(out_rate)
-        stream = self.asr.create_stream()
-        turns: list[Turn] = []
-        cancel = threading.Event()
-        worker: threading.Thread | None = None
 
         def on_mic(indata, frames, t, status):  # sounddevice thread: copy and hand over
             try:
                 mic.put_nowait(indata[:, 0].astype(np.float32) / 32768.0)
             except queue.Full:
                 overruns[0] += 1
-
-        def speak(text: str, t_end: float, asr_s: float):
-            to_device = StreamResampler(self.tts.sample_rate, out_rate)  # one stream per reply: no chunk seams
-
-            def to_player(chunk):
-                player.add(to_device.process(chunk))
-
-            turn = self.reply(text, on_audio=to_player, cancel=cancel, t_end=t_end)
-            player.add(to_device.flush())
-            turn.asr_final_seconds = asr_s
-            turns.append(turn)
-            echo(f"assistant: {turn.reply}" + (" [interrupted]" if turn.interrupted else "")
-                 + f"  (first audio {turn.first_audio_seconds * 1000:.0f} ms after end of speech)")
 
         try:
             # int16 on both sides: the format every device takes (ALSA's float conversion path is the fragile one)
@@ -281,66 +272,193 @@ class Assistant:
         except Exception as e:  # PortAudioError and friends
             raise EdgerunError(f"cannot open the audio device ({str(e).splitlines()[0]}); "
                                "check `python -m sounddevice` or use --input/--output files") from None
-        t_start = time.perf_counter()
         with ins, outs:
             echo("listening (Ctrl-C to stop)")
-            while True:
-                if seconds is not None and time.perf_counter() - t_start > seconds:
-                    break
-                if max_turns is not None and len(turns) >= max_turns and (worker is None or not worker.is_alive()):
-                    break
-                try:
-                    block = mic.get(timeout=0.05)
-                except queue.Empty:
-                    continue
+            return self.serve(mic, in_rate, player, max_turns=max_turns, seconds=seconds, barge_in=barge_in,
+                              echo=echo, barge_in_ms=barge_in_ms, speculate=speculate)
+
+    def run_realtime(self, input_path: str, block_ms: int = 32, speculate: bool = True,
+                     echo: Callable[[str], object] = lambda s: None) -> tuple[list[Turn], float]:
+        """Play a file into the live loop as a microphone would: blocks arrive at real-time pace on their own
+        thread while the loop works, replies go to a player that keeps them. The honest latency measurement:
+        the audio at file time `s` arrived at wall time `t0 + s` (perf_counter), and each turn's
+        `first_audio_wall` is when its first audio reached the player. Returns (turns, t0)."""
+        x, sr = read_audio(input_path)
+        mic: queue.Queue = queue.Queue()
+        step = max(1, int(sr * block_ms / 1000))
+        t0 = time.perf_counter() + 0.05
+
+        def feed():
+            for i in range(0, len(x), step):
+                delay = t0 + (i + step) / sr - time.perf_counter()  # a block is ready once all of it was heard
+                if delay > 0:
+                    time.sleep(delay)
+                mic.put(x[i : i + step])
+            mic.put(None)
+
+        threading.Thread(target=feed, name="edgerun-fake-mic", daemon=True).start()
+        turns = self.serve(mic, sr, _Player(self.tts.sample_rate, keep=True), echo=echo, speculate=speculate)
+        return turns, t0
+
+    def serve(self, mic: queue.Queue, in_rate: int, player: _Player, max_turns: int | None = None,
+              seconds: float | None = None, barge_in: bool = True, echo: Callable[[str], object] = print,
+              barge_in_ms: int = 200, speculate: bool = True) -> list[Turn]:
+        """The conversation loop: microphone blocks from `mic` (float32 at `in_rate`; None ends the input),
+        replies into `player`. Returns the turns spoken, in order.
+
+        `speculate`: the reply to a *tentative* transcript (decoded after 100 ms of silence, see
+        `ASRStream`) is prepared at once, the LLM writing and TTS synthesizing it while the silence goes on,
+        but nothing reaches the speaker until the endpoint confirms that transcript; if the user speaks on, or
+        the final text differs, the prepared reply is dropped (not added to the history). The wait after
+        the end of speech is then the longer of the endpoint's silence and the reply's compute, not their sum."""
+        stream = self.asr.create_stream()
+        turns: list[Turn] = []
+        t_start = time.perf_counter()
+        job: _ReplyJob | None = None
+        done = False
+
+        def start(r, t_end: float, confirmed: bool) -> _ReplyJob:
+            j = _ReplyJob(r.text, t_end, r.compute_seconds, confirmed)
+            text, asr_s = r.text, r.compute_seconds
+            speech_end = r.end - stream.vad.pad / 16000  # segments end one speech pad after the silence began
+            to_device = StreamResampler(self.tts.sample_rate, player.rate)  # one stream per reply: no seams
+
+            def to_player(chunk):
+                if not j.release.is_set():
+                    while not j.release.wait(0.005):  # held until the endpoint confirms this transcript
+                        if j.cancel.is_set():
+                            return
+                if j.first_audio_wall is None:
+                    j.first_audio_wall = time.perf_counter()
+                player.add(to_device.process(chunk))
+
+            def run():
+                turn = self.reply(text, on_audio=to_player, cancel=j.cancel, t_end=t_end, release=j.release)
+                if turn is None:  # a speculation that was dropped
+                    return
+                player.add(to_device.flush())
+                turn.asr_final_seconds = asr_s
+                turn.first_audio_wall = j.first_audio_wall
+                turn.speech_end = speech_end
+                if j.first_audio_wall is not None:  # from the endpoint (a prepared reply may be ready before it)
+                    turn.first_audio_seconds = max(0.0, j.first_audio_wall - j.t_end)
+                turns.append(turn)
+                echo(f"assistant: {turn.reply}" + (" [interrupted]" if turn.interrupted else "")
+                     + f"  (first audio {turn.first_audio_seconds * 1000:.0f} ms after end of speech)")
+
+            j.thread = threading.Thread(target=run, name="edgerun-reply", daemon=True)
+            if confirmed:
+                j.release.set()
+            j.thread.start()
+            return j
+
+        def drop(j: _ReplyJob | None) -> None:
+            if j is not None:
+                if not j.release.is_set():
+                    self.dropped_replies += 1
+                j.cancel.set()
+                j.thread.join()
+
+        while True:
+            if seconds is not None and time.perf_counter() - t_start > seconds:
+                break
+            if done or (max_turns is not None and len(turns) >= max_turns and (job is None or not job.alive)):
+                break
+            try:
+                block = mic.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            if block is None:  # end of input: close the utterance in progress
+                results, done = stream.input_finished(), True
+            else:
                 results = stream.accept_waveform(in_rate, block)
-                talking = stream.in_speech and stream.vad.time - (stream.vad.speech_start or 0.0) >= barge_in_ms / 1000
-                if barge_in and talking and (player.busy or (worker is not None and worker.is_alive())):
-                    cancel.set()  # barge-in: the user talks over the reply
-                    writing = worker is not None and worker.is_alive()
-                    if player.stop():
-                        if turns and not writing:  # written already, but cut before it was all heard
-                            turns[-1].interrupted = True
-                        echo("(barge-in: playback stopped)")
-                for r in results:
-                    if r.is_final and r.text:
-                        echo(f"you: {r.text}")
-                        if worker is not None:
-                            cancel.set()
-                            worker.join()
-                        cancel = threading.Event()
-                        worker = threading.Thread(target=speak, args=(r.text, time.perf_counter(), r.compute_seconds),
-                                                  daemon=True)
-                        worker.start()
-            if worker is not None:
-                worker.join()
-            while player.busy and (seconds is None or time.perf_counter() - t_start < seconds + 30):
-                time.sleep(0.05)
+            if job is not None and not job.release.is_set() and stream.in_speech and stream.vad.trailing_silence == 0:
+                drop(job)  # the user speaks on: the prepared reply answered half a question
+                job = None
+            talking = stream.in_speech and stream.vad.time - (stream.vad.speech_start or 0.0) >= barge_in_ms / 1000
+            if barge_in and talking and job is not None and job.release.is_set() and (player.busy or job.alive):
+                writing = job.alive
+                job.cancel.set()  # barge-in: the user talks over the reply
+                if player.stop():
+                    if turns and not writing:  # written already, but cut before it was all heard
+                        turns[-1].interrupted = True
+                    echo("(barge-in: playback stopped)")
+            for r in results:
+                now = time.perf_counter()
+                if r.tentative and speculate and r.text:
+                    drop(job)
+                    job = start(r, now, confirmed=False)
+                elif r.is_final and r.text:
+                    echo(f"you: {r.text}")
+                    if job is not None and not job.release.is_set() and job.text == r.text:
+                        job.t_end = now
+                        job.release.set()  # the prepared reply is the right one: let it play
+                    else:
+                        drop(job)
+                        job = start(r, now, confirmed=True)
+        if job is not None:
+            if not job.release.is_set():
+                drop(job)
+            job.thread.join()
+        while player.busy and not player.keep and (seconds is None or time.perf_counter() - t_start < seconds + 30):
+            time.sleep(0.05)
         return turns
 
 
-class _Player:
-    """A queue of audio played by the output stream's callback; `stop()` drops what is queued (barge-in)."""
+@dataclass
+class _ReplyJob:
+    """A reply being prepared or spoken on its own thread; `release` lets its audio reach the speaker."""
 
-    def __init__(self, rate: int):
+    text: str
+    t_end: float
+    asr_seconds: float
+    confirmed: bool
+    release: threading.Event = field(default_factory=threading.Event)
+    cancel: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+    first_audio_wall: float | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
+
+class _Player:
+    """A queue of audio played by the output stream's callback; `stop()` drops what is queued (barge-in).
+
+    `keep=True` (no output device: `run_realtime`): every chunk is kept in `kept` as (wall time, samples)
+    and playback is simulated on the wall clock, so `busy` and `stop()` behave as with a speaker."""
+
+    def __init__(self, rate: int, keep: bool = False):
         self.rate = rate
+        self.keep = keep
         self.lock = threading.Lock()
         self.buf = np.zeros(0, np.float32)
         self.played = 0
         self.stops = 0
+        self.kept: list[tuple[float, np.ndarray]] = []
+        self._plays_until = 0.0  # keep=True: wall time when the queued audio has been played
 
     def add(self, samples: np.ndarray) -> None:
         with self.lock:
+            if self.keep:
+                now = time.perf_counter()
+                self.kept.append((now, samples.astype(np.float32)))
+                self._plays_until = max(self._plays_until, now) + len(samples) / self.rate
+                return
             self.buf = np.concatenate([self.buf, samples.astype(np.float32)])
 
     @property
     def busy(self) -> bool:
+        if self.keep:
+            return time.perf_counter() < self._plays_until
         return len(self.buf) > 0
 
     def stop(self) -> bool:
         with self.lock:
-            had = len(self.buf) > 0
+            had = self.busy
             self.buf = np.zeros(0, np.float32)
+            self._plays_until = 0.0
         if had:
             self.stops += 1
         return had
@@ -424,10 +542,12 @@ def assistant(input: str | None = None, output: str | None = None, model: str | 
               asr_model: str | None = None, voice: str | None = None, max_tokens: int = 80,
               input_device=None, output_device=None, max_turns: int | None = None, seconds: float | None = None,
               echo: Callable[[str], object] = print, ram: str | int | None = None,
-              timeline: str | None = None) -> list[Turn]:
+              timeline: str | None = None, realtime: bool = False) -> list[Turn]:
     """`edgerun assistant`: live with the microphone and speaker, or headless with --input/--output files.
 
     `timeline` (headless): a PNG of where each turn's time went (runtime/audio/timeline.py).
+    `realtime` (headless): play the input at real-time pace through the live loop, as a microphone would, and
+    report the latency from the end of speech (the honest figure); otherwise the file is read as fast as possible.
     `ram` bounds the resident memory of all three models together: ASR and TTS are loaded and measured
     at work first, the language model gets the rest (see :func:`load_within_budget`, docs/memory.md).
     """
@@ -442,7 +562,11 @@ def assistant(input: str | None = None, output: str | None = None, model: str | 
         model, asr_model, voice, budget = load_within_budget(ram, model, asr_model, voice)
     a = Assistant(llm=model, asr=asr_model, tts=voice, max_tokens=max_tokens)
     if input is not None:
-        turns = a.run_files(input, output)
+        if realtime:
+            turns, t0 = a.run_realtime(input)
+            _write_replies(turns, output, a.tts.sample_rate)
+        else:
+            turns = a.run_files(input, output)
         if not turns:
             echo("(no speech in the input)")
         if timeline is not None and turns:
@@ -452,6 +576,10 @@ def assistant(input: str | None = None, output: str | None = None, model: str | 
         for t in turns:
             echo(f"you: {t.transcript}")
             echo(f"assistant: {t.reply}")
+            if realtime and t.first_audio_wall is not None:
+                echo(f"latency: first reply audio {(t.first_audio_wall - t0 - t.speech_end) * 1000:.0f} ms after the "
+                     f"end of speech (real time; the reply was prepared during the endpoint's silence)")
+                continue
             echo(f"latency: first reply audio {t.first_audio_seconds * 1000:.0f} ms after the end-of-speech "
                  f"endpoint (ASR final {t.asr_final_seconds * 1000:.0f} ms, LLM first phrase "
                  f"{t.first_text_seconds * 1000:.0f} ms) + {t.endpoint_wait_seconds * 1000:.0f} ms VAD silence")
@@ -459,6 +587,14 @@ def assistant(input: str | None = None, output: str | None = None, model: str | 
             echo(_memory_line(budget))
         return turns
     return a.run_live(input_device, output_device, max_turns=max_turns, seconds=seconds, echo=echo)
+
+
+def _write_replies(turns: list[Turn], path: str | None, rate: int) -> None:
+    """All replies of `turns` into one WAV at `path` (0.3 s between replies); nothing when `path` is None."""
+    if path is not None:
+        gap = np.zeros(int(0.3 * rate), np.float32)
+        parts = [p for t in turns for p in (t.audio, gap)]
+        write_wav(path, np.concatenate(parts) if parts else np.zeros(0, np.float32), rate)
 
 
 def _memory_line(budget: dict) -> str:

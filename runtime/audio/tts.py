@@ -5,8 +5,12 @@
         play(chunk.samples, chunk.sample_rate)   # first phrase arrives before the rest is synthesized
     audio = tts.generate(text, callback=play)    # same, with a callback; returns the whole float32 signal
 
-Text is split into phrases (sentences, and long sentences at clause marks) so the first audio is ready
-after one short phrase; each phrase is one ONNX run.
+Text is split into phrases (sentences, and long sentences at clause marks; the first one short). Each
+phrase runs the voice's text encoder once (phonemes -> latent frames, ~11.6 ms of audio each); flow and
+waveform decoder then run on windows of frames with enough context on both sides that every window's
+audio equals the one-shot synthesis (`runtime/audio/piper_split.py`), so the first audio is out after a
+few frames instead of after the whole phrase. A voice whose graph cannot be split is synthesized one
+phrase per ONNX run, with a one-line warning.
 """
 
 from __future__ import annotations
@@ -15,11 +19,12 @@ import json
 import os
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
-from edgerun.errors import EdgerunError
+from edgerun.errors import EdgerunError, UnsupportedError
 from edgerun.runtime.audio.phonemes import phoneme_ids, phonemize, split_clauses
 
 _SENTENCE_END = (".", "!", "?", ";", ":")
@@ -40,14 +45,16 @@ def default_voice() -> str:
 
 @dataclass
 class AudioChunk:
-    """One synthesized phrase."""
+    """One piece of synthesized audio: a window of a phrase (`part` 0, 1, ... of phrase `index`)."""
 
     samples: np.ndarray  # (n,) float32 in [-1, 1]
     sample_rate: int
-    text: str
-    index: int
-    synth_seconds: float = 0.0  # time spent making it
+    text: str  # the phrase this piece belongs to
+    index: int  # phrase number
+    synth_seconds: float = 0.0  # time spent making this piece
     timings: dict = field(default_factory=dict)
+    part: int = 0  # window number within the phrase
+    last: bool = True  # the phrase's last piece (it carries the sentence silence)
 
     @property
     def duration(self) -> float:
@@ -100,11 +107,15 @@ def split_phrases(text: str, max_words: int = 12, first_max_words: int = 6) -> l
 
 
 class PiperVoice:
-    """A Piper VITS voice: ONNX model + `.onnx.json` config (phoneme-id map, rates, scales)."""
+    """A Piper VITS voice: ONNX model + `.onnx.json` config (phoneme-id map, rates, scales).
 
-    def __init__(self, model_path: str | None = None, config_path: str | None = None, threads: int = 0):
-        import onnxruntime as ort
+    `streaming=True` (default) splits the graph once (cached) into encoder / flow / decoder sessions for
+    `stream_ids`; a graph that does not split warns in one line and falls back to whole-phrase synthesis.
+    The one-shot session of the whole graph (`synthesize_ids`) is loaded only when it is used.
+    """
 
+    def __init__(self, model_path: str | None = None, config_path: str | None = None, threads: int = 0,
+                 streaming: bool = True):
         self.model_path = model_path or default_voice()
         self.config_path = config_path or self.model_path + ".json"
         if not os.path.isfile(self.model_path):
@@ -124,22 +135,49 @@ class PiperVoice:
             [inf.get("noise_scale", 0.667), inf.get("length_scale", 1.0), inf.get("noise_w", 0.8)], np.float32
         )
         self.multi_speaker = int(cfg.get("num_speakers", 1)) > 1
+        self.threads = threads
+        self._lock = threading.Lock()
+        self._sess = None
+        self.split: dict | None = None  # cut tensors, hop and contexts when streaming (piper_split meta)
+        self.split_error: str | None = None
+        if streaming:
+            from edgerun.runtime.audio.piper_split import split_voice
+
+            try:
+                folder, meta = split_voice(self.model_path)
+                self._enc, self._flow, self._dec = (self._session(str(folder / f"{p}.onnx"))
+                                                    for p in ("encoder", "flow", "decoder"))
+                self.split = meta
+            except UnsupportedError as e:
+                self.split_error = str(e)
+                warnings.warn(f"{e}; synthesizing whole phrases (first audio after the whole phrase)", stacklevel=2)
+        if self.split is None:
+            self._sess = self._session(self.model_path)
+
+    def _session(self, path: str):
+        import onnxruntime as ort
+
         so = ort.SessionOptions()
-        if threads:
-            so.intra_op_num_threads = threads
+        if self.threads:
+            so.intra_op_num_threads = self.threads
         so.log_severity_level = 3
         try:
-            self.sess = ort.InferenceSession(self.model_path, so, providers=["CPUExecutionProvider"])
+            return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own types
-            raise EdgerunError(f"cannot load voice '{self.model_path}' ({str(e).splitlines()[0]})") from None
-        self._lock = threading.Lock()
+            raise EdgerunError(f"cannot load voice '{path}' ({str(e).splitlines()[0]})") from None
+
+    @property
+    def sess(self):
+        """The onnxruntime session of the whole voice graph (loaded on first use)."""
+        if self._sess is None:
+            self._sess = self._session(self.model_path)
+        return self._sess
 
     def ids(self, text: str) -> list[int]:
         """Phoneme ids of a phrase."""
         return phoneme_ids(phonemize(text, self.espeak_voice), self.id_map)
 
-    def synthesize_ids(self, ids: list[int], speaker: int = 0, length_scale: float | None = None) -> np.ndarray:
-        """One ONNX run: ids -> float32 audio (n,)."""
+    def _feeds(self, ids: list[int], speaker: int, length_scale: float | None) -> dict:
         scales = self.scales.copy()
         if length_scale is not None:
             scales[1] = length_scale
@@ -150,21 +188,85 @@ class PiperVoice:
         }
         if self.multi_speaker:
             feeds["sid"] = np.array([speaker], dtype=np.int64)
+        return feeds
+
+    def synthesize_ids(self, ids: list[int], speaker: int = 0, length_scale: float | None = None) -> np.ndarray:
+        """One ONNX run of the whole graph: ids -> float32 audio (n,)."""
+        feeds = self._feeds(ids, speaker, length_scale)
+        sess = self.sess
         with self._lock:
-            out = self.sess.run(None, feeds)[0]
+            out = sess.run(None, feeds)[0]
         return np.clip(out.reshape(-1), -1.0, 1.0).astype(np.float32)
+
+    def stream_ids(self, ids: list[int], speaker: int = 0, length_scale: float | None = None,
+                   first_frames: int = 8, max_frames: int = 128,
+                   context: tuple[int, int] | None = None) -> Iterator[tuple[np.ndarray, dict]]:
+        """Yield (audio, timings) window by window for one phrase; timings["last"] marks the last window.
+
+        The encoder runs once (all sampling noise is drawn there); then windows of `first_frames`,
+        doubling up to `max_frames` latent frames, each through the flow and decoder with `context`
+        = (flow, decoder) frames on each side (default: the measured receptive fields, which makes
+        the joined windows equal to the one-shot output up to float rounding). Without a split graph:
+        one window, the one-shot synthesis.
+        """
+        if self.split is None:
+            t0 = time.perf_counter()
+            audio = self.synthesize_ids(ids, speaker, length_scale)
+            yield audio, dict(onnx=time.perf_counter() - t0, last=True)
+            return
+        sp = self.split
+        cf, cd = context if context is not None else (sp["flow_context"], sp["decoder_context"])
+        hop = sp["hop"]
+        t0 = time.perf_counter()
+        with self._lock:
+            zp = self._enc.run(None, self._feeds(ids, speaker, length_scale))[0]
+        timings = dict(encoder=time.perf_counter() - t0)
+        n = zp.shape[2]
+        mask = np.ones((1, 1, n), np.float32)
+        z = np.empty_like(zp)
+        done = start = 0  # z is final up to frame `done`; audio is out up to frame `start`
+        width = max(1, first_frames)
+        while start < n:
+            end = min(n, start + width)
+            if n - end < first_frames:  # no sliver of a last window
+                end = n
+            t1 = time.perf_counter()
+            need = min(n, end + cd)
+            if need > done:
+                a, b = max(0, done - cf), min(n, need + cf)
+                with self._lock:
+                    out = self._flow.run(None, {sp["z_p"]: zp[:, :, a:b], sp["y_mask"]: mask[:, :, a:b]})[0]
+                z[:, :, done:need] = out[:, :, done - a : need - a]
+                done = need
+            t2 = time.perf_counter()
+            a, b = max(0, start - cd), min(n, end + cd)
+            with self._lock:
+                out = self._dec.run(None, {sp["dec_in"]: np.ascontiguousarray(z[:, :, a:b])})[0]
+            audio = out.reshape(-1)[(start - a) * hop : (end - a) * hop]
+            timings.update(flow=t2 - t1, decoder=time.perf_counter() - t2, frames=end - start, last=end == n)
+            yield np.clip(audio, -1.0, 1.0).astype(np.float32), timings
+            timings = {}
+            start, width = end, min(max_frames, 2 * width)
 
 
 class TTS:
-    """Phrase-streaming speech synthesis on a Piper voice."""
+    """Streaming speech synthesis on a Piper voice: phrases, and windows of latent frames within a phrase.
 
-    def __init__(self, voice: str | PiperVoice | None = None, sentence_silence: float = 0.15, **kw):
+    `first_frames` (latent frames, 256 samples = 11.6 ms each at 22.05 kHz) sizes the first window of
+    every phrase; windows then double up to `max_frames`. `context` = (flow, decoder) frames of overlap
+    on each side (None: the voice's measured receptive fields, exact). `streaming=False` synthesizes
+    each phrase in one ONNX run of the whole graph.
+    """
+
+    def __init__(self, voice: str | PiperVoice | None = None, sentence_silence: float = 0.15,
+                 first_frames: int = 8, max_frames: int = 128, context: tuple[int, int] | None = None, **kw):
         self.voice = voice if isinstance(voice, PiperVoice) else PiperVoice(voice, **kw)
         self.sample_rate = self.voice.sample_rate
         self.sentence_silence = sentence_silence
+        self.first_frames, self.max_frames, self.context = first_frames, max_frames, context
 
     def stream(self, text: str, length_scale: float | None = None) -> Iterator[AudioChunk]:
-        """Yield one `AudioChunk` per phrase, each as soon as it is synthesized."""
+        """Yield `AudioChunk`s as they are synthesized: per phrase, one per window of latent frames."""
         for i, phrase in enumerate(split_phrases(text)):
             t0 = time.perf_counter()
             ph = phonemize(phrase, self.voice.espeak_voice)
@@ -172,14 +274,20 @@ class TTS:
             ids = phoneme_ids(ph, self.voice.id_map)
             if len(ids) <= 3:
                 continue
-            audio = self.voice.synthesize_ids(ids, length_scale=length_scale)
-            t2 = time.perf_counter()
-            if phrase.rstrip().endswith(_SENTENCE_END) and self.sentence_silence > 0:
-                audio = np.concatenate([audio, np.zeros(int(self.sentence_silence * self.sample_rate), np.float32)])
-            yield AudioChunk(audio, self.sample_rate, phrase, i, t2 - t0, dict(phonemes=t1 - t0, onnx=t2 - t1))
+            pieces = self.voice.stream_ids(ids, length_scale=length_scale, first_frames=self.first_frames,
+                                           max_frames=self.max_frames, context=self.context)
+            for part, (audio, tm) in enumerate(pieces):
+                t2 = time.perf_counter()
+                last = tm.pop("last")
+                if last and phrase.rstrip().endswith(_SENTENCE_END) and self.sentence_silence > 0:
+                    audio = np.concatenate([audio, np.zeros(int(self.sentence_silence * self.sample_rate), np.float32)])
+                if part == 0:
+                    tm["phonemes"] = t1 - t0
+                yield AudioChunk(audio, self.sample_rate, phrase, i, t2 - t0, tm, part, last)
+                t0 = time.perf_counter()
 
     def generate(self, text: str, callback: Callable[[AudioChunk], object] | None = None, **kw) -> np.ndarray:
-        """Synthesize all of `text`; `callback(chunk)` is called per phrase as it is ready (returning False
+        """Synthesize all of `text`; `callback(chunk)` is called per chunk as it is ready (returning False
         stops early). Returns the concatenated float32 audio at `self.sample_rate`."""
         parts = []
         for chunk in self.stream(text, **kw):
