@@ -9,12 +9,17 @@
             print("FINAL" if r.is_final else "partial", r.text)
     s.input_finished(); s.reset()
 
+Encoding (`audio_ctx`, the default): Whisper sees a 30-s window, but only the audio's own frames are
+computed; the rest of the window, silence, comes from keys/values cached once at load (`SilenceContext` in
+models/whisper.py), so an utterance costs its length, not 30 s, with the full window's transcripts (a window
+simply cut after the audio makes Whisper repeat short utterances). `ASR(audio_ctx=False)` encodes all 1500
+frames.
+
 Streaming: Silero VAD cuts the audio into utterances. While an utterance goes on, every `partial_step`
-seconds it is decoded again on a short encoder window (the audio plus 1 s, not the full 30 s) with the
-already-committed tokens forced as a prefix; the tokens two successive hypotheses agree on are committed
-(LocalAgreement-2, Machacek et al. 2023, whisper_streaming), up to a word boundary, so partial text only
-grows and never flickers. At the endpoint the utterance is decoded once more (30-s window by default) with
-no forced prefix (`final_uses_prefix=False`), giving the final text, which may still correct the partials.
+seconds it is decoded again with the already-committed tokens forced as a prefix; the tokens two successive
+hypotheses agree on are committed (LocalAgreement-2, Machacek et al. 2023, whisper_streaming), up to a word
+boundary, so partial text only grows and never flickers. At the endpoint the utterance is decoded once more
+with no forced prefix (`final_uses_prefix=False`), giving the final text, which may still correct the partials.
 """
 
 from __future__ import annotations
@@ -288,7 +293,9 @@ class ASRStream:
     def _partial(self, audio: np.ndarray) -> ASRResult | None:
         asr = self.asr
         self.last_partial_len = len(audio)
-        d = asr.decode(audio, prefix=self.committed, full_window=False, max_new_tokens=64)
+        # with the silence context (audio_ctx) as the finals: a window cut 1 s after a short audio makes Whisper
+        # repeat itself (9 of 20 short commands, benchmarks/asr_short_clips.py)
+        d = asr.decode(audio, prefix=self.committed, full_window=asr.silence is not None, max_new_tokens=64)
         hyp = d.tokens
         # LocalAgreement-2: commit the common prefix of this and the previous tail, up to a word boundary
         agree = 0
