@@ -405,3 +405,18 @@ def test_audio_ctx_transcripts_equal_the_full_window(asr):
         got = asr.transcribe(x, 16000, use_vad=False).text
         assert not hallucinations(text, got), (text, got)
         assert normalize(got) == normalize(text), (text, got)
+
+
+def test_silence_context_save_load(tiny_dir, tmp_path):
+    from edgerun.runtime.models.whisper import ModelArgs, SilenceContext
+
+    model = _tiny_model(tiny_dir, tmp_path)
+    ctx = model.silence_context()
+    ctx.save(str(tmp_path / "s.npz"))
+    back = SilenceContext.load(str(tmp_path / "s.npz"), model.args)
+    assert back.floor == ctx.floor and back.nbytes == ctx.nbytes
+    for a, b in zip(ctx.enc_k + ctx.cross_v, back.enc_k + back.cross_v, strict=True):
+        np.testing.assert_array_equal(a, b)
+    other = ModelArgs(**{**model.args.__dict__, "n_audio_ctx": model.args.n_audio_ctx + 1})
+    with pytest.raises(ValueError, match="float16"):
+        SilenceContext.load(str(tmp_path / "s.npz"), other)

@@ -34,7 +34,7 @@ from edgerun.runtime.audio.features import N_SAMPLES, SAMPLE_RATE, log_mel
 from edgerun.runtime.audio.resample import resample
 from edgerun.runtime.audio.vad import VAD, SileroModel, SpeechSegment, detect_speech
 from edgerun.runtime.audio.wavio import check_rate, to_mono
-from edgerun.runtime.models.whisper import Whisper, load_whisper
+from edgerun.runtime.models.whisper import SILENCE_FLOOR, SilenceContext, Whisper, load_whisper
 
 
 def cache_dir() -> str:
@@ -135,8 +135,32 @@ class ASR:
         self.model.prepare()
         # audio_ctx: a "30-s window" is encoded on the audio's own frames (+ 1 s) with the cached silence
         # context standing in for the rest (models/whisper.py SilenceContext); False: all 1500 frames
-        self.silence = self.model.silence_context() if audio_ctx else None
+        self.silence = self._silence_context() if audio_ctx else None
         self.prepare_seconds = time.perf_counter() - t0
+
+    def _silence_context(self) -> SilenceContext:
+        """The model's silence context: read from the cache folder (37 MB for base) when this artifact's was kept
+        there, else computed (one full-window encode, ~1-3 s) and kept."""
+        import hashlib
+
+        try:
+            with open(os.path.join(self.model_path, "manifest.json"), "rb") as fh:
+                key = hashlib.sha256(fh.read() + f"|floor {SILENCE_FLOOR}|v1".encode()).hexdigest()[:16]
+        except OSError:
+            return self.model.silence_context()
+        path = os.path.join(cache_dir(), f"whisper-silence-{key}.npz")
+        if os.path.isfile(path):
+            try:
+                return SilenceContext.load(path, self.model.args)
+            except (OSError, ValueError, KeyError, EOFError):
+                pass  # unreadable or stale: computed again below
+        ctx = self.model.silence_context()
+        try:
+            os.makedirs(cache_dir(), exist_ok=True)
+            ctx.save(path)
+        except OSError:
+            pass  # a read-only cache costs the computation at each load, nothing else
+        return ctx
 
     # ------------------------------------------------------------------ core
     def encode(self, audio16k: np.ndarray, full_window: bool = True) -> np.ndarray:

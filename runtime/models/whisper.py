@@ -318,7 +318,32 @@ class SilenceContext:
 
     @property
     def nbytes(self) -> int:
+        """Bytes held by the cached keys and values."""
         return sum(a.nbytes for a in self.enc_k + self.enc_v + self.cross_k + self.cross_v)
+
+    def save(self, path: str) -> None:
+        """Write to `path` (an uncompressed .npz), atomically."""
+        arrays = {"floor": np.float32(self.floor)}
+        for name in ("enc_k", "enc_v", "cross_k", "cross_v"):
+            arrays |= {f"{name}_{i}": a for i, a in enumerate(getattr(self, name))}
+        tmp = f"{path}.{os.getpid()}.tmp.npz"
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str, args: ModelArgs) -> SilenceContext:
+        """Read what `save` wrote for a model of `args`; ValueError when it does not fit them."""
+        with np.load(path) as z:
+            parts = {}
+            for name, n, h, d in (("enc_k", args.n_audio_layer, args.n_audio_head, args.n_audio_state),
+                                  ("enc_v", args.n_audio_layer, args.n_audio_head, args.n_audio_state),
+                                  ("cross_k", args.n_text_layer, args.n_text_head, args.n_text_state),
+                                  ("cross_v", args.n_text_layer, args.n_text_head, args.n_text_state)):
+                parts[name] = [z[f"{name}_{i}"] for i in range(n)]
+                shape = (h, args.n_audio_ctx, d // h)
+                if any(a.shape != shape or a.dtype != np.float16 for a in parts[name]):
+                    raise ValueError(f"{path}: {name} is not {shape} float16")
+            return cls(float(z["floor"]), **parts)
 
 
 @dataclass
