@@ -420,3 +420,18 @@ def test_silence_context_save_load(tiny_dir, tmp_path):
     other = ModelArgs(**{**model.args.__dict__, "n_audio_ctx": model.args.n_audio_ctx + 1})
     with pytest.raises(ValueError, match="float16"):
         SilenceContext.load(str(tmp_path / "s.npz"), other)
+
+
+@pytest.mark.model
+def test_decode_with_a_draft_is_greedy_decoding(asr):
+    """A draft (the partials' hypothesis) changes how many sequential decoder steps run, not the tokens: right,
+    partly right, wrong and overlong drafts all give greedy decoding's result."""
+    from edgerun.runtime.audio.wavio import read_audio
+
+    x, sr = read_audio(_librivox(2)[1])
+    plain = asr.decode(x).tokens
+    assert plain
+    for draft in (plain, plain[:3], plain[:3] + [220, 11, 13], [220] * 5, plain + plain[:4]):
+        got = asr.decode(x, draft=draft)
+        assert got.tokens == plain, (draft, got.tokens, plain)
+    assert asr.decode(x, prefix=plain[:2], draft=plain[2:]).tokens == plain[2:]
