@@ -402,6 +402,7 @@ class Whisper:
         self.dec_ln = _LN(get, "decoder.layer_norm")
         self._embed_rows: np.ndarray | None = None
         self.silence_step = SILENCE_STEP  # encoder attention: every n-th frame of a silence context
+        self.cross_silence_step = 1  # decoder cross-attention: every n-th frame of a silence context
 
     def linears(self) -> list[Linear]:
         """Every linear layer (convs, attention, FFN, embedding)."""
@@ -506,7 +507,8 @@ class Whisper:
             q = L["q"](y)
             sil = state.silence
             kb, vb = (None, None) if sil is None else (sil.cross_k[i], sil.cross_v[i])
-            x = x + L["xout"](_attend(q, state.cross_k[i], state.cross_v[i], kb, vb, state.cross_k[i].shape[1], h))
+            x = x + L["xout"](_attend(q, state.cross_k[i], state.cross_v[i], kb, vb, state.cross_k[i].shape[1], h,
+                                      self.cross_silence_step))
             x = x + L["fc2"](gelu(L["fc1"](L["ln3"](x))))
         state.length = p0 + n
         x = self.dec_ln(x)
