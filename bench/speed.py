@@ -105,10 +105,42 @@ def bench_llama_cpp(gguf: str | os.PathLike, ids: list[int], n_decode: int = 64,
             "n_prompt": len(ids), "n_decode": n_decode}
 
 
+def decode_weight_bytes(artifact) -> int:
+    """Bytes of weights one decode step reads: every matrix of the decoder layers and the output head (the token
+    embedding when the head is tied to it; an untied embedding only gives one row, not counted), all parts
+    (codes, scales, zero points) as stored in the artifact (a path or an :class:`~edgerun.export.artifact.Artifact`).
+    A GGUF's blocks are kept verbatim, so llama.cpp reads the same bytes from the same file."""
+    from edgerun.export.artifact import Artifact
+
+    art = artifact if isinstance(artifact, Artifact) else Artifact(artifact)
+    tensors = art.tensors
+    head = "output.weight" if "output.weight" in tensors else "token_embd.weight"
+    total = 0
+    for name, t in tensors.items():
+        if len(t["shape"]) != 2 or (name.startswith("token_embd.") and head != "token_embd.weight"):
+            continue
+        if t.get("layer") is None and name != head:
+            continue
+        total += sum(int(p["nbytes"]) for p in t["parts"].values())
+    return total
+
+
+def _artifact_path(model) -> Path | None:
+    if isinstance(model, (str, os.PathLike)):
+        p = Path(model)
+        return p if (p / "manifest.json").exists() else None
+    return getattr(model, "path", None)
+
+
 def bench_model(model, vs_llama_cpp: str | os.PathLike | None = None, threads: int | None = None,
                 n_prompt: int = 128, n_decode: int = 64, repeats: int = 3, backend: str | None = None,
-                ignore_eos: bool = True) -> dict:
-    """edgerun (and llama.cpp on `vs_llama_cpp`) prompt/decode tok/s in one run; ratios edgerun / llama.cpp."""
+                ignore_eos: bool = True, bandwidth: bool = True) -> dict:
+    """edgerun (and llama.cpp on `vs_llama_cpp`) prompt/decode tok/s in one run; ratios edgerun / llama.cpp.
+
+    With `bandwidth` (and an artifact to count bytes from): decode GB/s of each engine = the weight bytes one
+    token reads (:func:`decode_weight_bytes`, the same for llama.cpp on the same GGUF) x its decode tok/s, next to
+    this machine's streaming-read bandwidth measured in the same run with the same thread count
+    (``out["bandwidth"]``: ``weight_bytes``, ``read_gbs``, and per engine ``decode_gbs`` and ``fraction``)."""
     from edgerun import kernels
 
     threads = threads or os.cpu_count()
@@ -120,6 +152,19 @@ def bench_model(model, vs_llama_cpp: str | os.PathLike | None = None, threads: i
         lc = bench_llama_cpp(vs_llama_cpp, ids, er["n_decode"], threads, repeats)
         out["llama_cpp"] = {**lc, "gguf": str(vs_llama_cpp)}
         out["ratio"] = {"prompt": er["prompt_tps"] / lc["prompt_tps"], "decode": er["decode_tps"] / lc["decode_tps"]}
+    art = _artifact_path(model) if bandwidth else None
+    if art is not None:
+        from edgerun.bench.kernels import memory_bandwidth
+
+        kernels.set_num_threads(threads)
+        nbytes = decode_weight_bytes(art)
+        read = memory_bandwidth()["read_gbs"]
+        bw = {"weight_bytes": nbytes, "read_gbs": read}
+        for key in ("edgerun", "llama_cpp"):
+            if key in out:
+                gbs = nbytes * out[key]["decode_tps"] / 1e9
+                bw[key] = {"decode_gbs": gbs, "fraction": gbs / read}
+        out["bandwidth"] = bw
     return out
 
 
@@ -132,6 +177,14 @@ def format_bench(r: dict) -> str:
             lines.append(f"{e['engine']:<24} {e['prompt_tps']:>12.1f} {e['decode_tps']:>12.1f}")
     if "ratio" in r:
         lines.append(f"{'ratio edgerun/llama.cpp':<24} {r['ratio']['prompt']:>11.2f}x {r['ratio']['decode']:>11.2f}x")
+    bw = r.get("bandwidth")
+    if bw:
+        lines.append(f"decode reads {bw['weight_bytes'] / 1e6:.1f} MB of weights per token; measured read bandwidth "
+                     f"{bw['read_gbs']:.1f} GB/s ({r['threads']} threads)")
+        for key in ("edgerun", "llama_cpp"):
+            if key in bw:
+                lines.append(f"{r[key]['engine']:<24} decode {bw[key]['decode_gbs']:6.1f} GB/s = "
+                             f"{100 * bw[key]['fraction']:5.1f}% of read bandwidth")
     return "\n".join(lines)
 
 

@@ -171,6 +171,23 @@ def test_variants_agree(isa):
 
 
 @pytest.mark.parametrize("isa", ISAS)
+def test_gemm_same_bits_on_any_pool_size(isa):
+    """16 tokens or more are quantized across the pool and rows split over it: every result bit equal to one
+    thread's, for both activation kinds, on 1-5 threads (odd token counts: chunks of unequal length)."""
+    rng = np.random.default_rng(8)
+    for fmt in ("q5_0", "q4_k", "q6_k"):
+        w = random_weight(fmt, 37, 3 if fmt != "q5_0" else 20, rng)
+        x = rng.standard_normal((45, w.shape[1])).astype(np.float32)
+        ys = []
+        for nt in (1, 2, 3, 5):
+            set_num_threads(nt)
+            with use_isa(isa):
+                ys.append(matmul(Weight(w), x))
+        for y in ys[1:]:
+            np.testing.assert_array_equal(y, ys[0])
+
+
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("m", [1, 5])
 def test_matmul_multi(isa, m):
     """x quantized once for weights of one activation kind; equal to one matmul each, bit for bit; mixed kinds

@@ -92,6 +92,10 @@ def test_non_vits_graph_is_one_line_error(tmp_path):
         with pytest.raises(UnsupportedError) as e:
             split_voice(str(p), cache=tmp_path / "cache")
         assert "not a single-speaker Piper VITS graph" in str(e.value) and "\n" not in str(e.value)
+    (meta,) = (tmp_path / "cache").glob("piper-split/*/meta.json")
+    meta.write_text("{ damaged")  # a damaged cache entry is judged again, not a JSON traceback
+    with pytest.raises(UnsupportedError):
+        split_voice(str(p), cache=tmp_path / "cache")
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"\x00 not a protobuf \xff" * 10)
     with pytest.raises(CorruptFileError) as e:

@@ -400,13 +400,14 @@ ER_AVX2 static float qdot_row_avx2_b8(const er_weight *w, int64_t n, const actq 
     const int32_t *isum = a->isum + tok * nsub;
     __m256 acc = _mm256_setzero_ps();
     const __m256i zdef = _mm256_set1_epi32(0);
+    const int lper = __builtin_ctz((unsigned)per); /* per is a power of two: a shift, not a division per group */
     for (int64_t t0 = 0; t0 < n8; t0 += 8) {
-        const int64_t b0 = t0 / per;
+        const int64_t b0 = t0 >> lper;
         __m256i dots = group_dots8(row + t0 * sub_bytes, q + t0 * SUB);
         __m256i z = zdef;
         if (zprow) {
             int32_t zz[8];
-            for (int t = 0; t < 8; t++) zz[t] = zero_point(zprow, bits, (t0 + t) / per) - 128;
+            for (int t = 0; t < 8; t++) zz[t] = zero_point(zprow, bits, (t0 + t) >> lper) - 128;
             z = _mm256_loadu_si256((const __m256i *)zz);
         }
         __m256i idot = dots; /* no stored zero points: codes - 128 are the signed values, nothing to subtract */
@@ -981,6 +982,10 @@ static void fdot_scalar(const er_weight *w, int64_t n0, int R, const float *x, f
 
 /* ---- the parallel task -------------------------------------------------------------------- */
 
+#ifndef GV_STREAMS
+#define GV_STREAMS 4
+#endif
+
 typedef struct {
     const er_weight *w;
     const float *x;
@@ -1017,6 +1022,15 @@ static void mm_task(void *vctx, int64_t start, int64_t end, int tid) {
             }
             n += R;
         }
+        return;
+    }
+    if (w->type == ER_W_Q && c->isa == ER_ISA_AVX2 && c->m == 1 && end - start >= 4 * GV_STREAMS) {
+        /* 8-bit GEMV: GV_STREAMS row ranges read in turn, one row of each per step: that many sequential streams
+         * keep more DRAM reads in flight than one (a big head GEMV is bound by one core's read bandwidth) */
+        const int64_t len = (end - start) / GV_STREAMS;
+        for (int64_t i = 0; i < len; i++)
+            for (int s = 0; s < GV_STREAMS; s++) c->y[start + s * len + i] = qdot_row_avx2_b8(w, start + s * len + i, &c->a, 0);
+        for (int64_t n = start + GV_STREAMS * len; n < end; n++) c->y[n] = qdot_row_avx2_b8(w, n, &c->a, 0);
         return;
     }
 #endif

@@ -14,7 +14,7 @@
  *
  * Variants: scalar (portable: the canonical forms of ggml_blocks.h, natural activation order), AVX2 (below) and
  * NEON with / without sdot (matmul_ggml_neon.c). Rows are split across the thread pool; er_matmul_multi
- * quantizes x once for weights that share the activation kind.
+ * quantizes x once for weights that share the activation kind; 16 tokens or more are quantized across the pool.
  * AVX2, K-quants: a super-block is 8 chunks of 32 codes (unsigned, natural order, one or two 32-byte loads
  *   unpacked with shifts and masks); per chunk maddubs with the activations (int16 pair sums) and madd with the
  *   16-bit scales of its two sub-blocks (one in-lane shuffle of the widened scales), int32 sums; the offsets
@@ -628,12 +628,12 @@ GG_AVX2 static GG_INLINE void g32_gemm_avx2(const int type, const gg_job *j, int
     const gg_act *a = j->a;
     const int ts = gg_type_size(type);
     const int64_t nblk = w->k / 32, N = w->n, na = a->ngrp * 8, ngrp = (nblk + 7) / 8;
-    __m256 acc[GG_TT], accm[GG_TT];
+    __m256 acc[GG_TT]; /* one accumulator per token: both FMAs of a group land in it (half the spilled traffic) */
     for (int64_t t0 = 0; t0 < a->m; t0 += GG_TT) {
         const int T = (int)(a->m - t0 < GG_TT ? a->m - t0 : GG_TT);
         for (int64_t n = n0; n < n1; n++) {
             const uint8_t *row = (const uint8_t *)w->data + n * nblk * ts;
-            for (int t = 0; t < T; t++) acc[t] = accm[t] = _mm256_setzero_ps();
+            for (int t = 0; t < T; t++) acc[t] = _mm256_setzero_ps();
             for (int64_t g = 0; g < ngrp; g++) {
                 g32_avx u;
                 if (8 * g + 8 <= nblk) g32_unpack(type, row + 8 * g * ts, ts, 8, &u);
@@ -641,9 +641,9 @@ GG_AVX2 static GG_INLINE void g32_gemm_avx2(const int type, const gg_job *j, int
                 const int8_t *q = a->q + t0 * a->qstride + 256 * g;
                 const float *d = a->d + t0 * na + 8 * g, *s = a->s + t0 * na + 8 * g;
                 for (int t = 0; t < T; t++)
-                    g32_fma(g32_dots(&u, q + t * a->qstride), u.fw, u.fm, d + t * na, s + t * na, &acc[t], &accm[t]);
+                    g32_fma(g32_dots(&u, q + t * a->qstride), u.fw, u.fm, d + t * na, s + t * na, &acc[t], &acc[t]);
             }
-            for (int t = 0; t < T; t++) j->y[(t0 + t) * N + n] = gg_hsum_ps(acc[t]) + gg_hsum_ps(accm[t]);
+            for (int t = 0; t < T; t++) j->y[(t0 + t) * N + n] = gg_hsum_ps(acc[t]);
         }
     }
 }
@@ -730,6 +730,41 @@ static int gg_check(const er_weight *w) {
     return 0;
 }
 
+typedef struct {
+    const gg_act *a;
+    const float *x;
+    int isa;
+} gg_quant_ctx;
+
+/* tokens [t0, t1) of x quantized into a (gg_prep) */
+static void gg_quant_task(void *vctx, int64_t t0, int64_t t1, int tid) {
+    (void)tid;
+    const gg_quant_ctx *c = (const gg_quant_ctx *)vctx;
+    const gg_act *a = c->a;
+    const int64_t k = a->k, per = a->kq ? 1 : 8;
+    const int kq = a->kq, isa = c->isa;
+    for (int64_t t = t0; t < t1; t++) {
+        int8_t *q = a->q + t * a->qstride;
+        float *d = a->d + t * a->ngrp * per, *s = kq ? NULL : a->s + t * a->ngrp * 8;
+        int16_t *bs = kq ? a->bs + t * a->ngrp * 16 : NULL;
+        const float *xt = c->x + t * k;
+#if ER_X86
+        if (isa == ER_ISA_AVX2) {
+            gg_quant_row_avx2(xt, k, kq, a->ngrp, q, d, s, bs);
+            continue;
+        }
+#endif
+#if defined(__aarch64__)
+        if (isa == ER_ISA_NEON) {
+            er_gg_quant_row_neon(xt, k, kq, a->ngrp, q, d, s, bs);
+            continue;
+        }
+#endif
+        (void)isa;
+        gg_quant_row_scalar(xt, k, kq, a->ngrp, q, d, s, bs);
+    }
+}
+
 /* x (m, k) quantized for weights of kind kq into the thread's scratch */
 static int gg_prep(gg_act *a, const float *x, int64_t k, int kq, int64_t m, int isa) {
     a->m = m;
@@ -745,25 +780,10 @@ static int gg_prep(gg_act *a, const float *x, int64_t k, int kq, int64_t m, int 
     a->d = (float *)(buf + qbytes);
     a->s = a->d + nd;
     a->bs = (int16_t *)(a->s + ns);
-    const int64_t per = kq ? 1 : 8;
-    for (int64_t t = 0; t < m; t++) {
-        int8_t *q = a->q + t * a->qstride;
-        float *d = a->d + t * a->ngrp * per, *s = kq ? NULL : a->s + t * a->ngrp * 8;
-        int16_t *bs = kq ? a->bs + t * a->ngrp * 16 : NULL;
-#if ER_X86
-        if (isa == ER_ISA_AVX2) {
-            gg_quant_row_avx2(x + t * k, k, kq, a->ngrp, q, d, s, bs);
-            continue;
-        }
-#endif
-#if defined(__aarch64__)
-        if (isa == ER_ISA_NEON) {
-            er_gg_quant_row_neon(x + t * k, k, kq, a->ngrp, q, d, s, bs);
-            continue;
-        }
-#endif
-        gg_quant_row_scalar(x + t * k, k, kq, a->ngrp, q, d, s, bs);
-    }
+    gg_quant_ctx qc = {.a = a, .x = x, .isa = isa};
+    /* a prefill's tokens are quantized across the pool (rows of 640-2048 values: 8 tokens per chunk at least) */
+    if (m >= 16) er_parallel_for(m, 8, gg_quant_task, &qc);
+    else gg_quant_task(&qc, 0, m, 0);
     return 0;
 }
 

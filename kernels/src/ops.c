@@ -1,6 +1,7 @@
 /* Decode ops on float32: RMSNorm, NEOX RoPE, softmax, SiLU, GELU (tanh), GLU products, and
  * single-token GQA attention over an f32/f16 KV cache. Scalar everywhere; AVX2 where the op
- * streams memory (rmsnorm, mul, attention dot/axpy). References: kernels/reference.py. */
+ * streams memory (rmsnorm, mul, attention dot/axpy) and for SiLU/GELU(-mul) (exp256; GELU as
+ * x sigmoid(2v), as NEON). References: kernels/reference.py. */
 #include <math.h>
 #include <stdlib.h>
 
@@ -244,6 +245,24 @@ ER_AVX2 static void silu_mul_avx2(const float *g, const float *u, float *out, in
     }
     for (; i < n; i++) out[i] = u ? silu1(g[i]) * u[i] : silu1(g[i]);
 }
+
+/* gelu_tanh(g) * u (u = NULL: gelu_tanh(g)) as x * sigmoid(2v), v = sqrt(2/pi) (x + 0.044715 x^3) (as NEON) */
+ER_AVX2 static void gelu_mul_avx2(const float *g, const float *u, float *out, int64_t n) {
+    const __m256 sign = _mm256_set1_ps(-0.0f), one = _mm256_set1_ps(1.0f);
+    const __m256 c2 = _mm256_set1_ps(2.0f * 0.7978845608028654f), c3 = _mm256_set1_ps(0.044715f);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 x = _mm256_loadu_ps(g + i);
+        __m256 x3 = _mm256_mul_ps(_mm256_mul_ps(x, x), x);
+        __m256 z = _mm256_mul_ps(_mm256_fmadd_ps(x3, c3, x), c2);
+        __m256 e = exp256(_mm256_or_ps(z, sign)); /* exp(-|z|) */
+        __m256 r = _mm256_div_ps(_mm256_blendv_ps(one, e, z), _mm256_add_ps(one, e));
+        __m256 y = _mm256_mul_ps(x, r);
+        if (u) y = _mm256_mul_ps(y, _mm256_loadu_ps(u + i));
+        _mm256_storeu_ps(out + i, y);
+    }
+    for (; i < n; i++) out[i] = u ? gelu1(g[i]) * u[i] : gelu1(g[i]);
+}
 #endif
 
 void er_silu(const float *x, float *out, int64_t n) {
@@ -261,6 +280,12 @@ void er_silu(const float *x, float *out, int64_t n) {
 void er_gelu_tanh(const float *x, float *out, int64_t n) {
 #if defined(__aarch64__) /* ops_neon.c */
     if (er_get_isa() == ER_ISA_NEON) { er_gelu_mul_neon(x, NULL, out, n); return; }
+#endif
+#if ER_X86
+    if (er_get_isa() == ER_ISA_AVX2) {
+        gelu_mul_avx2(x, NULL, out, n);
+        return;
+    }
 #endif
     for (int64_t i = 0; i < n; i++) out[i] = gelu1(x[i]);
 }
@@ -291,6 +316,12 @@ void er_silu_mul(const float *g, const float *u, float *out, int64_t n) {
 void er_gelu_mul(const float *g, const float *u, float *out, int64_t n) {
 #if defined(__aarch64__) /* ops_neon.c */
     if (er_get_isa() == ER_ISA_NEON) { er_gelu_mul_neon(g, u, out, n); return; }
+#endif
+#if ER_X86
+    if (er_get_isa() == ER_ISA_AVX2) {
+        gelu_mul_avx2(g, u, out, n);
+        return;
+    }
 #endif
     for (int64_t i = 0; i < n; i++) out[i] = gelu1(g[i]) * u[i];
 }

@@ -85,10 +85,13 @@ def speech_recognizer(asr=None):
 
 
 def voice_of(voice=None):
-    """`voice` itself when it is a TTS object, else the Piper TTS of that voice path (None: packaged)."""
+    """`voice` itself when it is a TTS object, else the Piper TTS of that voice path (None: packaged).
+
+    One onnxruntime thread: in the loop the voice synthesizes phrase n while the LLM thread writes phrase n + 1
+    on the same cores (first audio under load: 296 ms on 1 thread vs 317 ms on 2, benchmarks/tts_bench.py)."""
     from edgerun.runtime.audio.tts import TTS
 
-    return voice if voice is not None and not isinstance(voice, str) else TTS(voice)
+    return voice if voice is not None and not isinstance(voice, str) else TTS(voice, threads=1)
 
 
 class Assistant:

@@ -171,6 +171,10 @@ def probe(folder: Path, split: dict, frames: int = 160) -> dict:
     return dict(hop=hop, flow_context=flow_rf, decoder_context=dec_rf)
 
 
+def _complete(folder: Path) -> bool:
+    return (folder / "meta.json").is_file() and all((folder / f"{p}.onnx").is_file() for p in PARTS)
+
+
 def split_voice(model_path: str, cache: str | os.PathLike | None = None) -> tuple[Path, dict]:
     """Split the voice at `model_path` (once; cached) and return (folder with encoder/flow/decoder .onnx,
     meta). meta holds the cut tensor names, channels, hop (samples per frame) and the measured contexts."""
@@ -184,11 +188,14 @@ def split_voice(model_path: str, cache: str | os.PathLike | None = None) -> tupl
     sha = file_sha256(model_path)
     folder = Path(cache) / "piper-split" / f"{sha[:20]}-v{SPLIT_VERSION}"
     meta_path = folder / "meta.json"
-    if meta_path.is_file():
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else None
+    except (OSError, ValueError):  # a damaged cache entry: split again
+        meta = None
+    if isinstance(meta, dict):
         if "error" in meta:
             raise UnsupportedError(meta["error"])
-        if all((folder / f"{p}.onnx").is_file() for p in PARTS):
+        if _complete(folder):
             return folder, meta
     name = os.path.basename(model_path)
     try:
@@ -214,12 +221,12 @@ def split_voice(model_path: str, cache: str | os.PathLike | None = None) -> tupl
         meta = dict(split, **probe(tmp, split), sha256=sha, version=SPLIT_VERSION, source=name)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
         os.chmod(tmp, 0o755)  # mkdtemp made it private
-        if folder.exists():  # a failed or partial earlier attempt
+        if folder.exists() and not _complete(folder):  # a failed earlier attempt
             shutil.rmtree(folder, ignore_errors=True)
         try:
-            os.rename(tmp, folder)
+            os.rename(tmp, folder)  # atomic: a folder with meta.json is always complete
         except OSError:  # another process finished first: use its copy
-            if not (folder / "meta.json").is_file():
+            if not _complete(folder):
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

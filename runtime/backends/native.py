@@ -8,7 +8,8 @@ decode step (T = 1), per layer, all buffers preallocated, pointers cached:
   x ─ rmsnorm ─► h ─ matmul q,k,v ─► [qk-norm] ─ rope q,k ─► k,v into the cache at pos
     ─ attention(q, cache[:, start:pos+1]) ─ matmul o ─► [post-norm] ─ x += ..
   x ─ rmsnorm ─► h ─ matmul gate,up ─ silu/gelu_mul ─ matmul down ─► [post-norm] ─ x += ..
-prefill (T > 1): the same matmuls as GEMMs (M = T), RoPE in numpy, causal attention in one kernel call.
+prefill (T > 1): the same matmuls as GEMMs (M = T; q/k/v and gate/up each one er_matmul_multi call), RoPE in
+numpy, causal attention in one kernel call.
 ```
 
 Decode runs each layer as one C call (``er_decode_layer``, kernels/src/decode.c: the steps above, q/k/v and
@@ -112,6 +113,7 @@ class NativeModel:
         self.head_name = "token_embd.weight" if tied else "output.weight"
         self.head = None if self.src.stream_globals else self.src.global_weight(self.head_name)
         self._build_decode()
+        self._rope_tabs: dict = {}  # RoPE cos/sin of the current prefill, per (theta, scale)
 
     # --- hooks shared with the reference
     def window(self, layer: int):
@@ -341,7 +343,7 @@ class NativeModel:
         a, pre, T = self.args, f"blk.{i}.", x.shape[0]
         W = self.src.layer(i)
         h = self._norm(x, pre + "attn_norm.weight")
-        q, k, v = (self._mm(W[n], h) for n in ("wq", "wk", "wv"))
+        q, k, v = self.k.matmul_multi([W["wq"], W["wk"], W["wv"]], h)  # x quantized once, one parallel job
         if pre + "attn_q.bias" in self.V:
             q, k, v = (m + self.V[pre + f"attn_{t}.bias"] for m, t in zip((q, k, v), "qkv", strict=True))
         q = q.reshape(T, a.n_heads, a.head_dim).transpose(1, 0, 2)  # (n_heads, T, hd)
@@ -353,7 +355,11 @@ class NativeModel:
         if isinstance(cache, SinkWindowKVCache):  # rotates q/k itself, attends sinks + window + block
             o = cache.attend(i, q, k, v, self.layers[i]["rope"], pos, self.scale)
         else:  # full cache: causal attention of the block over the cache in one threaded kernel call
-            cos, sin = rope_tables(pos, a.head_dim, self.ref.rope_theta(i), self.ref.rope_scale(i))
+            key = (self.ref.rope_theta(i), self.ref.rope_scale(i))  # one table per base in a forward (2 on Gemma-3)
+            tabs = self._rope_tabs.get(key)
+            if tabs is None:
+                tabs = self._rope_tabs[key] = rope_tables(pos, a.head_dim, *key)
+            cos, sin = tabs
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
             n0, n1 = int(pos[0]), int(pos[-1]) + 1
             cache.k[i][:, n0:n1] = k
@@ -367,7 +373,7 @@ class NativeModel:
             o = self._norm(o, pre + "post_attention_norm.weight")
         x = x + o
         h = self._norm(x, pre + "ffn_norm.weight")
-        g, u = self._mm(W["wg"], h), self._mm(W["wu"], h)
+        g, u = self.k.matmul_multi([W["wg"], W["wu"]], h)
         f = self.k.gelu_mul(g, u) if self.gemma else self.k.silu_mul(g, u)
         o = self._mm(W["wd"], f)
         self.src.release(i)
@@ -384,6 +390,7 @@ class NativeModel:
         if not isinstance(cache, SinkWindowKVCache):
             cache.reserve(int(pos[-1]) + 1)
         x = self.embed(tokens)  # (T, dim)
+        self._rope_tabs = {}
         for i in range(self.args.n_layers):
             x = self._block(i, x, cache, pos)
         cache.advance(len(tokens))
