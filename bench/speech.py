@@ -92,3 +92,36 @@ def run_edgerun_stream(asr, x: np.ndarray, sr: int, chunk_s: float = 0.1) -> dic
         endpoint_wait=max(0.0, fed_at_final - speech_end) if fed_at_final else 0.0,
         final_compute=final_compute,
     )
+
+
+SHORT_PHRASES = [
+    "Yes.", "No, thank you.", "Stop.", "What time is it?", "Turn on the lights.", "Good morning.",
+    "How are you today?", "Play some music.", "Call my mother.", "Set a timer for ten minutes.",
+    "What is the weather like?", "Open the door.", "I am hungry.", "Thank you very much.", "Where are my keys?",
+    "Tell me a joke.", "Cancel that.", "Read my messages.", "It is cold outside.", "See you tomorrow.",
+]
+
+
+def short_clips(tts=None) -> list[tuple[np.ndarray, str]]:
+    """[(16 kHz float32 audio, text)]: `SHORT_PHRASES` spoken by Piper (the packaged voice), each 0.5-2.5 s,
+    then three clips with no speech (1 s silence, 1 s and 2 s of faint noise; reference text empty)."""
+    from edgerun.runtime.audio.resample import resample
+    from edgerun.runtime.audio.tts import TTS
+
+    tts = tts or TTS()
+    out = [(resample(tts.generate(t), tts.sample_rate, 16000), t) for t in SHORT_PHRASES]
+    rng = np.random.default_rng(0)
+    out += [(np.zeros(16000, np.float32), ""), ((0.003 * rng.standard_normal(16000)).astype(np.float32), ""),
+            ((0.003 * rng.standard_normal(32000)).astype(np.float32), "")]
+    return out
+
+
+def hallucinations(ref: str, hyp: str) -> bool:
+    """A transcript with words the speech does not hold: text on a clip without speech, a word repeated 3 times
+    in a row, or more than 2 extra words against the reference."""
+    r, h = normalize(ref), normalize(hyp)
+    if not r:
+        return bool(h)
+    if any(h[i] == h[i + 1] == h[i + 2] for i in range(len(h) - 2)):
+        return True
+    return len(h) > len(r) + 2

@@ -20,7 +20,8 @@ from __future__ import annotations
 _OPS = (
     "Weight", "as_weight", "matmul", "matmul_multi", "rmsnorm", "rope_neox", "softmax", "silu", "gelu_tanh", "mul",
     "silu_mul", "gelu_mul", "attention", "attention_prefill", "set_num_threads", "get_num_threads",
-    "set_spin_us", "set_isa", "get_isa", "use_isa", "isa_supported", "available_isas", "supported_formats",
+    "layer_norm", "gelu_erf", "attention_seg2", "set_spin_us", "set_isa", "get_isa", "use_isa", "isa_supported",
+    "available_isas", "supported_formats",
 )
 __all__ = list(_OPS)
 

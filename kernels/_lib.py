@@ -102,6 +102,13 @@ _SIGNATURES = {
     "er_decode_attn_in": (c_int, [POINTER(ErDecodeCfg), POINTER(ErLayer), c_int64]),
     "er_decode_attn_out": (c_int, [POINTER(ErDecodeCfg), POINTER(ErLayer)]),
     "er_decode_layer": (c_int, [POINTER(ErDecodeCfg), POINTER(ErLayer), c_void_p, c_void_p, c_int64, c_int64]),
+    "er_layer_norm": (None, [c_void_p, c_void_p, c_void_p, c_void_p, c_int64, c_int64, c_float]),
+    "er_gelu_erf": (None, [c_void_p, c_void_p, c_int64]),
+    "er_attention_seg2": (
+        c_int,
+        [c_void_p, c_int64, c_void_p, c_void_p, c_int64, c_int64, c_void_p, c_void_p, c_int64, c_int64, c_int64,
+         c_int64, c_int, c_void_p, c_int64, c_int64, c_int64, c_int64, c_float],
+    ),
     "er_memcpy": (None, [c_void_p, c_void_p, c_size_t]),
     "er_read_sum": (c_double, [c_void_p, c_size_t]),
 }

@@ -333,6 +333,68 @@ def attention_prefill(q: np.ndarray, k: np.ndarray, v: np.ndarray, p0: int, scal
     return out
 
 
+# ---- Whisper encoder ops (src/whisper_ops.c) ---------------------------------------------------------
+
+
+def layer_norm(x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float = 1e-5,
+               out: np.ndarray | None = None) -> np.ndarray:
+    """LayerNorm over the last axis of x (n,) or (rows, n) with gain g and bias b (n,); threaded over rows."""
+    n = x.shape[-1]
+    if g.shape != (n,) or b.shape != (n,):
+        raise ValueError(f"g and b must have shape ({n},)")
+    out = np.empty_like(x) if out is None else out
+    lib.er_layer_norm(_ptr(_f32(x, "x")), _ptr(_f32(g, "g")), _ptr(_f32(b, "b")), _ptr(_f32(out, "out")),
+                      x.size // n, n, eps)
+    return out
+
+
+def gelu_erf(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """GELU, exact erf form (Whisper's); ``out=x`` works in place. Threaded."""
+    return _unary(lib.er_gelu_erf, x, out)
+
+
+def attention_seg2(q: np.ndarray, ka: np.ndarray, va: np.ndarray, kb: np.ndarray | None = None,
+                   vb: np.ndarray | None = None, b0: int = 0, b_step: int = 1, scale: float | None = None,
+                   out: np.ndarray | None = None) -> np.ndarray:
+    """Non-causal attention of T queries over the keys of segment A then segment B (one C call, threaded).
+
+    q (T, H*D) f32 rows, possibly a column slice of a wider array (the q part of a fused qkv output);
+    ka, va (H, Sa, D) f32 with every row a key; kb, vb (H, Sb, D) f16 or f32, keys ``b0, b0 + b_step, ..`` < Sb
+    used, each weighted as ``b_step`` keys (None: no segment B). Returns (T, H*D) (or ``out``). ``scale``
+    defaults to 1/sqrt(D).
+    """
+    h, na, d = ka.shape
+    if va.shape != ka.shape or ka.dtype != np.float32 or va.dtype != np.float32:
+        raise ValueError("ka/va must both be (H, Sa, D) float32")
+    if not (ka.flags.c_contiguous and va.flags.c_contiguous):
+        raise TypeError("ka/va must be C-contiguous")
+    if q.dtype != np.float32 or q.ndim != 2 or q.shape[1] != h * d or q.strides[1] != 4:
+        raise ValueError(f"q must be float32 (T, {h * d}) with contiguous rows")
+    t = q.shape[0]
+    if kb is None:
+        b0, b_step, nb, b_stride, f16, kp, vp = 0, 1, 0, 0, 0, None, None
+    else:
+        if kb.shape != vb.shape or kb.dtype != vb.dtype or kb.ndim != 3 or kb.shape[0] != h or kb.shape[2] != d:
+            raise ValueError(f"kb/vb must both be ({h}, Sb, {d}); got {kb.shape}, {vb.shape}")
+        if kb.dtype not in (np.float16, np.float32) or not (kb.flags.c_contiguous and vb.flags.c_contiguous):
+            raise TypeError("kb/vb must be C-contiguous float16 or float32")
+        if not 0 <= b0 <= kb.shape[1]:
+            raise ValueError(f"b0={b0} outside segment B's {kb.shape[1]} rows")
+        if b_step < 1:
+            raise ValueError("b_step must be >= 1")
+        nb = -(-(kb.shape[1] - b0) // b_step)
+        b_stride, f16, kp, vp = kb.shape[1], int(kb.dtype == np.float16), _ptr(kb), _ptr(vb)
+    out = np.empty((t, h * d), np.float32) if out is None else _f32(out, "out")
+    if out.shape != (t, h * d):
+        raise ValueError(f"out must be ({t}, {h * d})")
+    scale = 1.0 / float(np.sqrt(d)) if scale is None else float(scale)
+    r = lib.er_attention_seg2(_ptr(q), q.strides[0] // 4, _ptr(ka), _ptr(va), na, na, kp, vp, int(b0), nb,
+                              int(b_step), b_stride, f16, _ptr(out), h * d, h, d, t, scale)
+    if r:
+        raise ValueError(f"er_attention_seg2 rejected its arguments (code {r})")
+    return out
+
+
 # ---- attention over the KIVI int8/int4/int2 KV cache (src/kv_attention.c) ----------------------------
 
 

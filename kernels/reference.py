@@ -173,6 +173,35 @@ def attention_prefill(q: np.ndarray, k: np.ndarray, v: np.ndarray, p0: int, scal
     return np.einsum("htj,hjd->thd", p, vv).astype(np.float32)
 
 
+def layer_norm(x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float = 1e-5) -> np.ndarray:
+    """LayerNorm over the last axis (float64 math)."""
+    x64 = x.astype(np.float64)
+    mu = x64.mean(-1, keepdims=True)
+    var = ((x64 - mu) ** 2).mean(-1, keepdims=True)
+    return ((x64 - mu) / np.sqrt(var + eps) * g + b).astype(np.float32)
+
+
+def gelu_erf(x: np.ndarray) -> np.ndarray:
+    """GELU, exact form 0.5 x (1 + erf(x / sqrt 2)) (float64 math)."""
+    from math import erf
+
+    x64 = x.astype(np.float64)
+    return (0.5 * x64 * (1.0 + np.vectorize(erf)(x64 / np.sqrt(2.0)))).astype(np.float32)
+
+
+def attention_seg2(q: np.ndarray, ka: np.ndarray, va: np.ndarray, kb: np.ndarray, vb: np.ndarray,
+                   scale: float, b_step: int = 1) -> np.ndarray:
+    """Non-causal attention over two key segments. q (T, H, D); ka, va (H, na, D); kb, vb (H, nb, D) (any float
+    dtype; each key of segment B weighted as ``b_step`` keys) -> (T, H, D): softmax over the keys [ka; kb]."""
+    k = np.concatenate([ka.astype(np.float64), kb.astype(np.float64)], axis=1)  # (H, S, D)
+    v = np.concatenate([va.astype(np.float64), vb.astype(np.float64)], axis=1)
+    s = np.einsum("thd,hjd->htj", q.astype(np.float64), k) * scale
+    s[..., ka.shape[1] :] += np.log(b_step)
+    p = np.exp(s - s.max(axis=-1, keepdims=True))
+    p /= p.sum(axis=-1, keepdims=True)
+    return np.einsum("htj,hjd->thd", p, v).astype(np.float32)
+
+
 # ---- GGUF block formats (q4_1, q5_0, q5_1, q2_k .. q6_k), read verbatim by src/matmul_ggml.c ----------------
 #
 # A weight is a QuantizedTensor with format = the lower-case ggml type name, block_size = QK, scales = None and

@@ -330,3 +330,108 @@ def test_kernel_matmul_backend_matches_numpy(tiny_dir, tmp_path):
         finally:
             set_matmul(None)
     np.testing.assert_allclose(results[1], results[0], atol=0.02 * np.abs(results[0]).max())
+
+
+# ----------------------------------------------------------------------------- silence context (audio_ctx)
+
+
+def _tiny_model(tiny_dir, tmp_path):
+    from edgerun.export.whisper_export import export_whisper
+    from edgerun.runtime.models.whisper import load_whisper
+
+    d, v, _ = tiny_dir
+    (d / "tokenizer.json").write_text("{}")
+    return load_whisper(export_whisper(str(d), str(tmp_path / "tiny.edge"), weights="f32"))[0]
+
+
+@pytest.mark.parametrize("backend", ["numpy", "kernels"])
+def test_silence_context_is_the_full_window_on_silence(tiny_dir, tmp_path, backend):
+    """A window that is all silence: its first T frames encoded alone with the silence context (every cached frame,
+    step 1) equal the full window's first T frames, and the decoder over them + the cached frames gives the full
+    window's logits (up to the cache's float16)."""
+    if backend == "kernels":
+        pytest.importorskip("edgerun.kernels.ops")
+    set_matmul(backend)
+    try:
+        model = _tiny_model(tiny_dir, tmp_path)
+        a = model.args
+        ctx = model.silence_context(floor=-0.6)
+        assert ctx.enc_k[0].shape == (2, a.n_audio_ctx, 8) and ctx.enc_k[0].dtype == np.float16
+        mel = np.full((a.n_mels, 2 * a.n_audio_ctx), -0.6, np.float32)
+        full = model.encode(mel)
+        model.silence_step = 1
+        part = model.encode(mel[:, :16], silence=ctx, frames=6)  # 6 frames of 20 (+ the convolutions' context)
+        np.testing.assert_allclose(part, full[:6], atol=3e-3 * np.abs(full).max())
+        ref = model.decode([1, 2, 3], model.new_state(full))
+        got = model.decode([1, 2, 3], model.new_state(part, ctx))
+        np.testing.assert_allclose(got, ref, atol=3e-3 * np.abs(ref).max())
+    finally:
+        set_matmul(None)
+
+
+def test_silence_context_kernels_match_numpy(tiny_dir, tmp_path):
+    """The C path (attention over the audio's frames + every 4th cached frame, LayerNorm, GELU) against numpy."""
+    pytest.importorskip("edgerun.kernels.ops")
+    mel = np.random.default_rng(3).standard_normal((8, 14)).astype(np.float32)
+    results = []
+    for backend in ("numpy", "kernels"):
+        set_matmul(backend)
+        try:
+            model = _tiny_model(tiny_dir, tmp_path / backend)
+            ctx = model.silence_context()
+            enc = model.encode(mel, silence=ctx)
+            state = model.new_state(enc, ctx)
+            results.append(np.concatenate([model.decode([1, 2, 3], state), model.decode([4], state)]))
+        finally:
+            set_matmul(None)
+    np.testing.assert_allclose(results[1], results[0], atol=1e-3 * np.abs(results[0]).max())
+
+
+@pytest.mark.model
+def test_audio_ctx_transcripts_equal_the_full_window(asr):
+    """The default encoding (the audio's own frames + the silence context) transcribes the LibriVox clips as the
+    full 30-s window does, and short spoken commands without the repetitions of a window cut after the audio."""
+    from edgerun.bench.speech import hallucinations, normalize, short_clips
+    from edgerun.runtime.audio.asr import ASR
+    from edgerun.runtime.audio.wavio import read_audio
+
+    assert asr.silence is not None
+    full = ASR(audio_ctx=False)
+    for f in _librivox(3):
+        x, sr = read_audio(f)
+        assert normalize(asr.transcribe(x, sr).text) == normalize(full.transcribe(x, sr).text)
+    clips = short_clips()
+    for x, text in clips[:4] + clips[-2:]:
+        got = asr.transcribe(x, 16000, use_vad=False).text
+        assert not hallucinations(text, got), (text, got)
+        assert normalize(got) == normalize(text), (text, got)
+
+
+def test_silence_context_save_load(tiny_dir, tmp_path):
+    from edgerun.runtime.models.whisper import ModelArgs, SilenceContext
+
+    model = _tiny_model(tiny_dir, tmp_path)
+    ctx = model.silence_context()
+    ctx.save(str(tmp_path / "s.npz"))
+    back = SilenceContext.load(str(tmp_path / "s.npz"), model.args)
+    assert back.floor == ctx.floor and back.nbytes == ctx.nbytes
+    for a, b in zip(ctx.enc_k + ctx.cross_v, back.enc_k + back.cross_v, strict=True):
+        np.testing.assert_array_equal(a, b)
+    other = ModelArgs(**{**model.args.__dict__, "n_audio_ctx": model.args.n_audio_ctx + 1})
+    with pytest.raises(ValueError, match="float16"):
+        SilenceContext.load(str(tmp_path / "s.npz"), other)
+
+
+@pytest.mark.model
+def test_decode_with_a_draft_is_greedy_decoding(asr):
+    """A draft (the partials' hypothesis) changes how many sequential decoder steps run, not the tokens: right,
+    partly right, wrong and overlong drafts all give greedy decoding's result."""
+    from edgerun.runtime.audio.wavio import read_audio
+
+    x, sr = read_audio(_librivox(2)[1])
+    plain = asr.decode(x).tokens
+    assert plain
+    for draft in (plain, plain[:3], plain[:3] + [220, 11, 13], [220] * 5, plain + plain[:4]):
+        got = asr.decode(x, draft=draft)
+        assert got.tokens == plain, (draft, got.tokens, plain)
+    assert asr.decode(x, prefix=plain[:2], draft=plain[2:]).tokens == plain[2:]

@@ -170,6 +170,23 @@ int er_kivi_store(const er_kivi *c, const float *k, const float *v, int64_t T, i
  * into c->q_sink), er_kivi_attention (T = 1), er_kivi_store, attn_out. The layer's window is the cache's. */
 int er_decode_layer_kivi(const er_decode_cfg *cfg, const er_layer *L, const er_kivi *c, int64_t pos);
 
+/* ---- Whisper encoder ops (src/whisper_ops.c) ----------------------------------------------------- */
+/* LayerNorm over the last axis of x (rows, n): (x - mean) / sqrt(var + eps) * g + b (threaded over rows) */
+void er_layer_norm(const float *x, const float *g, const float *b, float *out, int64_t rows, int64_t n, float eps);
+/* GELU, exact form 0.5 x (1 + erf(x / sqrt 2)) (erf to ~1.5e-7 absolute) */
+void er_gelu_erf(const float *x, float *out, int64_t n);
+/* Non-causal attention of T queries over na + nb keys in two segments, n_heads heads of head_dim:
+ *   q      head h of query t at q + t*q_stride + h*head_dim (f32)
+ *   ka, va segment A, f32 (n_heads, a_stride, head_dim), rows 0..na-1
+ *   kb, vb segment B, f16 (b_f16) or f32 (n_heads, b_stride, head_dim), rows b0, b0 + b_step, .. (nb rows),
+ *          each standing for b_step keys (its score gets + log(b_step): a strided sample of a smooth segment)
+ *   out    head h of query t at out + t*out_stride + h*head_dim
+ * out = softmax(scale q.k) v over both segments. Returns 0, or -1 on bad sizes, -3 out of memory. */
+int er_attention_seg2(const float *q, int64_t q_stride, const float *ka, const float *va, int64_t na,
+                      int64_t a_stride, const void *kb, const void *vb, int64_t b0, int64_t nb, int64_t b_step,
+                      int64_t b_stride, int b_f16, float *out, int64_t out_stride, int64_t n_heads, int64_t head_dim,
+                      int64_t T, float scale);
+
 #ifdef __cplusplus
 }
 #endif

@@ -9,12 +9,17 @@
             print("FINAL" if r.is_final else "partial", r.text)
     s.input_finished(); s.reset()
 
+Encoding (`audio_ctx`, the default): Whisper sees a 30-s window, but only the audio's own frames are
+computed; the rest of the window, silence, comes from keys/values cached once at load (`SilenceContext` in
+models/whisper.py), so an utterance costs its length, not 30 s, with the full window's transcripts (a window
+simply cut after the audio makes Whisper repeat short utterances). `ASR(audio_ctx=False)` encodes all 1500
+frames.
+
 Streaming: Silero VAD cuts the audio into utterances. While an utterance goes on, every `partial_step`
-seconds it is decoded again on a short encoder window (the audio plus 1 s, not the full 30 s) with the
-already-committed tokens forced as a prefix; the tokens two successive hypotheses agree on are committed
-(LocalAgreement-2, Machacek et al. 2023, whisper_streaming), up to a word boundary, so partial text only
-grows and never flickers. At the endpoint the utterance is decoded once more (30-s window by default) with
-no forced prefix (`final_uses_prefix=False`), giving the final text, which may still correct the partials.
+seconds it is decoded again with the already-committed tokens forced as a prefix; the tokens two successive
+hypotheses agree on are committed (LocalAgreement-2, Machacek et al. 2023, whisper_streaming), up to a word
+boundary, so partial text only grows and never flickers. At the endpoint the utterance is decoded once more
+with no forced prefix (`final_uses_prefix=False`), giving the final text, which may still correct the partials.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from edgerun.runtime.audio.features import N_SAMPLES, SAMPLE_RATE, log_mel
 from edgerun.runtime.audio.resample import resample
 from edgerun.runtime.audio.vad import VAD, SileroModel, SpeechSegment, detect_speech
 from edgerun.runtime.audio.wavio import check_rate, to_mono
-from edgerun.runtime.models.whisper import Whisper, load_whisper
+from edgerun.runtime.models.whisper import SILENCE_FLOOR, SilenceContext, Whisper, load_whisper
 
 
 def cache_dir() -> str:
@@ -99,7 +104,7 @@ class ASR:
     """Whisper speech recognizer (greedy decoding, English by default)."""
 
     def __init__(self, model: str | None = None, language: str = "en", final_full_window: bool = True,
-                 final_uses_prefix: bool = False):
+                 final_uses_prefix: bool = False, audio_ctx: bool = True):
         path = model or default_asr_model()
         self.model_path = path
         self.model, self.manifest, tok_json = load_whisper(path)
@@ -128,31 +133,77 @@ class ASR:
         self.max_new_tokens = self.model.args.n_text_ctx // 2
         t0 = time.perf_counter()
         self.model.prepare()
+        # audio_ctx: a "30-s window" is encoded on the audio's own frames (+ 1 s) with the cached silence
+        # context standing in for the rest (models/whisper.py SilenceContext); False: all 1500 frames
+        self.silence = self._silence_context() if audio_ctx else None
         self.prepare_seconds = time.perf_counter() - t0
+
+    def _silence_context(self) -> SilenceContext:
+        """The model's silence context: read from the cache folder (37 MB for base) when this artifact's was kept
+        there, else computed (one full-window encode, ~1-3 s) and kept."""
+        import hashlib
+
+        try:
+            with open(os.path.join(self.model_path, "manifest.json"), "rb") as fh:
+                key = hashlib.sha256(fh.read() + f"|floor {SILENCE_FLOOR}|v1".encode()).hexdigest()[:16]
+        except OSError:
+            return self.model.silence_context()
+        path = os.path.join(cache_dir(), f"whisper-silence-{key}.npz")
+        if os.path.isfile(path):
+            try:
+                return SilenceContext.load(path, self.model.args)
+            except (OSError, ValueError, KeyError, EOFError):
+                pass  # unreadable or stale: computed again below
+        ctx = self.model.silence_context()
+        try:
+            os.makedirs(cache_dir(), exist_ok=True)
+            ctx.save(path)
+        except OSError:
+            pass  # a read-only cache costs the computation at each load, nothing else
+        return ctx
 
     # ------------------------------------------------------------------ core
     def encode(self, audio16k: np.ndarray, full_window: bool = True) -> np.ndarray:
-        """Encoder output for up to 30 s of 16 kHz audio: the full 30-s window, or the audio + 1 s."""
+        """Encoder output for up to 30 s of 16 kHz audio: the 30-s window (with `audio_ctx`, only the audio's
+        frames are computed and the cached silence context stands in for the rest: pass the same `full_window`
+        to `new_state`), or the window cut 1 s after the audio (streaming partials)."""
         a = np.asarray(audio16k, np.float32)[:N_SAMPLES]
-        if full_window:
-            pad_to = N_SAMPLES
-        else:
-            pad_to = min(N_SAMPLES, (int(np.ceil(len(a) / SAMPLE_RATE)) + 1) * SAMPLE_RATE)
-        return self.model.encode(log_mel(a, self.model.args.n_mels, pad_to=pad_to))
+        if full_window and self.silence is not None:
+            # the audio's own frames, rounded up to 0.1 s: no margin of computed silence (with the context, a
+            # margin made the encoder output further from the full window's on LibriVox, not closer)
+            n = min(N_SAMPLES, max(1, int(np.ceil(len(a) / 1600))) * 1600)
+            # + 2 encoder frames of the zero padding: the convolutions' right context, as in the full window
+            mel = log_mel(a, self.model.args.n_mels, pad_to=min(N_SAMPLES, n + 640))
+            return self.model.encode(mel, silence=self.silence, frames=n // 320)
+        short = min(N_SAMPLES, (int(np.ceil(len(a) / SAMPLE_RATE)) + 1) * SAMPLE_RATE)
+        return self.model.encode(log_mel(a, self.model.args.n_mels, pad_to=N_SAMPLES if full_window else short))
+
+    def new_state(self, enc: np.ndarray, full_window: bool = True):
+        """Decoder state for an encoder output of `encode(..., full_window)`."""
+        return self.model.new_state(enc, self.silence if full_window else None)
 
     def decode(self, audio16k: np.ndarray, prefix: list[int] | None = None, full_window: bool = True,
-               max_new_tokens: int | None = None) -> Decoded:
-        """Greedy decoding of one window, continuing after the forced `prefix` tokens."""
+               max_new_tokens: int | None = None, draft: list[int] | None = None) -> Decoded:
+        """Greedy decoding of one window, continuing after the forced `prefix` tokens.
+
+        `draft`: tokens the text probably continues with (a stream's latest partial hypothesis). They go through
+        the decoder in the same batched call as the prompt, and each is kept while it is the token greedy decoding
+        picks from that call's logits; decoding goes on one token at a time from the first one that is not. The
+        result is greedy decoding's (up to float rounding between the batched and one-token kernels), in fewer
+        sequential decoder steps."""
         t0 = time.perf_counter()
         m: Whisper = self.model
         enc = self.encode(audio16k, full_window)
-        state = m.new_state(enc)
+        state = self.new_state(enc, full_window)
         prefix = list(prefix or [])
-        logits = m.decode(self.prompt + prefix, state)  # (len, n_vocab)
+        head = self.prompt + prefix
+        draft = list(draft or [])[: max(0, m.args.n_text_ctx - len(head) - 1)]
+        logits = m.decode(head + draft, state)  # (len, n_vocab)
         p0 = _log_softmax(logits[0])
         no_speech = float(np.exp(p0[self.no_speech_id])) if self.no_speech_id is not None else 0.0
-        last = logits[-1]
-        limit = min(max_new_tokens or self.max_new_tokens, m.args.n_text_ctx - state.length - 1)
+        last = logits[len(head) - 1]
+        limit = min(max_new_tokens or self.max_new_tokens, m.args.n_text_ctx - len(head) - 1)
+        matched, in_draft = 0, bool(draft)  # the state holds head + draft; valid up to len(head) + matched
         out: list[int] = []
         logprob = 0.0
         for i in range(limit):
@@ -171,6 +222,13 @@ class ASR:
             if cut:
                 del out[len(out) - cut :]
                 break
+            if in_draft and matched < len(draft) and tok == draft[matched]:
+                matched += 1
+                last = logits[len(head) - 1 + matched]
+                continue
+            if in_draft:  # forget the draft tokens after the last one kept
+                state.length = len(head) + matched
+                in_draft = False
             last = m.decode([tok], state)[-1]
         return Decoded(out, logprob / max(1, len(out)), no_speech, time.perf_counter() - t0)
 
@@ -275,7 +333,10 @@ class ASRStream:
     def _partial(self, audio: np.ndarray) -> ASRResult | None:
         asr = self.asr
         self.last_partial_len = len(audio)
-        d = asr.decode(audio, prefix=self.committed, full_window=False, max_new_tokens=64)
+        # with the silence context (audio_ctx) as the finals: a window cut 1 s after a short audio makes Whisper
+        # repeat itself (9 of 20 short commands, benchmarks/asr_short_clips.py)
+        d = asr.decode(audio, prefix=self.committed, full_window=asr.silence is not None, max_new_tokens=64,
+                       draft=self.prev_tail)
         hyp = d.tokens
         # LocalAgreement-2: commit the common prefix of this and the previous tail, up to a word boundary
         agree = 0
@@ -338,7 +399,8 @@ class ASRStream:
     def _decode_final(self, seg: SpeechSegment):
         asr = self.asr
         prefix = self.committed if asr.final_uses_prefix else []
-        d = asr.decode(seg.samples, prefix=prefix, full_window=asr.final_full_window)
+        draft = (self.committed + self.prev_tail)[len(prefix) :]  # the partials' text, checked token by token
+        d = asr.decode(seg.samples, prefix=prefix, full_window=asr.final_full_window, draft=draft)
         silent = not prefix and d.no_speech_prob > 0.6 and d.avg_logprob < -1.0
         return d, ("" if silent else asr.text(prefix + d.tokens)), prefix
 

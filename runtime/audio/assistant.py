@@ -81,7 +81,7 @@ def speech_recognizer(asr=None):
     """`asr` itself when it is an ASR object, else the Whisper ASR of that model path (None: packaged)."""
     from edgerun.runtime.audio.asr import ASR
 
-    return asr if asr is not None and not isinstance(asr, str) else ASR(asr, final_full_window=False)
+    return asr if asr is not None and not isinstance(asr, str) else ASR(asr)
 
 
 def voice_of(voice=None):
@@ -127,7 +127,7 @@ class Assistant:
         s = self.asr.create_stream()
         s.accept_waveform(16000, noise)
         s.input_finished()
-        self.asr.decode(noise, full_window=False)  # the Whisper encoder + decoder on a short window
+        self.asr.decode(noise)  # the Whisper encoder (audio_ctx) + decoder, as partials and finals run them
         for _ in self.tts.stream("Hello."):
             pass
         for _ in self.llm.stream_chat(self.messages("Hi"), max_tokens=2, temperature=0.0, reuse_prefix=True):
@@ -523,7 +523,7 @@ def load_within_budget(ram, model=None, asr=None, voice=None) -> tuple[object, o
     base = rss_bytes()
     exact_peak = reset_peak_rss()  # the kernel's high-water mark from here, where the system allows it
     asr, tts = speech_recognizer(asr), voice_of(voice)
-    asr.decode(np.zeros(16000, np.float32), max_new_tokens=4)  # the encoder on a full 30-s window
+    asr.decode(np.zeros(30 * 16000, np.float32), max_new_tokens=4)  # the encoder on a 30-s utterance (most frames)
     tts.generate("Hello there, I am your assistant, and this phrase is twelve words long.")  # a longest phrase
     speech = (peak_rss_bytes() if exact_peak else rss_bytes()) - base
     rest = budget - speech
