@@ -37,3 +37,19 @@ def llama_cpp():
     import llama_cpp
 
     return llama_cpp
+
+
+# parametrized cases that cover the same path as a faster sibling in the default run; they run with -m slow
+SLOW_CASES = {
+    "test_greedy_continuations_match_llama_cpp[gemma3]",  # Gemma-3 vs llama.cpp: top-1/perplexity stays default
+    "test_llama_cpp_order_forward_top1_with_llama_cpp[Q8_0]",  # the bit-exact forward: Q4_0 stays default
+    "test_llama_cpp_order_forward_top1_with_llama_cpp[TQ2_0]",
+}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Mark the cases of SLOW_CASES slow (before `-m 'not slow'` deselects)."""
+    for item in items:
+        if item.name in SLOW_CASES:
+            item.add_marker(pytest.mark.slow)
