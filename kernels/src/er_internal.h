@@ -1,6 +1,7 @@
 /* Internal helpers shared by the kernel sources (not part of the public API). */
 #ifndef ER_INTERNAL_H
 #define ER_INTERNAL_H
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -10,6 +11,52 @@
 #define ER_AVX2 __attribute__((target("avx2,fma,f16c")))
 #else
 #define ER_X86 0
+#endif
+
+#if ER_X86
+/* sum of the 8 lanes */
+ER_AVX2 static inline float er_hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* exp(x) for x <= 0 (softmax after the max is subtracted, SiLU/GELU of -|x|): 2^n * p(r), r in [-ln2/2, ln2/2],
+ * degree-6 polynomial (Cephes expf coefficients, ~1 ulp); underflows to 0 below -87 */
+ER_AVX2 static inline __m256 er_exp256(__m256 x) {
+    x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+/* sc[t] = exp(sc[t] - mx) for t < n (mx: their max); returns the sum */
+ER_AVX2 static inline float er_exp_sum_avx2(float *sc, int64_t n, float mx) {
+    __m256 m = _mm256_set1_ps(mx), acc = _mm256_setzero_ps();
+    int64_t t = 0;
+    for (; t + 8 <= n; t += 8) {
+        __m256 e = er_exp256(_mm256_sub_ps(_mm256_loadu_ps(sc + t), m));
+        _mm256_storeu_ps(sc + t, e);
+        acc = _mm256_add_ps(acc, e);
+    }
+    float sum = er_hsum8(acc);
+    for (; t < n; t++) {
+        sc[t] = expf(sc[t] - mx);
+        sum += sc[t];
+    }
+    return sum;
+}
 #endif
 
 extern int er_isa;

@@ -1,6 +1,6 @@
 /* Internal: the per-ISA inner loops of the KIVI cache attention (kv_attention.c). The scalar and AVX2 tables live
  * in kv_attention.c, the NEON table in kv_attention_neon.c; each entry mirrors the scalar one up to float
- * summation order and the exp approximation (the Cephes polynomial of ops.c's exp256). */
+ * summation order and the exp approximation (the Cephes polynomial of er_exp256 in er_internal.h). */
 #ifndef ER_KV_H
 #define ER_KV_H
 #include <stdint.h>

@@ -136,13 +136,6 @@ static const er_kv_ops kv_ops_scalar = {qk_scalar,       pv_scalar,         exp_
 
 /* ---- AVX2 ops -------------------------------------------------------------------------------------- */
 #if ER_X86
-ER_AVX2 static float kv_hsum8(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
 ER_AVX2 static void qk_avx2(const float *q, const float *rows, int64_t n, int64_t d, float *sc) {
     int64_t j = 0;
     if (d % 8 == 0)
@@ -166,7 +159,7 @@ ER_AVX2 static void qk_avx2(const float *q, const float *rows, int64_t n, int64_
         __m256 a = _mm256_setzero_ps();
         int64_t i = 0;
         for (; i + 8 <= d; i += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_loadu_ps(rows + j * d + i), a);
-        float s = kv_hsum8(a);
+        float s = er_hsum8(a);
         for (; i < d; i++) s += q[i] * rows[j * d + i];
         sc[j] = s;
     }
@@ -199,23 +192,10 @@ ER_AVX2 static void pv_avx2(float *o, const float *p, const float *rows, int64_t
         for (int64_t j = 0; j < n; j++) o[i0] += p[j] * rows[j * d + i0];
 }
 
-/* exp(x) for x <= 0 (ops.c exp256: Cephes polynomial, ~1 ulp); exactly 0 for x = -inf */
+/* exp(x) for x <= 0 (er_exp256); exactly 0 for x = -inf (a masked score) */
 ER_AVX2 static inline __m256 kv_exp256(__m256 x) {
     __m256 ninf = _mm256_cmp_ps(x, _mm256_set1_ps(-INFINITY), _CMP_EQ_OQ);
-    x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
-    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_andnot_ps(ninf, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
+    return _mm256_andnot_ps(ninf, er_exp256(x));
 }
 
 ER_AVX2 static float exp_sum_avx2(float *s, int64_t n, float mx) {
@@ -226,7 +206,7 @@ ER_AVX2 static float exp_sum_avx2(float *s, int64_t n, float mx) {
         _mm256_storeu_ps(s + j, e);
         acc = _mm256_add_ps(acc, e);
     }
-    float sum = kv_hsum8(acc);
+    float sum = er_hsum8(acc);
     for (; j < n; j++) {
         s[j] = expf(s[j] - mx);
         sum += s[j];
@@ -334,7 +314,7 @@ ER_AVX2 static void q_prep_avx2(const float *q, int64_t gq, int64_t d, const flo
         z = _mm_add_epi32(z, _mm_shuffle_epi32(z, 0x4e));
         z = _mm_add_epi32(z, _mm_shuffle_epi32(z, 0xb1));
         qg[g].d = mxs / (float)KV_QMAX;
-        qg[g].off = kv_hsum8(sm) + zc * kv_hsum8(sq);
+        qg[g].off = er_hsum8(sm) + zc * er_hsum8(sq);
         qg[g].zsum = (1 << (bits - 1)) * _mm_cvtsi128_si32(z);
     }
 }
@@ -484,7 +464,7 @@ ER_AVX2 static void pv_codes_avx2(float *o, int64_t gq, const float *p, int64_t 
                     _mm256_storeu_ps(w + h * KV_TILE + j, _mm256_mul_ps(pv, _mm256_loadu_ps(vsg + j)));
                     bacc = _mm256_fmadd_ps(pv, _mm256_loadu_ps(vmg + j), bacc);
                 }
-                float b = kv_hsum8(bacc);
+                float b = er_hsum8(bacc);
                 for (; j < n; j++) {
                     w[h * KV_TILE + j] = ph[j] * vsg[j];
                     b += ph[j] * vmg[j];

@@ -1,6 +1,6 @@
 /* NEON inner loops of the KIVI cache attention (kv_attention.c's er_kv_ops, aarch64): each mirrors the scalar
  * function of the same name in kv_attention.c; only float summation order and the exp approximation (Cephes
- * polynomial, as ops_neon.c's exp4) differ. Codes are unpacked in registers (vzip of the nibbles / bit pairs), exactly. */
+ * polynomial, er_exp4 in er_neon.h) differ. Codes are unpacked in registers (vzip of the nibbles / bit pairs), exactly. */
 #if defined(__aarch64__)
 #include <arm_neon.h>
 #include <math.h>
@@ -8,6 +8,7 @@
 
 #include "er_internal.h"
 #include "er_kv.h"
+#include "er_neon.h"
 
 #define NINLINE inline __attribute__((always_inline))
 
@@ -64,23 +65,10 @@ static void pv_neon(float *o, const float *p, const float *rows, int64_t n, int6
         for (int64_t j = 0; j < n; j++) o[i0] += p[j] * rows[j * d + i0];
 }
 
-/* exp(x) for x <= 0 (ops_neon.c exp4); exactly 0 for x = -inf */
+/* exp(x) for x <= 0 (er_exp4); exactly 0 for x = -inf (a masked score) */
 static NINLINE float32x4_t kv_exp4(float32x4_t x) {
     uint32x4_t ninf = vceqq_f32(x, vdupq_n_f32(-INFINITY));
-    x = vmaxq_f32(x, vdupq_n_f32(-87.0f));
-    float32x4_t n = vrndnq_f32(vmulq_n_f32(x, 1.44269504088896341f));
-    float32x4_t r = vfmsq_f32(x, n, vdupq_n_f32(0.693359375f));
-    r = vfmsq_f32(r, n, vdupq_n_f32(-2.12194440e-4f));
-    float32x4_t p = vdupq_n_f32(1.9875691500e-4f);
-    p = vfmaq_f32(vdupq_n_f32(1.3981999507e-3f), p, r);
-    p = vfmaq_f32(vdupq_n_f32(8.3334519073e-3f), p, r);
-    p = vfmaq_f32(vdupq_n_f32(4.1665795894e-2f), p, r);
-    p = vfmaq_f32(vdupq_n_f32(1.6666665459e-1f), p, r);
-    p = vfmaq_f32(vdupq_n_f32(5.0000001201e-1f), p, r);
-    p = vfmaq_f32(vaddq_f32(r, vdupq_n_f32(1.0f)), p, vmulq_f32(r, r));
-    int32x4_t e = vshlq_n_s32(vaddq_s32(vcvtq_s32_f32(n), vdupq_n_s32(127)), 23);
-    float32x4_t v = vmulq_f32(p, vreinterpretq_f32_s32(e));
-    return vreinterpretq_f32_u32(vbicq_u32(vreinterpretq_u32_f32(v), ninf));
+    return vreinterpretq_f32_u32(vbicq_u32(vreinterpretq_u32_f32(er_exp4(x)), ninf));
 }
 
 static float exp_sum_neon(float *s, int64_t n, float mx) {

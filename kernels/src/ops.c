@@ -1,6 +1,6 @@
 /* Decode ops on float32: RMSNorm, NEOX RoPE, softmax, SiLU, GELU (tanh), GLU products, and
  * single-token GQA attention over an f32/f16 KV cache. Scalar everywhere; AVX2 where the op
- * streams memory (rmsnorm, mul, attention dot/axpy) and for SiLU/GELU(-mul) (exp256; GELU as
+ * streams memory (rmsnorm, mul, attention dot/axpy) and for SiLU/GELU(-mul) (er_exp256; GELU as
  * x sigmoid(2v), as NEON). References: kernels/reference.py. */
 #include <math.h>
 #include <stdlib.h>
@@ -10,13 +10,6 @@
 #include "er_neon.h"
 
 #if ER_X86
-ER_AVX2 static float hsum8(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
 ER_AVX2 static void rmsnorm_avx2(const float *x, const float *w, float *out, int64_t n, float eps) {
     __m256 a = _mm256_setzero_ps();
     int64_t i = 0;
@@ -24,7 +17,7 @@ ER_AVX2 static void rmsnorm_avx2(const float *x, const float *w, float *out, int
         __m256 v = _mm256_loadu_ps(x + i);
         a = _mm256_fmadd_ps(v, v, a);
     }
-    float ss = hsum8(a);
+    float ss = er_hsum8(a);
     for (; i < n; i++) ss += x[i] * x[i];
     float r = 1.0f / sqrtf(ss / (float)n + eps);
     __m256 rv = _mm256_set1_ps(r);
@@ -48,7 +41,7 @@ ER_AVX2 static float kv_dot_avx2(const float *q, const void *k, int f16, int64_t
     __m256 a = _mm256_setzero_ps();
     int64_t i = 0;
     for (; i + 8 <= d; i += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), kv_load8(k, f16, i), a);
-    float s = hsum8(a);
+    float s = er_hsum8(a);
     for (; i < d; i++) s += q[i] * (f16 ? er_f16_to_f32(((const uint16_t *)k)[i]) : ((const float *)k)[i]);
     return s;
 }
@@ -58,25 +51,6 @@ ER_AVX2 static void kv_axpy_avx2(float *o, float p, const void *v, int f16, int6
     int64_t i = 0;
     for (; i + 8 <= d; i += 8) _mm256_storeu_ps(o + i, _mm256_fmadd_ps(pv, kv_load8(v, f16, i), _mm256_loadu_ps(o + i)));
     for (; i < d; i++) o[i] += p * (f16 ? er_f16_to_f32(((const uint16_t *)v)[i]) : ((const float *)v)[i]);
-}
-
-/* exp(x) for x <= 0 (softmax after the max is subtracted): 2^n * p(r), r in [-ln2/2, ln2/2], degree-6
- * polynomial (Cephes expf coefficients, ~1 ulp); underflows to 0 below -87 */
-ER_AVX2 static inline __m256 exp256(__m256 x) {
-    x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
-    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
 
 ER_AVX2 static void scale_avx2(float *o, int64_t n, float r) {
@@ -100,23 +74,6 @@ ER_AVX2 static int64_t scale_max_avx2(float *sc, int64_t n, float scale, float *
     h = _mm_max_ss(h, _mm_movehdup_ps(h));
     *mx = _mm_cvtss_f32(h);
     return t;
-}
-
-/* sc[t] = exp(sc[t] - mx) for t < n; returns the sum */
-ER_AVX2 static float exp_sum_avx2(float *sc, int64_t n, float mx) {
-    __m256 m = _mm256_set1_ps(mx), acc = _mm256_setzero_ps();
-    int64_t t = 0;
-    for (; t + 8 <= n; t += 8) {
-        __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(sc + t), m));
-        _mm256_storeu_ps(sc + t, e);
-        acc = _mm256_add_ps(acc, e);
-    }
-    float sum = hsum8(acc);
-    for (; t < n; t++) {
-        sc[t] = expf(sc[t] - mx);
-        sum += sc[t];
-    }
-    return sum;
 }
 
 /* sc[t] = q . k[t] for t < n, 8 keys at a time (8 dot accumulators reduced together) */
@@ -237,7 +194,7 @@ ER_AVX2 static void silu_mul_avx2(const float *g, const float *u, float *out, in
     int64_t i = 0;
     for (; i + 8 <= n; i += 8) {
         __m256 x = _mm256_loadu_ps(g + i);
-        __m256 e = exp256(_mm256_or_ps(x, sign)); /* exp(-|x|) */
+        __m256 e = er_exp256(_mm256_or_ps(x, sign)); /* exp(-|x|) */
         __m256 r = _mm256_div_ps(_mm256_blendv_ps(one, e, x), _mm256_add_ps(one, e));
         __m256 y = _mm256_mul_ps(x, r);
         if (u) y = _mm256_mul_ps(y, _mm256_loadu_ps(u + i));
@@ -255,7 +212,7 @@ ER_AVX2 static void gelu_mul_avx2(const float *g, const float *u, float *out, in
         __m256 x = _mm256_loadu_ps(g + i);
         __m256 x3 = _mm256_mul_ps(_mm256_mul_ps(x, x), x);
         __m256 z = _mm256_mul_ps(_mm256_fmadd_ps(x3, c3, x), c2);
-        __m256 e = exp256(_mm256_or_ps(z, sign)); /* exp(-|z|) */
+        __m256 e = er_exp256(_mm256_or_ps(z, sign)); /* exp(-|z|) */
         __m256 r = _mm256_div_ps(_mm256_blendv_ps(one, e, z), _mm256_add_ps(one, e));
         __m256 y = _mm256_mul_ps(x, r);
         if (u) y = _mm256_mul_ps(y, _mm256_loadu_ps(u + i));
@@ -369,7 +326,7 @@ static void attend_one(const float *qh, const char *kb, const char *vb, int64_t 
     }
 #if ER_X86
     if (isa == ER_ISA_AVX2) {
-        float inv = 1.0f / exp_sum_avx2(sc, n, mx);
+        float inv = 1.0f / er_exp_sum_avx2(sc, n, mx);
         for (int64_t t = 0; t < n; t++) sc[t] *= inv;
         pv_avx2(o, sc, vb, n, D, f16, 0);
         return;
@@ -401,7 +358,7 @@ static float softmax_scores(float *sc, int64_t n, float scale, float softcap, in
     }
     float sum = 0.0f;
 #if ER_X86
-    if (isa == ER_ISA_AVX2) sum = exp_sum_avx2(sc, n, mx);
+    if (isa == ER_ISA_AVX2) sum = er_exp_sum_avx2(sc, n, mx);
     else
 #endif
         for (int64_t t = 0; t < n; t++) {

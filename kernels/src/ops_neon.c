@@ -1,7 +1,7 @@
 /* NEON variants of the decode ops (aarch64): RMSNorm, softmax, elementwise products, SiLU/GELU (+GLU),
  * and single-token / prefill GQA attention over an f32/f16 KV cache. Each mirrors the scalar function of
  * ops.c named in its comment; only float summation order and the exp approximation (Cephes expf
- * polynomial, ~1 ulp, as ops.c's AVX2 exp256) differ. RoPE stays scalar (its cost is the per-pair
+ * polynomial, ~1 ulp, as the AVX2 er_exp256) differ. RoPE stays scalar (its cost is the per-pair
  * pow/cos/sin in double, not the rotation). */
 #if defined(__aarch64__)
 #include <arm_neon.h>
@@ -14,23 +14,6 @@
 #include "er_neon.h"
 
 #define NINLINE inline __attribute__((always_inline))
-
-/* exp(x) for x <= 0: 2^n * p(r), r in [-ln2/2, ln2/2], degree-6 polynomial; 0 below -87 (ops.c exp256) */
-static NINLINE float32x4_t exp4(float32x4_t x) {
-    x = vmaxq_f32(x, vdupq_n_f32(-87.0f));
-    float32x4_t n = vrndnq_f32(vmulq_n_f32(x, 1.44269504088896341f));
-    float32x4_t r = vfmsq_f32(x, n, vdupq_n_f32(0.693359375f));
-    r = vfmsq_f32(r, n, vdupq_n_f32(-2.12194440e-4f));
-    float32x4_t p = vdupq_n_f32(1.9875691500e-4f);
-    p = vfmaq_f32(vdupq_n_f32(1.3981999507e-3f), p, r);
-    p = vfmaq_f32(vdupq_n_f32(8.3334519073e-3f), p, r);
-    p = vfmaq_f32(vdupq_n_f32(4.1665795894e-2f), p, r);
-    p = vfmaq_f32(vdupq_n_f32(1.6666665459e-1f), p, r);
-    p = vfmaq_f32(vdupq_n_f32(5.0000001201e-1f), p, r);
-    p = vfmaq_f32(vaddq_f32(r, vdupq_n_f32(1.0f)), p, vmulq_f32(r, r));
-    int32x4_t e = vshlq_n_s32(vaddq_s32(vcvtq_s32_f32(n), vdupq_n_s32(127)), 23);
-    return vmulq_f32(p, vreinterpretq_f32_s32(e));
-}
 
 /* ---- rmsnorm (rmsnorm_scalar), mul, softmax (er_softmax) -------------------------------------- */
 
@@ -66,7 +49,7 @@ static float exp_sum(float *v, int64_t n, float mx) {
     float32x4_t acc = vdupq_n_f32(0.0f);
     int64_t t = 0;
     for (; t + 4 <= n; t += 4) {
-        float32x4_t e = exp4(vsubq_f32(vld1q_f32(v + t), m));
+        float32x4_t e = er_exp4(vsubq_f32(vld1q_f32(v + t), m));
         vst1q_f32(v + t, e);
         acc = vaddq_f32(acc, e);
     }
@@ -106,7 +89,7 @@ void er_softmax_neon(float *x, int64_t rows, int64_t n) {
 /* sigmoid(z) with e = exp(-|z|): 1/(1+e) for z >= 0, e/(1+e) below (exact for every z, no overflow) */
 static NINLINE float32x4_t sigmoid4(float32x4_t z) {
     const float32x4_t one = vdupq_n_f32(1.0f);
-    float32x4_t e = exp4(vnegq_f32(vabsq_f32(z)));
+    float32x4_t e = er_exp4(vnegq_f32(vabsq_f32(z)));
     uint32x4_t neg = vreinterpretq_u32_s32(vshrq_n_s32(vreinterpretq_s32_f32(z), 31)); /* sign bit */
     return vdivq_f32(vbslq_f32(neg, e, one), vaddq_f32(one, e));
 }

@@ -31,18 +31,11 @@ static void ln_row_scalar(const float *x, const float *g, const float *b, float 
 }
 
 #if ER_X86
-ER_AVX2 static float hsum8_w(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
 ER_AVX2 static void ln_row_avx2(const float *x, const float *g, const float *b, float *o, int64_t n, float eps) {
     __m256 a = _mm256_setzero_ps();
     int64_t i = 0;
     for (; i + 8 <= n; i += 8) a = _mm256_add_ps(a, _mm256_loadu_ps(x + i));
-    float s = hsum8_w(a);
+    float s = er_hsum8(a);
     for (; i < n; i++) s += x[i];
     const float mu = s / (float)n;
     const __m256 m = _mm256_set1_ps(mu);
@@ -51,7 +44,7 @@ ER_AVX2 static void ln_row_avx2(const float *x, const float *g, const float *b, 
         __m256 d = _mm256_sub_ps(_mm256_loadu_ps(x + i), m);
         a = _mm256_fmadd_ps(d, d, a);
     }
-    float ss = hsum8_w(a);
+    float ss = er_hsum8(a);
     for (; i < n; i++) ss += (x[i] - mu) * (x[i] - mu);
     const float r = 1.0f / sqrtf(ss / (float)n + eps);
     const __m256 rv = _mm256_set1_ps(r);
@@ -95,24 +88,6 @@ void er_layer_norm(const float *x, const float *g, const float *b, float *out, i
 static inline float gelu_erf1(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
 
 #if ER_X86
-/* exp(x) for x <= 0: 2^n * p(r), Cephes expf polynomial (as ops.c); underflows to 0 below -87 */
-ER_AVX2 static inline __m256 exp256_w(__m256 x) {
-    x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
-    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-}
-
 ER_AVX2 static void gelu_erf_avx2(const float *x, float *o, int64_t n) {
     const __m256 sgn = _mm256_set1_ps(-0.0f), one = _mm256_set1_ps(1.0f), half = _mm256_set1_ps(0.5f);
     int64_t i = 0;
@@ -127,7 +102,7 @@ ER_AVX2 static void gelu_erf_avx2(const float *x, float *o, int64_t n) {
         p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(GE_A2));
         p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(GE_A1));
         p = _mm256_mul_ps(p, t);
-        __m256 e = exp256_w(_mm256_sub_ps(_mm256_setzero_ps(), _mm256_mul_ps(az, az)));
+        __m256 e = er_exp256(_mm256_sub_ps(_mm256_setzero_ps(), _mm256_mul_ps(az, az)));
         __m256 erf_abs = _mm256_fnmadd_ps(p, e, one);              /* erf(|z|) */
         __m256 erf_z = _mm256_or_ps(erf_abs, _mm256_and_ps(sgn, z)); /* sign of z */
         _mm256_storeu_ps(o + i, _mm256_mul_ps(_mm256_mul_ps(half, v), _mm256_add_ps(one, erf_z)));
@@ -264,7 +239,7 @@ ER_AVX2 static float qk_rows_avx2(const float *q, const char *kbase, int f16, in
         const char *k = kbase + j * rb;
         __m256 a = _mm256_setzero_ps();
         for (int64_t i = 0; i < D; i += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), ld8(k, f16, i), a);
-        float s = hsum8_w(a) + bias;
+        float s = er_hsum8(a) + bias;
         sc[j] = s;
         mx = s > mx ? s : mx;
     }
@@ -299,20 +274,7 @@ ER_AVX2 static void seg_query_avx2(const seg_ctx *c, const float *q, int64_t h, 
     const int64_t rbb = D * es * c->b_step;
     if (c->na) mx = qk_rows_avx2(q, ka, 0, c->na, D, D * 4, 0.0f, sc, mx);
     if (c->nb) mx = qk_rows_avx2(q, kb, c->b_f16, c->nb, D, rbb, c->b_logw, sc + c->na, mx);
-    /* exp and sum */
-    const __m256 m = _mm256_set1_ps(mx);
-    __m256 accs = _mm256_setzero_ps();
-    int64_t j = 0;
-    for (; j + 8 <= S; j += 8) {
-        __m256 e = exp256_w(_mm256_sub_ps(_mm256_loadu_ps(sc + j), m));
-        _mm256_storeu_ps(sc + j, e);
-        accs = _mm256_add_ps(accs, e);
-    }
-    float sum = hsum8_w(accs);
-    for (; j < S; j++) {
-        sc[j] = expf(sc[j] - mx);
-        sum += sc[j];
-    }
+    const float sum = er_exp_sum_avx2(sc, S, mx);
     const __m256 inv = _mm256_set1_ps(1.0f / sum);
     if (D % 64 == 0) {
         for (int64_t c0 = 0; c0 < D; c0 += 64) {
