@@ -13,7 +13,7 @@ import edgerun
 import numpy as np
 import onnx
 import pytest
-from edgerun.bench import perplexity as ev
+from backend_checks import rel, same_greedy
 from edgerun.export.onnx_graph import ONNX_FILE, build_onnx
 from tiny_models import make_tiny
 
@@ -21,19 +21,6 @@ PROMPTS = ["Once upon a time, in a small village, there lived ", "The capital of
            "def fibonacci(n):"]
 
 
-def _rel(a, b) -> float:
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
-
-
-def _same_greedy(a, b, ids, n: int) -> bool:
-    """Greedy of `a` equals `b`'s, unless they part at a near-tie of `b` (random tiny models have them).
-    Returns whether all `n` tokens were identical."""
-    ga, gb = ev.greedy(a, ids, n), ev.greedy(b, ids, n)
-    if ga != gb:
-        i = next(j for j in range(n) if ga[j] != gb[j])
-        lb = b.logits(ids + gb[:i])[-1]
-        assert lb[gb[i]] - lb[ga[i]] < 0.02 * np.abs(lb).max(), (i, ga, gb)
-    return ga == gb
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +62,7 @@ def test_onnxruntime_matches_native_and_reference(tiny, weights):
     assert ort.backend == "onnxruntime"
     ids = ref.tokenizer.encode(PROMPTS[0] * 3)
     lr, ln, lo = ref.logits(ids), nat.logits(ids), ort.logits(ids)
-    assert _rel(lo, lr) < 0.03 and _rel(lo, ln) < 0.03
+    assert rel(lo, lr) < 0.03 and rel(lo, ln) < 0.03
     assert (lo.argmax(-1) == lr.argmax(-1)).mean() >= 0.9
     # decode steps through the explicit KV inputs/outputs agree with the prefill of the same tokens
     c = ort.new_cache()
@@ -84,7 +71,7 @@ def test_onnxruntime_matches_native_and_reference(tiny, weights):
     np.testing.assert_allclose(steps, lo[5:12], atol=0.02 * np.abs(lo).max())
     assert c.length == 12 and c.k[0].shape == (1, 2, 12, 64)
     for p in PROMPTS:
-        _same_greedy(ort, nat, ref.tokenizer.encode(p), 12)
+        same_greedy(ort, nat, ref.tokenizer.encode(p), 12)
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "gemma3"])
@@ -99,7 +86,7 @@ def test_onnxruntime_other_archs(tmp_path, smollm2_gguf, arch):
     ids = ref.tokenizer.encode(PROMPTS[0] * 3)
     assert len(ids) > 16
     lr, lo = ref.logits(ids), ort.logits(ids)
-    assert _rel(lo, lr) < 0.03
+    assert rel(lo, lr) < 0.03
     c = ort.new_cache()
     ort.prefill(ids[:10], c)
     steps = np.stack([ort.decode_step(t, c) for t in ids[10:20]])
@@ -145,5 +132,5 @@ def test_smollm2_int4_onnxruntime_greedy_equals_native(tmp_path_factory, smollm2
     art = export(smollm2_gguf, tmp_path_factory.mktemp("smol") / "smollm2-int4.edge", weights="int4")
     nat = edgerun.load(art, backend="native", threads=2)
     ort = edgerun.load(art, backend="onnxruntime", threads=2)
-    identical = [_same_greedy(ort, nat, nat.tokenizer.encode(p), 16) for p in SMOL_PROMPTS]
+    identical = [same_greedy(ort, nat, nat.tokenizer.encode(p), 16) for p in SMOL_PROMPTS]
     assert sum(identical) >= 3, identical

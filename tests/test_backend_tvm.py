@@ -16,7 +16,7 @@ import subprocess
 import edgerun
 import numpy as np
 import pytest
-from edgerun.bench import perplexity as ev
+from backend_checks import rel, same_greedy
 from tiny_models import make_tiny
 
 tvm = pytest.importorskip("tvm", reason="apache-tvm not installed (pip install 'edgerun[tvm]')")
@@ -24,18 +24,6 @@ tvm = pytest.importorskip("tvm", reason="apache-tvm not installed (pip install '
 PROMPTS = ["Once upon a time, in a small village, there lived ", "The capital of France is", "def fibonacci(n):"]
 
 
-def _rel(a, b) -> float:
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
-
-
-def _same_greedy(a, b, ids, n: int) -> bool:
-    """Greedy of `a` equals `b`'s, unless they part at a near-tie of `b`; returns whether all were equal."""
-    ga, gb = ev.greedy(a, ids, n), ev.greedy(b, ids, n)
-    if ga != gb:
-        i = next(j for j in range(n) if ga[j] != gb[j])
-        lb = b.logits(ids + gb[:i])[-1]
-        assert lb[gb[i]] - lb[ga[i]] < 0.02 * np.abs(lb).max(), (i, ga, gb)
-    return ga == gb
 
 
 def _check_against_reference(art, window_prompt: bool = False):
@@ -48,7 +36,7 @@ def _check_against_reference(art, window_prompt: bool = False):
     ids = ref.tokenizer.encode(PROMPTS[0] * 3)
     assert len(ids) > 16
     lr, lt = ref.logits(ids), tv.logits(ids)
-    assert _rel(lt, lr) < 1e-4
+    assert rel(lt, lr) < 1e-4
     # prefill_last + decode steps through the explicit KV state agree with the full prefill
     c = tv.new_cache()
     np.testing.assert_allclose(tv.prefill(ids[:10], c), lr[9], atol=1e-4 * np.abs(lr).max())
@@ -92,7 +80,7 @@ def test_tvm_llama_matches_reference_and_native(tiny_llama):
     assert "tvm-llvm" in m["targets"] and "tvm/llvm.so" in m["files"]
     nat = edgerun.load(art, backend="native")
     for p in PROMPTS:
-        _same_greedy(tv, nat, ref.tokenizer.encode(p), 12)
+        same_greedy(tv, nat, ref.tokenizer.encode(p), 12)
 
 
 @pytest.mark.parametrize("arch,weights", [("qwen2", "int8"), ("gemma3", "int4")])
@@ -156,8 +144,8 @@ def test_smollm2_all_targets(tmp_path_factory, smollm2_gguf):
     ref = edgerun.load(art, backend="reference")
     for p in PROMPTS:  # float32 like the reference: the same greedy tokens; native (q8 activations) up to near-ties
         ids = nat.tokenizer.encode(p)
-        assert _same_greedy(tv, ref, ids, 16), p
-        _same_greedy(tv, nat, ids, 16)
+        assert same_greedy(tv, ref, ids, 16), p
+        same_greedy(tv, nat, ids, 16)
     assert set(targets) <= set(tv.artifact.manifest["targets"])
     kinds = {"aarch64.so": "ARM aarch64", "cuda-sm87.so": "ARM aarch64", "cuda-sm90.so": "x86-64"}
     for lib in sorted((art / "tvm").glob("*.so")):

@@ -14,6 +14,7 @@ import ctypes
 import edgerun
 import numpy as np
 import pytest
+from backend_checks import same_greedy
 from edgerun.export.artifact import Artifact
 from edgerun.quant import FORMAT_OF_GGML
 
@@ -70,17 +71,6 @@ def check_exact_import(gguf_path, art: Artifact, values: bool = True) -> dict[st
     return seen
 
 
-def _same_greedy(a, b, ids, n: int) -> bool:
-    """As tests/test_backend_onnxruntime.py: equal, or parting only at a near-tie of `b`."""
-    from edgerun.bench import perplexity as ev
-
-    ga, gb = ev.greedy(a, ids, n), ev.greedy(b, ids, n)
-    if ga != gb:
-        i = next(j for j in range(n) if ga[j] != gb[j])
-        lb = b.logits(ids + gb[:i])[-1]
-        assert lb[gb[i]] - lb[ga[i]] < 0.02 * np.abs(lb).max(), (i, ga, gb)
-    return ga == gb
-
 
 @pytest.mark.model
 @pytest.mark.parametrize("ftype,expect", [
@@ -108,7 +98,7 @@ def test_llama_cpp_quantized_gguf_kept_exactly(tiny_f32, tmp_path, llama_cpp, ft
     np.testing.assert_allclose(lo, lr, atol=2e-3 * np.abs(lr).max())
     assert (lo.argmax(-1) == lr.argmax(-1)).mean() >= 0.95
     for p in PROMPTS:
-        _same_greedy(ort, nat, ref.tokenizer.encode(p), 8)
+        same_greedy(ort, nat, ref.tokenizer.encode(p), 8)
 
 
 @pytest.mark.model
@@ -133,7 +123,7 @@ def test_smollm2_default_onnxruntime_greedy_equals_native(smollm2_gguf):
     path = cached_export(smollm2_gguf, name="smollm2")
     nat = edgerun.load(path, backend="native", threads=2)
     ort = edgerun.load(path, backend="onnxruntime", threads=2)
-    identical = [_same_greedy(ort, nat, nat.tokenizer.encode(p), 16) for p in PROMPTS]
+    identical = [same_greedy(ort, nat, nat.tokenizer.encode(p), 16) for p in PROMPTS]
     # every parting is at a native near-tie (asserted in _same_greedy); native quantizes activations to int8
     # inside its matmuls while onnxruntime runs the exact dequantized weights in float, so partings happen
     assert sum(identical) >= 1, identical
