@@ -86,6 +86,12 @@ def run(a, questions, wavs, speculate: bool) -> list[dict]:
         row = dict(question=q, rate=RATES[k % len(RATES)], heard="", reply="", latency_ms=None,
                    asr_final_ms=None, correct=False, heard_ok=False, turns=len(turns))
         if t is not None:
+            first = {}
+            for when, kind, _ in t.events:  # seconds after the reply's work began
+                first.setdefault(kind, 1000 * when)
+            row.update(endpoint_ms=1000 * (t.first_audio_wall - t.first_audio_seconds - (t0 + speech_end)),
+                       first_token_ms=first.get("token"), first_phrase_ms=first.get("phrase"),
+                       first_tts_ms=first.get("audio"))
             row.update(heard=t.transcript, reply=t.reply,
                        latency_ms=1000 * (t.first_audio_wall - (t0 + speech_end)),
                        asr_final_ms=1000 * t.asr_final_seconds,
@@ -114,9 +120,9 @@ def peer_cascade(questions, wavs, system_prompt: str, threads: int = 2, vad_sile
     llm = Llama(model_path=str(packaged_smollm2_gguf()), n_ctx=1024, n_threads=threads, verbose=False)
     voice = PiperVoice.load(default_voice())
     rows = []
-    for k, (q, answers) in enumerate([("Hello.", [])] + list(questions)):  # the first one warms up
-        path, speech_end = wavs[k - 1] if k else wavs[0]
-        x, sr = read_audio(path)
+    asked = list(zip(questions, wavs, strict=True))
+    for k, ((q, answers), (path, speech_end)) in enumerate(asked[:1] + asked):
+        x, sr = read_audio(path)  # k = 0: the first question once more, unmeasured, to warm the peers up
         seg = resample(x[: int((speech_end + 0.1) * sr)], sr, 16000)
         t0 = time.perf_counter()
         heard = " ".join(s.text for s in fw.transcribe(seg, beam_size=1, language="en",
@@ -193,6 +199,12 @@ def main() -> None:
                     lat = "-" if r["latency_ms"] is None else f"{r['latency_ms']:.0f} ms"
                     print(f"  [{lat:>7}] {'ok ' if r['correct'] else 'NO '} {r['question']}\n"
                           f"            heard: {r['heard']}\n            reply: {r['reply']}")
+            stages = ("endpoint_ms", "first_token_ms", "first_phrase_ms", "first_tts_ms")
+            if spec != "peers":
+                med = {k: statistics.median(r[k] for r in rows if r.get(k) is not None) for k in stages}
+                print(f"{name:>15}: stages, median ms: endpoint after speech end {med['endpoint_ms']:.0f}; after "
+                      f"the reply began: first token {med['first_token_ms']:.0f}, first phrase "
+                      f"{med['first_phrase_ms']:.0f}, first audio synthesized {med['first_tts_ms']:.0f}")
             print(f"{name:>15}: end of speech -> first reply audio median {s['median_ms']:.0f} ms, "
                   f"p90 {s['p90_ms']:.0f} ms, first turn {s['first_turn_ms'] or float('nan'):.0f} ms; "
                   f"answers correct {s['correct']:.0%}, transcripts exact {s['heard']:.0%} "

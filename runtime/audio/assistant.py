@@ -24,8 +24,8 @@ from edgerun.errors import EdgerunError
 from edgerun.runtime.audio.resample import StreamResampler
 from edgerun.runtime.audio.wavio import read_audio, write_wav
 
-# measured on the 22 questions of benchmarks/asr_assistant_latency.py (text in, SmolLM2-135M-Instruct, greedy):
-# "Answer briefly, in one or two short sentences." 11/22 correct, no system prompt 12/22, this one 16/22
+# `python benchmarks/assistant_prompts.py` (the latency benchmark's 22 questions as text, SmolLM2-135M-Instruct,
+# greedy): "Answer briefly, in one or two short sentences." 12/22 correct, no system prompt 9/22, this one 17/22
 SYSTEM_PROMPT = "You are a voice assistant. Give the answer first, in one short sentence."
 _PHRASE_END = re.compile(r"[.!?;:](?=\s)|,(?=\s)")
 
@@ -321,26 +321,24 @@ class Assistant:
         done = False
 
         def start(r, t_end: float, confirmed: bool) -> _ReplyJob:
-            j = _ReplyJob(r.text, t_end, r.compute_seconds, confirmed)
-            text, asr_s = r.text, r.compute_seconds
+            j = _ReplyJob(r.text, t_end)
             speech_end = r.end - stream.vad.pad / 16000  # segments end one speech pad after the silence began
             to_device = StreamResampler(self.tts.sample_rate, player.rate)  # one stream per reply: no seams
 
             def to_player(chunk):
-                if not j.release.is_set():
-                    while not j.release.wait(0.005):  # held until the endpoint confirms this transcript
-                        if j.cancel.is_set():
-                            return
+                while not j.release.wait(0.005):  # held until the endpoint confirms this transcript
+                    if j.cancel.is_set():
+                        return
                 if j.first_audio_wall is None:
                     j.first_audio_wall = time.perf_counter()
                 player.add(to_device.process(chunk))
 
             def run():
-                turn = self.reply(text, on_audio=to_player, cancel=j.cancel, t_end=t_end, release=j.release)
+                turn = self.reply(r.text, on_audio=to_player, cancel=j.cancel, t_end=t_end, release=j.release)
                 if turn is None:  # a speculation that was dropped
                     return
                 player.add(to_device.flush())
-                turn.asr_final_seconds = asr_s
+                turn.asr_final_seconds = r.compute_seconds
                 turn.first_audio_wall = j.first_audio_wall
                 turn.speech_end = speech_end
                 if j.first_audio_wall is not None:  # from the endpoint (a prepared reply may be ready before it)
@@ -414,8 +412,6 @@ class _ReplyJob:
 
     text: str
     t_end: float
-    asr_seconds: float
-    confirmed: bool
     release: threading.Event = field(default_factory=threading.Event)
     cancel: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
