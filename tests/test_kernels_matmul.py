@@ -58,6 +58,23 @@ def test_quant_gemv_gemm(isa, fmt, shape, threads):
 
 
 @pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("bs", [32, 64])
+@pytest.mark.parametrize("m", [2, 8, 13, 21])  # the 8-bit GEMM's register tiles: 8 tokens, then 1..7
+@pytest.mark.parametrize("k", [240, 512, 1000])  # 240: Whisper's conv1 (a padded last block); 1000: a tail chunk
+def test_int8_gemm_tiles(isa, bs, m, k, threads):
+    rng = np.random.default_rng(m * k + bs)
+    q = quantize(rng.standard_normal((37, k)).astype(np.float32), "int8", bs)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    x[m // 2] *= 1e-3  # tokens of different magnitudes in one tile
+    with use_isa(isa):
+        y = matmul(Weight(q), x)
+    _check_q(q, x, y)
+    with use_isa(isa):  # each token alone (GEMV) gives the same values up to float summation order
+        y1 = np.stack([matmul(Weight(q), x[i : i + 1])[0] for i in range(m)])
+    np.testing.assert_allclose(y, y1, rtol=1e-5, atol=1e-5 * float(np.abs(y1).max()))
+
+
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("fmt,bs", [("int4", 64), ("int4", 128), ("int4_asym", 64), ("int4_asym", 128),
                                     ("ternary", 32), ("ternary", 64), ("ternary", 128), ("int8", 64)])
 @pytest.mark.parametrize("k", [333, 1500, 4100])  # 1500/4100: many 8-sub-block groups + a tail

@@ -21,7 +21,8 @@
  * pair of sub-blocks (K = 576) is reduced for the 4 rows together. Ternary (blocks of 256, uniform zero
  * point: er_weight.zp_hint) reduces the 4 rows' chunk dots together and shares one epilogue. The next
  * tile is prefetched. GEMM (m > 1): a tile of 4 rows x 32 tokens stays in L1; codes are unpacked once per
- * row and chunk and dotted against every token. Rows are split across the thread pool.
+ * row and chunk and dotted against every token. 8-bit GEMM without stored zero points: register tiles of one
+ * row x 8 tokens (q8_gemm_avx2). Rows are split across the thread pool.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -980,6 +981,83 @@ static void fdot_scalar(const er_weight *w, int64_t n0, int R, const float *x, f
     }
 }
 
+/* ---- 8-bit GEMM (m > 1): register tiles ------------------------------------------------------
+ * 8-bit codes without stored zero points (int8: code - 128) against Q8_0 activations, per sub-block s:
+ *   y[t][n] = sum_s sw[n][s] * sx[t][s] * dot(code[n][s] - 128, xq[t][s])
+ * A tile is one weight row x up to Q8T tokens, one accumulator register per token (lanes: partial sums): a
+ * sub-block's 32 codes are loaded, made signed and their absolute values taken once, then dotted with each
+ * token's 32 activations (sign trick, as dot_s8s8), converted and added by one FMA with sw * sx; those
+ * products are made per chunk of 8 sub-blocks, one multiply per sub-block for all the tile's tokens (the
+ * token block's activation scales are kept transposed, tokens contiguous). A thread's row range meets one
+ * block of Q8T tokens at a time: the block's activations stay in L1 while the rows stream from L2. */
+#if ER_X86
+#define Q8T 8
+
+ER_AVX2 static ER_INLINE void q8_tile(const uint8_t *row, const uint16_t *srow, int lper, const int8_t *q, int64_t qs,
+                                      const float *sxT, int64_t nsub, const int NT, float *y, int64_t ldy) {
+    const __m256i x80 = _mm256_set1_epi8((char)0x80), one16 = _mm256_set1_epi16(1);
+    __m256 acc[Q8T];
+    float P[8 * Q8T] __attribute__((aligned(32)));
+    for (int t = 0; t < NT; t++) acc[t] = _mm256_setzero_ps();
+    for (int64_t s0 = 0; s0 < nsub; s0 += 8) {
+        const int ns = nsub - s0 < 8 ? (int)(nsub - s0) : 8;
+        for (int j = 0; j < ns; j++) {
+            const __m256 sw = _mm256_set1_ps(_cvtsh_ss(srow[(s0 + j) >> lper]));
+            _mm256_store_ps(P + 8 * j, _mm256_mul_ps(sw, _mm256_loadu_ps(sxT + (s0 + j) * Q8T)));
+        }
+        for (int j = 0; j < ns; j++) {
+            const int64_t o = 32 * (s0 + j);
+            const __m256i ws = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(row + o)), x80);
+            const __m256i wa = _mm256_sign_epi8(ws, ws);
+            for (int t = 0; t < NT; t++) {
+                const __m256i xq = _mm256_loadu_si256((const __m256i *)(q + t * qs + o));
+                const __m256i d = _mm256_madd_epi16(_mm256_maddubs_epi16(wa, _mm256_sign_epi8(xq, ws)), one16);
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_broadcast_ss(P + 8 * j + t), acc[t]);
+            }
+        }
+    }
+    for (int t = 0; t < NT; t++) y[t * ldy] = hsum256(acc[t]);
+}
+
+static _Thread_local float *q8_sxT = NULL;
+static _Thread_local int64_t q8_sxT_n = 0;
+
+/* rows n0..n1-1 of y (m, N) for all m tokens; 0, or -3 without memory for the transposed scales */
+ER_AVX2 static int q8_gemm_avx2(const er_weight *w, const actq *a, int64_t n0, int64_t n1, int64_t m, float *y) {
+    const int bs = w->block_size, lper = __builtin_ctz((unsigned)(bs / SUB));
+    const int64_t nb = (w->k + bs - 1) / bs, row_bytes = nb * bs, nsub = a->nsub, N = w->n;
+    if (q8_sxT_n < nsub * Q8T) {
+        free(q8_sxT);
+        q8_sxT = aligned_alloc(32, (size_t)(nsub * Q8T * sizeof(float) + 31) & ~(size_t)31);
+        q8_sxT_n = q8_sxT ? nsub * Q8T : 0;
+        if (!q8_sxT) return -3;
+    }
+    float *sxT = q8_sxT;
+    for (int64_t t0 = 0; t0 < m; t0 += Q8T) {
+        const int nt = m - t0 < Q8T ? (int)(m - t0) : Q8T;
+        for (int64_t s = 0; s < nsub; s++)
+            for (int t = 0; t < Q8T; t++) sxT[s * Q8T + t] = t < nt ? a->sx[(t0 + t) * nsub + s] : 0.0f;
+        const int8_t *q = a->q + t0 * a->kp;
+        for (int64_t n = n0; n < n1; n++) {
+            const uint8_t *row = (const uint8_t *)w->data + n * row_bytes;
+            const uint16_t *srow = w->scales + n * nb;
+            float *yt = y + t0 * N + n;
+            switch (nt) { /* constant token counts: the accumulators stay in registers */
+            case 8: q8_tile(row, srow, lper, q, a->kp, sxT, nsub, 8, yt, N); break;
+            case 7: q8_tile(row, srow, lper, q, a->kp, sxT, nsub, 7, yt, N); break;
+            case 6: q8_tile(row, srow, lper, q, a->kp, sxT, nsub, 6, yt, N); break;
+            case 5: q8_tile(row, srow, lper, q, a->kp, sxT, nsub, 5, yt, N); break;
+            case 4: q8_tile(row, srow, lper, q, a->kp, sxT, nsub, 4, yt, N); break;
+            case 3: q8_tile(row, srow, lper, q, a->kp, sxT, nsub, 3, yt, N); break;
+            case 2: q8_tile(row, srow, lper, q, a->kp, sxT, nsub, 2, yt, N); break;
+            default: q8_tile(row, srow, lper, q, a->kp, sxT, nsub, 1, yt, N); break;
+            }
+        }
+    }
+    return 0;
+}
+#endif /* ER_X86 */
+
 /* ---- the parallel task -------------------------------------------------------------------- */
 
 #ifndef GV_STREAMS
@@ -1024,6 +1102,9 @@ static void mm_task(void *vctx, int64_t start, int64_t end, int tid) {
         }
         return;
     }
+    if (w->type == ER_W_Q && w->bits == 8 && !w->zero_points && c->isa == ER_ISA_AVX2 && c->m > 1 &&
+        q8_gemm_avx2(w, &c->a, start, end, c->m, c->y) == 0)
+        return; /* 8-bit GEMM: register tiles */
     if (w->type == ER_W_Q && c->isa == ER_ISA_AVX2 && c->m == 1 && end - start >= 4 * GV_STREAMS) {
         /* 8-bit GEMV: GV_STREAMS row ranges read in turn, one row of each per step: that many sequential streams
          * keep more DRAM reads in flight than one (a big head GEMV is bound by one core's read bandwidth) */
