@@ -198,10 +198,13 @@ class ASR:
         prefix = list(prefix or [])
         head = self.prompt + prefix
         draft = list(draft or [])[: max(0, m.args.n_text_ctx - len(head) - 1)]
-        logits = m.decode(head + draft, state)  # (len, n_vocab)
+        # logits of position 0 (no-speech) and from the last head token on (the next tokens); not of the prompt's
+        sel = sorted({0, *range(len(head) - 1, len(head) + len(draft))})
+        at = {r: i for i, r in enumerate(sel)}
+        logits = m.decode(head + draft, state, rows=sel)  # (len(sel), n_vocab)
         p0 = _log_softmax(logits[0])
         no_speech = float(np.exp(p0[self.no_speech_id])) if self.no_speech_id is not None else 0.0
-        last = logits[len(head) - 1]
+        last = logits[at[len(head) - 1]]
         limit = min(max_new_tokens or self.max_new_tokens, m.args.n_text_ctx - len(head) - 1)
         matched, in_draft = 0, bool(draft)  # the state holds head + draft; valid up to len(head) + matched
         out: list[int] = []
@@ -224,7 +227,7 @@ class ASR:
                 break
             if in_draft and matched < len(draft) and tok == draft[matched]:
                 matched += 1
-                last = logits[len(head) - 1 + matched]
+                last = logits[at[len(head) - 1 + matched]]
                 continue
             if in_draft:  # forget the draft tokens after the last one kept
                 state.length = len(head) + matched

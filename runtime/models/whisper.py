@@ -481,8 +481,9 @@ class Whisper:
     def _embed_tokens(self, tokens: list[int]) -> np.ndarray:
         return self.embed.rows(np.asarray(tokens, dtype=np.int64))  # (n, d)
 
-    def decode(self, tokens: list[int], state: DecoderState) -> np.ndarray:
-        """Feed `tokens` after the cached ones; returns logits (len(tokens), n_vocab)."""
+    def decode(self, tokens: list[int], state: DecoderState, rows: list[int] | None = None) -> np.ndarray:
+        """Feed `tokens` after the cached ones; returns logits (len(tokens), n_vocab), or only those of positions
+        `rows` (len(rows), n_vocab): the vocabulary projection is most of a batched call's work."""
         a = self.args
         h = a.n_text_head
         n, p0 = len(tokens), state.length
@@ -511,8 +512,8 @@ class Whisper:
                                       self.cross_silence_step))
             x = x + L["fc2"](gelu(L["fc1"](L["ln3"](x))))
         state.length = p0 + n
-        x = self.dec_ln(x)
-        return self.embed(x)  # (n, n_vocab): tied output projection
+        x = self.dec_ln(x if rows is None else np.ascontiguousarray(x[rows]))
+        return self.embed(x)  # (n or len(rows), n_vocab): tied output projection
 
 
 
