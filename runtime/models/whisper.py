@@ -156,6 +156,12 @@ if os.environ.get("EDGERUN_WHISPER_MATMUL"):
 # --------------------------------------------------------------------------- small ops
 
 
+def _kernel_weight() -> type:
+    from edgerun.kernels import Weight
+
+    return Weight
+
+
 def _c_ops() -> bool:
     """Whether the small ops (LayerNorm, GELU, attention) run in C: with the C matmul backend, not with numpy's."""
     return _MATMUL is matmul_kernels
@@ -460,8 +466,19 @@ class Whisper:
     def _cross_kv(self, enc: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
         h = self.args.n_text_head
         ck, cv = [], []
-        for L in self.dec_layers:
-            k, v = np.split(L["kv"](enc), 2, axis=-1)  # 2 × (T_a, d)
+        kvs = [L["kv"] for L in self.dec_layers]
+        if _c_ops() and all(isinstance(lin.cache, _kernel_weight()) for lin in kvs):
+            # the layers' projections of the same encoder output: one C call (enc quantized once, one parallel job)
+            from edgerun.kernels import matmul_multi
+
+            outs = matmul_multi([lin.cache for lin in kvs], np.ascontiguousarray(enc, np.float32))
+            for lin, o in zip(kvs, outs, strict=True):
+                if lin.bias is not None:
+                    o += lin.bias
+        else:
+            outs = [lin(enc) for lin in kvs]
+        for o in outs:
+            k, v = np.split(o, 2, axis=-1)  # 2 × (T_a, d)
             ck.append(np.ascontiguousarray(_heads(k, h)))
             cv.append(np.ascontiguousarray(_heads(v, h)))
         return ck, cv
