@@ -110,3 +110,46 @@ int er_decode_layer(const er_decode_cfg *c, const er_layer *L, float *k_cache, f
     if (r) return r;
     return er_decode_attn_out(c, L);
 }
+
+int er_decode_layers(const er_decode_cfg *c, const er_layer *const *layers, float *const *k_caches,
+                     float *const *v_caches, int64_t n, int64_t capacity, int64_t pos) {
+    if (!layers || !k_caches || !v_caches || n < 0) return -1;
+    for (int64_t i = 0; i < n; i++) {
+        int r = er_decode_layer(c, layers[i], k_caches[i], v_caches[i], capacity, pos);
+        if (r) return r;
+    }
+    return 0;
+}
+
+int er_weight_row(const er_weight *w, int64_t row, float mul, float *out) {
+    if (!w || !out || !w->data || row < 0 || row >= w->n || w->k < 1) return -1;
+    const int64_t k = w->k;
+    if (w->type == ER_W_F32) {
+        const float *r = (const float *)w->data + row * k;
+        for (int64_t i = 0; i < k; i++) out[i] = r[i];
+    } else if (w->type == ER_W_F16) {
+        const uint16_t *r = (const uint16_t *)w->data + row * k;
+        for (int64_t i = 0; i < k; i++) out[i] = er_f16_to_f32(r[i]);
+    } else if (w->type == ER_W_Q) {
+        const int bits = w->bits, bs = w->block_size;
+        if (!(bits == 2 || bits == 4 || bits == 8) || bs < 1 || (bs * bits) % 8 || !w->scales) return -1;
+        const int64_t nb = (k + bs - 1) / bs, row_bytes = nb * (bs * bits / 8), zp_bytes = (nb * bits + 7) / 8;
+        const uint8_t *r = (const uint8_t *)w->data + row * row_bytes;
+        const uint8_t *zp = w->zero_points ? w->zero_points + row * zp_bytes : NULL;
+        const uint16_t *sc = w->scales + row * nb;
+        const int mask = (1 << bits) - 1, per = 8 / bits;
+        for (int64_t b = 0; b < nb; b++) {
+            const float s = er_f16_to_f32(sc[b]);
+            const int z = zp ? (zp[b * bits >> 3] >> (b * bits & 7)) & mask : 1 << (bits - 1);
+            for (int64_t e = b * bs; e < (b + 1) * bs && e < k; e++) {
+                const int code = (r[e / per] >> (e % per * bits)) & mask;
+                out[e] = (float)(code - z) * s;
+            }
+        }
+    } else {
+        return -2;
+    }
+    if (mul != 1.0f)
+        for (int64_t i = 0; i < k; i++) out[i] = out[i] * mul;
+    return 0;
+}

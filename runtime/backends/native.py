@@ -180,6 +180,32 @@ class NativeModel:
                                 1 if self.gemma else 0, *scratch)
         self._cfg_ref = ctypes.byref(self._cfg)
         self._clayers: dict[tuple[int, int], tuple] = {}  # (layer, id(weights dict)) -> (dict, ErLayer, byref)
+        # the embedding row of a decode step read by er_weight_row (no numpy on the step's path): the resident
+        # embedding (the head's Weight when tied), the Gemma sqrt(dim) factor folded in; None: numpy (embed)
+        self._embw = None
+        if not self.src.stream_globals:
+            self._embw = self.head if self.head_name == "token_embd.weight" else \
+                self.src.global_weight("token_embd.weight")
+        self._emb_mul = float(np.float32(math.sqrt(a.dim))) if self.gemma else 1.0
+        self._stack = None  # (layer pointer array, k pointers, v pointers, capacity) of er_decode_layers
+
+    def _layer_stack(self, cache: NativeKVCache):
+        """Arguments of er_decode_layers (every layer resident, full cache): built once per cache allocation."""
+        import ctypes
+
+        st = self._stack
+        if st is not None and st[3] == cache.capacity and st[4] is cache.k_ptr:
+            return st
+        n = self.args.n_layers
+        Ws = [self.src.layer(i) for i in range(n)]  # resident (no streamer): the same dicts every token
+        if any(W.get("transient") for W in Ws):
+            return None
+        refs = [self._clayer(i, W) for i, W in enumerate(Ws)]
+        arr = (ctypes.c_void_p * n)(*[ctypes.addressof(r._obj) for r in refs])
+        ks = (ctypes.c_void_p * n)(*cache.k_ptr)
+        vs = (ctypes.c_void_p * n)(*cache.v_ptr)
+        self._stack = (arr, ks, vs, cache.capacity, cache.k_ptr, refs)
+        return self._stack
 
     def _clayer(self, i: int, W: dict):
         """byref(er_layer) of layer i with the weights of W (src.layer(i)); built once per weights dict."""
@@ -220,9 +246,15 @@ class NativeModel:
         ring = isinstance(cache, SinkWindowKVCache)
         if not ring:
             cache.reserve(pos + 1)
-        b["x"][:] = self.embed(np.array([token]))[0]
+        if self._embw is None or lib.er_weight_row(self._embw._ref, token, self._emb_mul, p["x"]):
+            b["x"][:] = self.embed(np.array([token]))[0]
         cfg = self._cfg_ref
-        for i in range(a.n_layers):
+        st = None if ring or self.src.streamer is not None else self._layer_stack(cache)
+        if st is not None:  # every layer in one C call
+            r = lib.er_decode_layers(cfg, st[0], st[1], st[2], a.n_layers, cache.capacity, pos)
+            if r:
+                raise ValueError(f"fused decode failed (code {r})")
+        for i in range(0 if st is None else a.n_layers, a.n_layers):
             L = self._clayer(i, self.src.layer(i))
             if not ring:
                 r = lib.er_decode_layer(cfg, L, cache.k_ptr[i], cache.v_ptr[i], cache.capacity, pos)
