@@ -26,20 +26,55 @@ static void rope_apply(float *x, int64_t n_heads, int64_t head_dim, const float 
         }
 }
 
+/* the cos/sin of the last few (theta, scale, head_dim, pos) met: a token's layers share one or two RoPE bases
+ * (Gemma-3: local and global), so each table is computed once per token instead of once per layer */
+#define ROPE_MEMO 4
+#define ROPE_MEMO_HALF 256
+static _Thread_local struct {
+    float theta, fscale;
+    int64_t hd, pos;
+    int valid;
+    float cs[2 * ROPE_MEMO_HALF];
+} rope_memo[ROPE_MEMO];
+static _Thread_local int rope_memo_next = 0;
+
 static int rope_qk(const er_decode_cfg *c, const er_layer *L, int64_t pos) {
     const int64_t hd = c->head_dim, half = hd / 2;
-    float buf[2 * 256];
-    float *cs = half <= 256 ? buf : (float *)malloc(sizeof(float) * 2 * (size_t)half);
-    if (!cs) return -3;
-    for (int64_t i = 0; i < half; i++) {
-        double inv = pow((double)L->rope_theta, -2.0 * (double)i / (double)hd);
-        double ang = (double)pos * (double)L->rope_freq_scale * inv;
-        cs[i] = (float)cos(ang);
-        cs[half + i] = (float)sin(ang);
+    float *cs = NULL;
+    int memo = half <= ROPE_MEMO_HALF;
+    if (memo) {
+        for (int i = 0; i < ROPE_MEMO && !cs; i++)
+            if (rope_memo[i].valid && rope_memo[i].pos == pos && rope_memo[i].hd == hd &&
+                rope_memo[i].theta == L->rope_theta && rope_memo[i].fscale == L->rope_freq_scale)
+                cs = rope_memo[i].cs;
+    }
+    if (!cs) {
+        if (memo) {
+            const int i = rope_memo_next;
+            rope_memo_next = (rope_memo_next + 1) % ROPE_MEMO;
+            rope_memo[i].valid = 0;
+            cs = rope_memo[i].cs;
+        } else if (!(cs = (float *)malloc(sizeof(float) * 2 * (size_t)half))) {
+            return -3;
+        }
+        for (int64_t i = 0; i < half; i++) {
+            double inv = pow((double)L->rope_theta, -2.0 * (double)i / (double)hd);
+            double ang = (double)pos * (double)L->rope_freq_scale * inv;
+            cs[i] = (float)cos(ang);
+            cs[half + i] = (float)sin(ang);
+        }
+        if (memo) {
+            const int i = (rope_memo_next + ROPE_MEMO - 1) % ROPE_MEMO;
+            rope_memo[i].theta = L->rope_theta;
+            rope_memo[i].fscale = L->rope_freq_scale;
+            rope_memo[i].hd = hd;
+            rope_memo[i].pos = pos;
+            rope_memo[i].valid = 1;
+        }
     }
     rope_apply(c->q, c->n_heads, hd, cs, cs + half);
     rope_apply(c->k, c->n_kv_heads, hd, cs, cs + half);
-    if (cs != buf) free(cs);
+    if (!memo) free(cs);
     return 0;
 }
 

@@ -277,10 +277,11 @@ class NativeModel:
             L = None  # a streamed layer's private copies go before the next layer's are made
         cache.advance(1)
         lib.er_rmsnorm(p["x"], self.out_norm, p["h"], 1, a.dim, a.norm_eps)
-        if self.head is not None:
-            lib.er_matmul(self.head._ref, p["h"], p["logits"], 1)
-        else:
-            self.src.streamed_matmul(self.head_name, b["h"][None], b["logits"][None])
+        if self.head is not None:  # straight into the fresh array the step returns (no copy of the vocab)
+            out = np.empty(a.vocab_size, np.float32)
+            lib.er_matmul(self.head._ref, p["h"], out.ctypes.data, 1)
+            return out
+        self.src.streamed_matmul(self.head_name, b["h"][None], b["logits"][None])
         return b["logits"].copy()
 
     def _decode_ops(self, token: int, cache) -> np.ndarray:
