@@ -1278,7 +1278,28 @@ int er_matmul_multi(const er_weight *const *ws, int nw, const float *x, float *c
     }
     const int isa = er_get_isa();
     if (!same || ER_ISA_NEON == isa || (w0->type != ER_W_Q && w0->type != ER_W_F32 && w0->type != ER_W_F16)) {
-        for (int i = 0; i < nw; i++) { /* kinds differ: one call each */
+        /* kinds differ: GGUF block weights of one activation kind still go as one job (Gemma-3's q, k in q5_0
+         * next to a q8_0 v), the others one call each */
+        int taken[ER_MULTI_MAX] = {0};
+        for (int i = 0; i < nw; i++) {
+            if (taken[i] || !gg_is_type(ws[i]->type)) continue;
+            const er_weight *sub[ER_MULTI_MAX];
+            float *suby[ER_MULTI_MAX];
+            int ns = 0;
+            for (int j = i; j < nw; j++)
+                if (!taken[j] && gg_is_type(ws[j]->type) && gg_is_k(ws[j]->type) == gg_is_k(ws[i]->type) &&
+                    ws[j]->k == ws[i]->k) {
+                    sub[ns] = ws[j];
+                    suby[ns++] = ys[j];
+                    taken[j] = 1;
+                }
+            int r = ns > 1 ? er_matmul_multi_ggml(sub, ns, x, suby, m) : er_matmul(sub[0], x, suby[0], m);
+            if (r > 0) /* not applicable after all: one call each */
+                for (int j = 0; j < ns && r >= 0; j++) r = er_matmul(sub[j], x, suby[j], m);
+            if (r) return r;
+        }
+        for (int i = 0; i < nw; i++) {
+            if (taken[i]) continue;
             int r = er_matmul(ws[i], x, ys[i], m);
             if (r) return r;
         }
