@@ -13,8 +13,9 @@ numpy, causal attention in one kernel call.
 ```
 
 Decode runs each layer as one C call (``er_decode_layer``, kernels/src/decode.c: the steps above, q/k/v and
-gate/up each from one activation quantization); the ring cache splits it around its own store/attention
-(``er_decode_attn_in`` / ``er_decode_attn_out``). ``_decode_ops`` is the same step op by op (the reference the
+gate/up each from one activation quantization), all layers in one call per token (``er_decode_layers``) when
+every layer is resident and the cache is the full one, the embedding row read in C (``er_weight_row``); the ring
+cache splits it around its own store/attention (``er_decode_attn_in`` / ``er_decode_attn_out``). ``_decode_ops`` is the same step op by op (the reference the
 fused path is tested against, bit for bit); ``fused_decode = False`` selects it.
 
 The numpy reference (``runtime/models``) defines the math; this file follows its hooks
