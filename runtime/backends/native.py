@@ -15,8 +15,9 @@ numpy, causal attention in one kernel call.
 Decode runs each layer as one C call (``er_decode_layer``, kernels/src/decode.c: the steps above, q/k/v and
 gate/up each from one activation quantization), all layers in one call per token (``er_decode_layers``) when
 every layer is resident and the cache is the full one, the embedding row read in C (``er_weight_row``); the ring
-cache splits it around its own store/attention (``er_decode_attn_in`` / ``er_decode_attn_out``). ``_decode_ops`` is the same step op by op (the reference the
-fused path is tested against, bit for bit); ``fused_decode = False`` selects it.
+cache splits it around its own store/attention (``er_decode_attn_in`` / ``er_decode_attn_out``).
+``_decode_ops`` is the same step op by op (the reference the fused path is tested against, bit for bit);
+``fused_decode = False`` selects it.
 
 The numpy reference (``runtime/models``) defines the math; this file follows its hooks
 (``rope_theta``, ``rope_scale``, ``window``, ``attn_scale``) so llama, qwen2 and gemma3 run here.
@@ -34,6 +35,7 @@ import math
 
 import numpy as np
 from edgerun.export.artifact import Artifact
+from edgerun.quant import MATMULNBITS_FORMATS
 from edgerun.runtime.backends.native_weights import WeightSource
 from edgerun.runtime.llm.kv_cache import SinkWindowKVCache
 from edgerun.runtime.models.base import apply_rope, rope_tables
@@ -185,8 +187,10 @@ class NativeModel:
         # embedding (the head's Weight when tied), the Gemma sqrt(dim) factor folded in; None: numpy (embed)
         self._embw = None
         if not self.src.stream_globals:
-            self._embw = self.head if self.head_name == "token_embd.weight" else \
-                self.src.global_weight("token_embd.weight")
+            if self.head_name == "token_embd.weight":
+                self._embw = self.head
+            elif self.src.tensors["token_embd.weight"]["format"] in ("f32", "f16", *MATMULNBITS_FORMATS):
+                self._embw = self.src.global_weight("token_embd.weight")  # views of the map, no copy
         self._emb_mul = float(np.float32(math.sqrt(a.dim))) if self.gemma else 1.0
         self._stack = None  # (layer pointer array, k pointers, v pointers, capacity) of er_decode_layers
 
