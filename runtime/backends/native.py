@@ -186,11 +186,10 @@ class NativeModel:
         # the embedding row of a decode step read by er_weight_row (no numpy on the step's path): the resident
         # embedding (the head's Weight when tied), the Gemma sqrt(dim) factor folded in; None: numpy (embed)
         self._embw = None
-        if not self.src.stream_globals:
-            if self.head_name == "token_embd.weight":
-                self._embw = self.head
-            elif self.src.tensors["token_embd.weight"]["format"] in ("f32", "f16", *MATMULNBITS_FORMATS):
-                self._embw = self.src.global_weight("token_embd.weight")  # views of the map, no copy
+        fmt = self.src.tensors["token_embd.weight"]["format"]
+        if not self.src.stream_globals and fmt in ("f32", "f16", *MATMULNBITS_FORMATS):
+            tied_head = self.head_name == "token_embd.weight" and self.head is not None
+            self._embw = self.head if tied_head else self.src.global_weight("token_embd.weight")  # map views
         self._emb_mul = float(np.float32(math.sqrt(a.dim))) if self.gemma else 1.0
         self._stack = None  # (layer pointer array, k pointers, v pointers, capacity) of er_decode_layers
 
