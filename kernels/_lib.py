@@ -102,6 +102,8 @@ _SIGNATURES = {
     "er_decode_attn_in": (c_int, [POINTER(ErDecodeCfg), POINTER(ErLayer), c_int64]),
     "er_decode_attn_out": (c_int, [POINTER(ErDecodeCfg), POINTER(ErLayer)]),
     "er_decode_layer": (c_int, [POINTER(ErDecodeCfg), POINTER(ErLayer), c_void_p, c_void_p, c_int64, c_int64]),
+    "er_decode_layers": (c_int, [POINTER(ErDecodeCfg), c_void_p, c_void_p, c_void_p, c_int64, c_int64, c_int64]),
+    "er_weight_row": (c_int, [POINTER(ErWeight), c_int64, c_float, c_void_p]),
     "er_layer_norm": (None, [c_void_p, c_void_p, c_void_p, c_void_p, c_int64, c_int64, c_float]),
     "er_gelu_erf": (None, [c_void_p, c_void_p, c_int64]),
     "er_attention_seg2": (

@@ -211,6 +211,18 @@ def test_matmul_multi(isa, m):
         ys = matmul_multi(mixed, x)
         np.testing.assert_array_equal(ys[0], matmul(Weight(mixed[0]), x))
         np.testing.assert_array_equal(ys[1], matmul(Weight(mixed[1]), x))
+    # Gemma-3's q, k (q5_0) and v (q8_0 as int8) of 640: the q5_0 pair one job, v its own call
+    k = 640
+    mixed = [random_weight("q5_0", 67, k // 32, rng), random_weight("q5_0", 33, k // 32, rng),
+             quantize(rng.standard_normal((35, k)).astype(np.float32), "int8")]
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    for threads in (1, 3):
+        set_num_threads(threads)
+        with use_isa(isa):
+            ys = matmul_multi(mixed, x)
+            for y, w in zip(ys, mixed, strict=True):
+                np.testing.assert_array_equal(y, matmul(Weight(w), x))
+    set_num_threads(None)
 
 
 def test_weight_validation_and_formats():

@@ -211,3 +211,31 @@ def test_zero_point_hint():
     q = _random_codes("int4_asym", 32, 8, 512, rng)
     q.zero_points[:] = 0x33
     assert Weight(q)._c.zp_hint == 4
+
+
+@pytest.mark.parametrize("fmt,bs", [("int8", 32), ("int8", 64), ("int4", 32), ("int4_asym", 64), ("ternary", 256),
+                                    ("ternary", 32), ("f16", 0), ("f32", 0)])
+@pytest.mark.parametrize("k", [576, 640, 1100])
+def test_weight_row(fmt, bs, k):
+    """er_weight_row (the decode step's embedding lookup) equals the numpy dequantization bit for bit."""
+    from edgerun.kernels._lib import lib
+
+    rng = np.random.default_rng(k + bs)
+    if fmt in ("f16", "f32"):
+        w = rng.standard_normal((7, k)).astype(np.float16 if fmt == "f16" else np.float32)
+        full = w.astype(np.float32)
+    else:
+        w = _random_codes(fmt, bs, 7, k, rng) if fmt != "int8" and fmt != "int4" else \
+            quantize(rng.standard_normal((7, k)).astype(np.float32), fmt, bs)
+        full = w.dequantize()
+    wt = Weight(w)
+    out = np.empty(k, np.float32)
+    mul = np.float32(np.sqrt(640.0))
+    for row in (0, 3, 6):
+        assert lib.er_weight_row(wt._ref, row, 1.0, out.ctypes.data) == 0
+        np.testing.assert_array_equal(out, full[row])
+        assert lib.er_weight_row(wt._ref, row, float(mul), out.ctypes.data) == 0
+        np.testing.assert_array_equal(out, full[row] * mul)
+    assert lib.er_weight_row(wt._ref, 7, 1.0, out.ctypes.data) == -1  # past the last row
+    gg = Weight(ref.ggml_random_weight("q4_1", (4, 64), rng))
+    assert lib.er_weight_row(gg._ref, 0, 1.0, out.ctypes.data) == -2  # GGUF blocks: the caller's numpy path

@@ -26,20 +26,55 @@ static void rope_apply(float *x, int64_t n_heads, int64_t head_dim, const float 
         }
 }
 
+/* the cos/sin of the last few (theta, scale, head_dim, pos) met: a token's layers share one or two RoPE bases
+ * (Gemma-3: local and global), so each table is computed once per token instead of once per layer */
+#define ROPE_MEMO 4
+#define ROPE_MEMO_HALF 256
+static _Thread_local struct {
+    float theta, fscale;
+    int64_t hd, pos;
+    int valid;
+    float cs[2 * ROPE_MEMO_HALF];
+} rope_memo[ROPE_MEMO];
+static _Thread_local int rope_memo_next = 0;
+
 static int rope_qk(const er_decode_cfg *c, const er_layer *L, int64_t pos) {
     const int64_t hd = c->head_dim, half = hd / 2;
-    float buf[2 * 256];
-    float *cs = half <= 256 ? buf : (float *)malloc(sizeof(float) * 2 * (size_t)half);
-    if (!cs) return -3;
-    for (int64_t i = 0; i < half; i++) {
-        double inv = pow((double)L->rope_theta, -2.0 * (double)i / (double)hd);
-        double ang = (double)pos * (double)L->rope_freq_scale * inv;
-        cs[i] = (float)cos(ang);
-        cs[half + i] = (float)sin(ang);
+    float *cs = NULL;
+    int memo = half <= ROPE_MEMO_HALF;
+    if (memo) {
+        for (int i = 0; i < ROPE_MEMO && !cs; i++)
+            if (rope_memo[i].valid && rope_memo[i].pos == pos && rope_memo[i].hd == hd &&
+                rope_memo[i].theta == L->rope_theta && rope_memo[i].fscale == L->rope_freq_scale)
+                cs = rope_memo[i].cs;
+    }
+    if (!cs) {
+        if (memo) {
+            const int i = rope_memo_next;
+            rope_memo_next = (rope_memo_next + 1) % ROPE_MEMO;
+            rope_memo[i].valid = 0;
+            cs = rope_memo[i].cs;
+        } else if (!(cs = (float *)malloc(sizeof(float) * 2 * (size_t)half))) {
+            return -3;
+        }
+        for (int64_t i = 0; i < half; i++) {
+            double inv = pow((double)L->rope_theta, -2.0 * (double)i / (double)hd);
+            double ang = (double)pos * (double)L->rope_freq_scale * inv;
+            cs[i] = (float)cos(ang);
+            cs[half + i] = (float)sin(ang);
+        }
+        if (memo) {
+            const int i = (rope_memo_next + ROPE_MEMO - 1) % ROPE_MEMO;
+            rope_memo[i].theta = L->rope_theta;
+            rope_memo[i].fscale = L->rope_freq_scale;
+            rope_memo[i].hd = hd;
+            rope_memo[i].pos = pos;
+            rope_memo[i].valid = 1;
+        }
     }
     rope_apply(c->q, c->n_heads, hd, cs, cs + half);
     rope_apply(c->k, c->n_kv_heads, hd, cs, cs + half);
-    if (cs != buf) free(cs);
+    if (!memo) free(cs);
     return 0;
 }
 
@@ -109,4 +144,47 @@ int er_decode_layer(const er_decode_cfg *c, const er_layer *L, float *k_cache, f
                      capacity, 0, c->attn_scale, c->softcap);
     if (r) return r;
     return er_decode_attn_out(c, L);
+}
+
+int er_decode_layers(const er_decode_cfg *c, const er_layer *const *layers, float *const *k_caches,
+                     float *const *v_caches, int64_t n, int64_t capacity, int64_t pos) {
+    if (!layers || !k_caches || !v_caches || n < 0) return -1;
+    for (int64_t i = 0; i < n; i++) {
+        int r = er_decode_layer(c, layers[i], k_caches[i], v_caches[i], capacity, pos);
+        if (r) return r;
+    }
+    return 0;
+}
+
+int er_weight_row(const er_weight *w, int64_t row, float mul, float *out) {
+    if (!w || !out || !w->data || row < 0 || row >= w->n || w->k < 1) return -1;
+    const int64_t k = w->k;
+    if (w->type == ER_W_F32) {
+        const float *r = (const float *)w->data + row * k;
+        for (int64_t i = 0; i < k; i++) out[i] = r[i];
+    } else if (w->type == ER_W_F16) {
+        const uint16_t *r = (const uint16_t *)w->data + row * k;
+        for (int64_t i = 0; i < k; i++) out[i] = er_f16_to_f32(r[i]);
+    } else if (w->type == ER_W_Q) {
+        const int bits = w->bits, bs = w->block_size;
+        if (!(bits == 2 || bits == 4 || bits == 8) || bs < 1 || (bs * bits) % 8 || !w->scales) return -1;
+        const int64_t nb = (k + bs - 1) / bs, row_bytes = nb * (bs * bits / 8), zp_bytes = (nb * bits + 7) / 8;
+        const uint8_t *r = (const uint8_t *)w->data + row * row_bytes;
+        const uint8_t *zp = w->zero_points ? w->zero_points + row * zp_bytes : NULL;
+        const uint16_t *sc = w->scales + row * nb;
+        const int mask = (1 << bits) - 1, per = 8 / bits;
+        for (int64_t b = 0; b < nb; b++) {
+            const float s = er_f16_to_f32(sc[b]);
+            const int z = zp ? (zp[b * bits >> 3] >> (b * bits & 7)) & mask : 1 << (bits - 1);
+            for (int64_t e = b * bs; e < (b + 1) * bs && e < k; e++) {
+                const int code = (r[e / per] >> (e % per * bits)) & mask;
+                out[e] = (float)(code - z) * s;
+            }
+        }
+    } else {
+        return -2;
+    }
+    if (mul != 1.0f)
+        for (int64_t i = 0; i < k; i++) out[i] = out[i] * mul;
+    return 0;
 }

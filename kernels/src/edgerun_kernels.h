@@ -121,6 +121,13 @@ int er_decode_attn_out(const er_decode_cfg *c, const er_layer *L);
  * attention over [max(0, pos + 1 - window), pos], attn_out. Returns 0, or < 0 on bad arguments. */
 int er_decode_layer(const er_decode_cfg *c, const er_layer *L, float *k_cache, float *v_cache, int64_t capacity,
                     int64_t pos);
+/* er_decode_layer over layers 0..n-1 in turn (k_caches[i], v_caches[i] the caches of layer i): one call per token */
+int er_decode_layers(const er_decode_cfg *c, const er_layer *const *layers, float *const *k_caches,
+                     float *const *v_caches, int64_t n, int64_t capacity, int64_t pos);
+/* row `row` of a float or ER_W_Q weight as float32 (an embedding lookup): scale * (code - zero point), then times
+ * mul unless mul == 1 (the same float operations as the numpy dequantization). Returns 0, -1 on bad arguments,
+ * -2 for a weight type it does not read (GGUF block formats). */
+int er_weight_row(const er_weight *w, int64_t row, float mul, float *out);
 
 /* ---- bandwidth probes (for benchmarks) ----------------------------------------------------- */
 void er_memcpy(void *dst, const void *src, size_t n);   /* threaded memcpy */

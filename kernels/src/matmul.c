@@ -388,20 +388,14 @@ ER_AVX2 static ER_INLINE __m256 group_scales(const uint16_t *s, int per) {
     return _mm256_set1_ps(_cvtsh_ss(s[0]));
 }
 
-/* 8-bit row dot (natural sub-block order, groups of 8 sub-blocks + tail) */
-ER_AVX2 static float qdot_row_avx2_b8(const er_weight *w, int64_t n, const actq *a, int64_t tok) {
-    const int bits = 8, bs = w->block_size, per = bs / SUB, sub_bytes = SUB;
-    const int64_t nb = (w->k + bs - 1) / bs, nsub = a->nsub, n8 = a->n8;
-    const int64_t zp_bytes = nb;
-    const uint8_t *row = (const uint8_t *)w->data + n * nb * bs;
-    const uint16_t *srow = w->scales + n * nb;
-    const uint8_t *zprow = w->zero_points ? w->zero_points + n * zp_bytes : NULL;
-    const int8_t *q = a->q + tok * a->kp;
-    const float *sx = a->sx + tok * nsub;
-    const int32_t *isum = a->isum + tok * nsub;
+/* 8-bit row dot (natural sub-block order, groups of 8 sub-blocks + tail) of one row (codes, scales, packed zero
+ * points or NULL) with one token's activations q, sx, isum; per = sub-blocks per block (a power of two, 2^lper).
+ * Inlined into the GEMV so that the row geometry is computed once per call, not per row. */
+ER_AVX2 static ER_INLINE float qdot_b8(const uint8_t *row, const uint16_t *srow, const uint8_t *zprow, const int8_t *q,
+                                      const float *sx, const int32_t *isum, int64_t nsub, int64_t n8, int per, int lper) {
+    const int bits = 8, sub_bytes = SUB;
     __m256 acc = _mm256_setzero_ps();
     const __m256i zdef = _mm256_set1_epi32(0);
-    const int lper = __builtin_ctz((unsigned)per); /* per is a power of two: a shift, not a division per group */
     for (int64_t t0 = 0; t0 < n8; t0 += 8) {
         const int64_t b0 = t0 >> lper;
         __m256i dots = group_dots8(row + t0 * sub_bytes, q + t0 * SUB);
@@ -418,7 +412,32 @@ ER_AVX2 static float qdot_row_avx2_b8(const er_weight *w, int64_t n, const actq 
         acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(idot), scale, acc);
     }
     float y = hsum256(acc);
-    for (int64_t t = n8; t < nsub; t++) { /* tail: fewer than 8 sub-blocks */
+    int64_t t = n8;
+    if (nsub - t >= 4 && per == 1 && !zprow) {
+        /* 4 tail sub-blocks (a 640-wide row): their integer dots reduced together and the factors multiplied as
+         * vectors; the products are added to y one by one in sub-block order, the float operations of the loop
+         * below */
+        __m256i v0 = dot_s8s8(unpack32(row + t * sub_bytes, bits), _mm256_loadu_si256((const __m256i *)(q + t * SUB)));
+        __m256i v1 = dot_s8s8(unpack32(row + (t + 1) * sub_bytes, bits),
+                              _mm256_loadu_si256((const __m256i *)(q + (t + 1) * SUB)));
+        __m256i v2 = dot_s8s8(unpack32(row + (t + 2) * sub_bytes, bits),
+                              _mm256_loadu_si256((const __m256i *)(q + (t + 2) * SUB)));
+        __m256i v3 = dot_s8s8(unpack32(row + (t + 3) * sub_bytes, bits),
+                              _mm256_loadu_si256((const __m256i *)(q + (t + 3) * SUB)));
+        __m256i u01 = _mm256_add_epi32(_mm256_unpacklo_epi32(v0, v1), _mm256_unpackhi_epi32(v0, v1));
+        __m256i u23 = _mm256_add_epi32(_mm256_unpacklo_epi32(v2, v3), _mm256_unpackhi_epi32(v2, v3));
+        __m256i w4 = _mm256_add_epi32(_mm256_unpacklo_epi64(u01, u23), _mm256_unpackhi_epi64(u01, u23));
+        __m128i d4 = _mm_add_epi32(_mm256_castsi256_si128(w4), _mm256_extracti128_si256(w4, 1)); /* lane i: dot i */
+        __m128 sw = _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(srow + t)));
+        __m128 pr = _mm_mul_ps(_mm_mul_ps(sw, _mm_loadu_ps(sx + t)), _mm_cvtepi32_ps(d4));
+        y += _mm_cvtss_f32(pr);
+        y += _mm_cvtss_f32(_mm_movehdup_ps(pr));
+        __m128 hi = _mm_movehl_ps(pr, pr);
+        y += _mm_cvtss_f32(hi);
+        y += _mm_cvtss_f32(_mm_movehdup_ps(hi));
+        t += 4;
+    }
+    for (; t < nsub; t++) { /* tail: fewer than 8 sub-blocks */
         const int64_t b = t / per;
         __m256i c = unpack32(row + t * sub_bytes, bits);
         __m256i d = dot_s8s8(c, _mm256_loadu_si256((const __m256i *)(q + t * SUB)));
@@ -429,6 +448,14 @@ ER_AVX2 static float qdot_row_avx2_b8(const er_weight *w, int64_t n, const actq 
         y += _cvtsh_ss(srow[b]) * sx[t] * (float)(_mm_cvtsi128_si32(d4) - z * isum[t]);
     }
     return y;
+}
+
+ER_AVX2 static float qdot_row_avx2_b8(const er_weight *w, int64_t n, const actq *a, int64_t tok) {
+    const int per = w->block_size / SUB;
+    const int64_t nb = (w->k + w->block_size - 1) / w->block_size, nsub = a->nsub;
+    return qdot_b8((const uint8_t *)w->data + n * nb * w->block_size, w->scales + n * nb,
+                   w->zero_points ? w->zero_points + n * nb : NULL, a->q + tok * a->kp, a->sx + tok * nsub,
+                   a->isum + tok * nsub, nsub, a->n8, per, __builtin_ctz((unsigned)per));
 }
 
 /* ---- 4-bit and 2-bit: chunks of 8 sub-blocks, R rows x T tokens per call ------------------
@@ -964,6 +991,27 @@ ER_AVX2 static void fdot_avx2(const er_weight *w, int64_t n0, int R, const float
 }
 #endif /* ER_X86 */
 
+#if ER_X86
+#ifndef GV_STREAMS
+#define GV_STREAMS 4
+#endif
+/* 8-bit GEMV of rows [start, end): GV_STREAMS row ranges read in turn, one row of each per step: that many
+ * sequential streams keep more DRAM reads in flight than one (a big head GEMV is bound by one core's read
+ * bandwidth); the row geometry is computed once here */
+ER_AVX2 static void gemv_b8_avx2(const er_weight *w, const actq *a, int64_t start, int64_t end, float *y) {
+    const int64_t len = (end - start) / GV_STREAMS;
+    const int per = w->block_size / SUB, lper = __builtin_ctz((unsigned)per);
+    const int64_t nb = (w->k + w->block_size - 1) / w->block_size, rb = nb * w->block_size;
+    const uint8_t *data = (const uint8_t *)w->data, *zp = w->zero_points;
+#define GV_ROW(N) y[N] = qdot_b8(data + (N) * rb, w->scales + (N) * nb, zp ? zp + (N) * nb : NULL, a->q, a->sx, a->isum, \
+                             a->nsub, a->n8, per, lper)
+    for (int64_t i = 0; i < len; i++)
+        for (int s = 0; s < GV_STREAMS; s++) GV_ROW(start + s * len + i);
+    for (int64_t n = start + GV_STREAMS * len; n < end; n++) GV_ROW(n);
+#undef GV_ROW
+}
+#endif
+
 /* ---- scalar float rows -------------------------------------------------------------------- */
 
 static void fdot_scalar(const er_weight *w, int64_t n0, int R, const float *x, float *y) {
@@ -1060,10 +1108,6 @@ ER_AVX2 static int q8_gemm_avx2(const er_weight *w, const actq *a, int64_t n0, i
 
 /* ---- the parallel task -------------------------------------------------------------------- */
 
-#ifndef GV_STREAMS
-#define GV_STREAMS 4
-#endif
-
 typedef struct {
     const er_weight *w;
     const float *x;
@@ -1106,12 +1150,7 @@ static void mm_task(void *vctx, int64_t start, int64_t end, int tid) {
         q8_gemm_avx2(w, &c->a, start, end, c->m, c->y) == 0)
         return; /* 8-bit GEMM: register tiles */
     if (w->type == ER_W_Q && c->isa == ER_ISA_AVX2 && c->m == 1 && end - start >= 4 * GV_STREAMS) {
-        /* 8-bit GEMV: GV_STREAMS row ranges read in turn, one row of each per step: that many sequential streams
-         * keep more DRAM reads in flight than one (a big head GEMV is bound by one core's read bandwidth) */
-        const int64_t len = (end - start) / GV_STREAMS;
-        for (int64_t i = 0; i < len; i++)
-            for (int s = 0; s < GV_STREAMS; s++) c->y[start + s * len + i] = qdot_row_avx2_b8(w, start + s * len + i, &c->a, 0);
-        for (int64_t n = start + GV_STREAMS * len; n < end; n++) c->y[n] = qdot_row_avx2_b8(w, n, &c->a, 0);
+        gemv_b8_avx2(w, &c->a, start, end, c->y);
         return;
     }
 #endif
@@ -1320,7 +1359,28 @@ int er_matmul_multi(const er_weight *const *ws, int nw, const float *x, float *c
     }
     const int isa = er_get_isa();
     if (!same || ER_ISA_NEON == isa || (w0->type != ER_W_Q && w0->type != ER_W_F32 && w0->type != ER_W_F16)) {
-        for (int i = 0; i < nw; i++) { /* kinds differ: one call each */
+        /* kinds differ: GGUF block weights of one activation kind still go as one job (Gemma-3's q, k in q5_0
+         * next to a q8_0 v), the others one call each */
+        int taken[ER_MULTI_MAX] = {0};
+        for (int i = 0; i < nw; i++) {
+            if (taken[i] || !gg_is_type(ws[i]->type)) continue;
+            const er_weight *sub[ER_MULTI_MAX];
+            float *suby[ER_MULTI_MAX];
+            int ns = 0;
+            for (int j = i; j < nw; j++)
+                if (!taken[j] && gg_is_type(ws[j]->type) && gg_is_k(ws[j]->type) == gg_is_k(ws[i]->type) &&
+                    ws[j]->k == ws[i]->k) {
+                    sub[ns] = ws[j];
+                    suby[ns++] = ys[j];
+                    taken[j] = 1;
+                }
+            int r = ns > 1 ? er_matmul_multi_ggml(sub, ns, x, suby, m) : er_matmul(sub[0], x, suby[0], m);
+            if (r > 0) /* not applicable after all: one call each */
+                for (int j = 0; j < ns && r >= 0; j++) r = er_matmul(sub[j], x, suby[j], m);
+            if (r) return r;
+        }
+        for (int i = 0; i < nw; i++) {
+            if (taken[i]) continue;
             int r = er_matmul(ws[i], x, ys[i], m);
             if (r) return r;
         }

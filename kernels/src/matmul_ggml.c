@@ -527,6 +527,19 @@ GG_AVX2 static GG_INLINE void g32_factors(const int type, const uint8_t *p, cons
         *fm = _mm256_mul_ps(*fw, _mm256_set1_ps(-16.0f));
         return;
     }
+    if (nb == 8) { /* q4_1, q5_1: d | m << 16 of blocks 0 2 4 6 | 1 3 5 7 as one word each, then d and m apart */
+        const __m256i dm = _mm256_setr_epi32((int)gg_u32(p), (int)gg_u32(p + 2 * ts), (int)gg_u32(p + 4 * ts),
+                                             (int)gg_u32(p + 6 * ts), (int)gg_u32(p + ts), (int)gg_u32(p + 3 * ts),
+                                             (int)gg_u32(p + 5 * ts), (int)gg_u32(p + 7 * ts));
+        /* per 128-bit lane: [d d d d | m m m m]; then the lanes' d halves together and the m halves together */
+        const __m256i sp = _mm256_shuffle_epi8(
+            dm, _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15, 0, 1, 4, 5, 8, 9, 12, 13, 2, 3,
+                                 6, 7, 10, 11, 14, 15));
+        const __m256i g = _mm256_permute4x64_epi64(sp, 0xd8); /* qwords 0 2 1 3 */
+        *fw = _mm256_cvtph_ps(_mm256_castsi256_si128(g));
+        *fm = _mm256_cvtph_ps(_mm256_extracti128_si256(g, 1));
+        return;
+    }
     uint64_t de = 0, doo = 0, me = 0, mo = 0; /* f16 d, m of blocks 0 2 4 6 / 1 3 5 7 */
 #pragma GCC unroll 4
     for (int i = 0; i < 4; i++) {

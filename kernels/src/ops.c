@@ -290,6 +290,8 @@ typedef struct {
     const char *k, *v;
     float *out, *scores;
     int64_t n_heads, group, head_dim, n_ctx, kv_stride;
+    int64_t sub; /* work items per kv head: its query heads split into `sub` groups of gsub (the last may be less) */
+    int64_t gsub;
     int f16, isa;
     float scale, softcap;
 } attn_ctx;
@@ -404,10 +406,12 @@ static void attn_task(void *vc, int64_t start, int64_t end, int tid) {
     (void)tid;
     attn_ctx *c = (attn_ctx *)vc;
     const int64_t D = c->head_dim, es = c->f16 ? 2 : 4, G = c->group;
-    for (int64_t kvh = start; kvh < end; kvh++) { /* items: kv heads, each with its G query heads */
+    for (int64_t it = start; it < end; it++) { /* items: (kv head, group of its query heads) */
+        const int64_t kvh = it / c->sub, g0 = it % c->sub * c->gsub, ng = G - g0 < c->gsub ? G - g0 : c->gsub;
         const char *kb = c->k + kvh * c->kv_stride * D * es, *vb = c->v + kvh * c->kv_stride * D * es;
-        attend_group(c->q + kvh * G * D, G, kb, vb, c->n_ctx, D, c->f16, c->isa, c->scale, c->softcap,
-                     c->scores + kvh * G * c->n_ctx, c->out + kvh * G * D);
+        const int64_t h0 = kvh * G + g0; /* first query head of the item */
+        attend_group(c->q + h0 * D, ng, kb, vb, c->n_ctx, D, c->f16, c->isa, c->scale, c->softcap,
+                     c->scores + h0 * c->n_ctx, c->out + h0 * D);
     }
 }
 
@@ -423,9 +427,14 @@ int er_attention(const float *q, const void *k, const void *v, float *out, int64
                   .n_heads = n_heads, .group = n_heads / n_kv_heads, .head_dim = head_dim, .n_ctx = n_ctx,
                   .kv_stride = kv_stride, .f16 = kv_f16 ? 1 : 0, .isa = er_get_isa(), .scale = scale,
                   .softcap = softcap};
-    /* one kv head (with its query heads) per chunk unless the context is short (then threading costs more
-     * than it saves) */
-    er_parallel_for(n_kv_heads, n_ctx * head_dim * c.group >= 8192 ? 1 : n_kv_heads, attn_task, &c);
+    /* one kv head (with its query heads) per item unless the kv heads cannot be shared evenly by the threads
+     * (Gemma-3: one kv head): then one query head per item (each head's floats are the same either way); all
+     * in one chunk when the context is short (then threading costs more than it saves) */
+    const int nt = er_get_num_threads();
+    c.sub = nt > 1 && n_kv_heads % nt ? c.group : 1;
+    c.gsub = (c.group + c.sub - 1) / c.sub;
+    const int64_t items = n_kv_heads * c.sub;
+    er_parallel_for(items, n_ctx * head_dim * c.group >= 8192 ? 1 : items, attn_task, &c);
     free(scores);
     return 0;
 }

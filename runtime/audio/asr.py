@@ -369,7 +369,8 @@ class ASRStream:
 
         Once speech has been followed by `tentative_silence` seconds of silence (at least the VAD's end pad, 32
         ms: the segment is then exactly the audio a final would cut), the utterance is decoded at once and returned
-        as a *tentative* result: a caller may start working on it (the assistant prepares its reply) while the silence goes on.
+        as a *tentative* result: a caller may start working on it (the assistant prepares its reply) while the
+        silence goes on.
         At `early_silence` seconds (200 ms), if that text is a complete sentence (ends in . ? or !), the
         endpoint is declared with that text; otherwise the decode is kept, and the final at the VAD endpoint
         reuses it when no speech came back in between (the same audio), so no final costs a decode after

@@ -13,9 +13,11 @@ numpy, causal attention in one kernel call.
 ```
 
 Decode runs each layer as one C call (``er_decode_layer``, kernels/src/decode.c: the steps above, q/k/v and
-gate/up each from one activation quantization); the ring cache splits it around its own store/attention
-(``er_decode_attn_in`` / ``er_decode_attn_out``). ``_decode_ops`` is the same step op by op (the reference the
-fused path is tested against, bit for bit); ``fused_decode = False`` selects it.
+gate/up each from one activation quantization), all layers in one call per token (``er_decode_layers``) when
+every layer is resident and the cache is the full one, the embedding row read in C (``er_weight_row``); the ring
+cache splits it around its own store/attention (``er_decode_attn_in`` / ``er_decode_attn_out``).
+``_decode_ops`` is the same step op by op (the reference the fused path is tested against, bit for bit);
+``fused_decode = False`` selects it.
 
 The numpy reference (``runtime/models``) defines the math; this file follows its hooks
 (``rope_theta``, ``rope_scale``, ``window``, ``attn_scale``) so llama, qwen2 and gemma3 run here.
@@ -33,6 +35,7 @@ import math
 
 import numpy as np
 from edgerun.export.artifact import Artifact
+from edgerun.quant import MATMULNBITS_FORMATS
 from edgerun.runtime.backends.native_weights import WeightSource
 from edgerun.runtime.llm.kv_cache import SinkWindowKVCache
 from edgerun.runtime.models.base import apply_rope, rope_tables
@@ -180,6 +183,33 @@ class NativeModel:
                                 1 if self.gemma else 0, *scratch)
         self._cfg_ref = ctypes.byref(self._cfg)
         self._clayers: dict[tuple[int, int], tuple] = {}  # (layer, id(weights dict)) -> (dict, ErLayer, byref)
+        # the embedding row of a decode step read by er_weight_row (no numpy on the step's path): the resident
+        # embedding (the head's Weight when tied), the Gemma sqrt(dim) factor folded in; None: numpy (embed)
+        self._embw = None
+        fmt = self.src.tensors["token_embd.weight"]["format"]
+        if not self.src.stream_globals and fmt in ("f32", "f16", *MATMULNBITS_FORMATS):
+            tied_head = self.head_name == "token_embd.weight" and self.head is not None
+            self._embw = self.head if tied_head else self.src.global_weight("token_embd.weight")  # map views
+        self._emb_mul = float(np.float32(math.sqrt(a.dim))) if self.gemma else 1.0
+        self._stack = None  # (layer pointer array, k pointers, v pointers, capacity) of er_decode_layers
+
+    def _layer_stack(self, cache: NativeKVCache):
+        """Arguments of er_decode_layers (every layer resident, full cache): built once per cache allocation."""
+        import ctypes
+
+        st = self._stack
+        if st is not None and st[3] == cache.capacity and st[4] is cache.k_ptr:
+            return st
+        n = self.args.n_layers
+        Ws = [self.src.layer(i) for i in range(n)]  # resident (no streamer): the same dicts every token
+        if any(W.get("transient") for W in Ws):
+            return None
+        refs = [self._clayer(i, W) for i, W in enumerate(Ws)]
+        arr = (ctypes.c_void_p * n)(*[ctypes.addressof(r._obj) for r in refs])
+        ks = (ctypes.c_void_p * n)(*cache.k_ptr)
+        vs = (ctypes.c_void_p * n)(*cache.v_ptr)
+        self._stack = (arr, ks, vs, cache.capacity, cache.k_ptr, refs)
+        return self._stack
 
     def _clayer(self, i: int, W: dict):
         """byref(er_layer) of layer i with the weights of W (src.layer(i)); built once per weights dict."""
@@ -220,9 +250,15 @@ class NativeModel:
         ring = isinstance(cache, SinkWindowKVCache)
         if not ring:
             cache.reserve(pos + 1)
-        b["x"][:] = self.embed(np.array([token]))[0]
+        if self._embw is None or lib.er_weight_row(self._embw._ref, token, self._emb_mul, p["x"]):
+            b["x"][:] = self.embed(np.array([token]))[0]
         cfg = self._cfg_ref
-        for i in range(a.n_layers):
+        st = None if ring or self.src.streamer is not None else self._layer_stack(cache)
+        if st is not None:  # every layer in one C call
+            r = lib.er_decode_layers(cfg, st[0], st[1], st[2], a.n_layers, cache.capacity, pos)
+            if r:
+                raise ValueError(f"fused decode failed (code {r})")
+        for i in range(0 if st is None else a.n_layers, a.n_layers):
             L = self._clayer(i, self.src.layer(i))
             if not ring:
                 r = lib.er_decode_layer(cfg, L, cache.k_ptr[i], cache.v_ptr[i], cache.capacity, pos)
@@ -245,10 +281,11 @@ class NativeModel:
             L = None  # a streamed layer's private copies go before the next layer's are made
         cache.advance(1)
         lib.er_rmsnorm(p["x"], self.out_norm, p["h"], 1, a.dim, a.norm_eps)
-        if self.head is not None:
-            lib.er_matmul(self.head._ref, p["h"], p["logits"], 1)
-        else:
-            self.src.streamed_matmul(self.head_name, b["h"][None], b["logits"][None])
+        if self.head is not None:  # straight into the fresh array the step returns (no copy of the vocab)
+            out = np.empty(a.vocab_size, np.float32)
+            lib.er_matmul(self.head._ref, p["h"], out.ctypes.data, 1)
+            return out
+        self.src.streamed_matmul(self.head_name, b["h"][None], b["logits"][None])
         return b["logits"].copy()
 
     def _decode_ops(self, token: int, cache) -> np.ndarray:
