@@ -449,8 +449,8 @@ def kivi_attention(lay, q: np.ndarray, k_new: np.ndarray, v_new: np.ndarray, p0:
         if lay.q_start[b] < 0:
             continue
         kq = kvq.dequantize_keys(lay.qk[:, b], lay.qk_scale[:, b], lay.qk_min[:, b], lay.bits, d)
-        vq = kvq.dequantize_values(lay.qv[:, b], lay.qv_scale[:, b].transpose(0, 2, 1),
-                                   lay.qv_min[:, b].transpose(0, 2, 1), lay.bits, d)  # fmt: skip
+        vm = None if lay.qv_min is None else lay.qv_min[:, b].transpose(0, 2, 1)  # None: symmetric int8
+        vq = kvq.dequantize_values(lay.qv[:, b], lay.qv_scale[:, b].transpose(0, 2, 1), vm, lay.bits, d)
         ks.append(kq.astype(np.float64))
         vs.append(vq.astype(np.float64))
         ps.append(lay.q_start[b] + np.arange(lay.G))

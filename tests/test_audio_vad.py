@@ -38,6 +38,18 @@ def test_segments_match_clips():
         assert len(s.samples) == pytest.approx((s.end - s.start) * 16000, abs=2)
 
 
+def test_end_pad_cuts_after_the_first_silent_window():
+    """Segments end `end_pad_ms` after the silence the VAD noticed, and only the end moves with it."""
+    audio, spans = _with_gaps(_clips())
+    long, short = detect_speech(audio, 16000), detect_speech(audio, 16000, end_pad_ms=32)
+    assert len(long) == len(short) == len(spans)
+    for a, b, (_, end) in zip(long, short, spans, strict=True):
+        assert b.start == a.start
+        assert b.end == pytest.approx(a.end - 0.068, abs=1e-9)
+        assert b.end > end - 0.6  # still after (or at most a short pause before) the clip's end
+        np.testing.assert_array_equal(b.samples, a.samples[: len(b.samples)])
+
+
 def test_stream_any_rate_stereo_chunks():
     audio, spans = _with_gaps(_clips())
     x = resample(audio, 16000, 44100)

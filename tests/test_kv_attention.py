@@ -47,6 +47,9 @@ def test_store_writes_numpy_bytes(bits, hd, group, sinks, window):
     la, lb = _fill(a, 157, 1, False), _fill(b, 157, 1, True)
     for name in ("sink_k", "sink_v", "sink_pos", "res_k", "res_v", "res_pos", "qk", "qk_scale", "qk_min", "qv",
                  "qv_scale", "qv_min", "q_start"):
+        if getattr(la, name) is None:  # int8 keeps no value mins
+            assert bits == 8 and name == "qv_min" and getattr(lb, name) is None
+            continue
         np.testing.assert_array_equal(getattr(lb, name), getattr(la, name), err_msg=name)
     assert (la.q_start >= 0).all()  # the ring wrapped: every group written
 
@@ -101,8 +104,9 @@ def test_attention_sees_exactly_the_window():
         ops.kivi_store(cache.kivi(0), zeros, v, p)
     q = np.ones((1, nh, hd), np.float32)
     got = ops.kivi_attention(cache.kivi(0), q, zeros, zeros, n0, 1.0)
-    # query at n0 sees n0-w+1 .. n0 (w keys, uniform): exactly one probe inside -> 1/w
-    np.testing.assert_allclose(got, 1.0 / w, rtol=1e-5)
+    # query at n0 sees n0-w+1 .. n0 (w keys, uniform): exactly one probe inside -> 1/w (int8 values are symmetric:
+    # 1.0 comes back as 127 * f16(1 / 127), 6e-5 low; both probes inside or none would be 2/w or 0)
+    np.testing.assert_allclose(got, 1.0 / w, rtol=1e-4)
     assert (lay.q_start >= 0).all()
 
 

@@ -37,12 +37,31 @@ def test_values_per_token_error_bound(bits):
     v = rng.standard_normal((2, 7, 64)).astype(np.float32)
     packed, scale, mn = kv.quantize_values(v, bits, group=32)
     assert scale.shape == (2, 7, 2)
-    assert packed.nbytes + scale.nbytes + mn.nbytes == kv.value_nbytes(2, 7, 64, bits, 32)
+    assert (mn is None) == (bits == 8)  # int8 values are symmetric: no mins stored
+    assert packed.nbytes + scale.nbytes + (0 if mn is None else mn.nbytes) == kv.value_nbytes(2, 7, 64, bits, 32)
     d = kv.dequantize_values(packed, scale, mn, bits, 64)
     s = np.repeat(scale.astype(np.float32), 32, axis=-1)
     assert np.all(np.abs(d - v) <= s / 2 + 2e-3 * (np.abs(v).max() + 1))
     rel = np.linalg.norm(d - v) / np.linalg.norm(v)
     assert rel < {8: 0.01, 4: 0.12, 2: 0.5}[bits]
+
+
+def test_int8_values_symmetric():
+    """int8 values: code = rint(x / s) + 128 with s = max|x| / 127, so 0 stays exactly 0 and the extreme is +-127."""
+    rng = np.random.default_rng(3)
+    v = (rng.standard_normal((1, 5, 64)) + 3.0).astype(np.float32)  # an offset the symmetric grid has to cover
+    v[0, 0, :32] = 0.0
+    packed, scale, mn = kv.quantize_values(v, 8, group=32)
+    assert mn is None and packed.dtype == np.uint8
+    np.testing.assert_array_equal(packed[0, 0, :32], 128)
+    d = kv.dequantize_values(packed, scale, mn, 8, 64)
+    assert (d[0, 0, :32] == 0).all()
+    top = np.abs(v).reshape(1, 5, 2, 32).argmax(-1)  # the largest |x| of each group is coded as +-127
+    codes = packed.reshape(1, 5, 2, 32).astype(int) - 128
+    extreme = np.abs(np.take_along_axis(codes, top[..., None], -1))[..., 0]
+    assert extreme[0, 0, 0] == 0 and (extreme.reshape(-1)[1:] == 127).all()  # the all-zero group stays 0
+    s = np.repeat(scale.astype(np.float32), 32, axis=-1)
+    assert np.all(np.abs(d - v) <= s / 2 + 1e-3 * np.abs(v))
 
 
 def test_constant_input_is_exact():

@@ -145,7 +145,8 @@ typedef struct er_kivi {
     int64_t *res_pos;          /* (G): position or -1 */
     uint8_t *qk, *qv;          /* (n_kv, nb, G, hd*bits/8) codes: a kv head's groups contiguous */
     uint16_t *qk_scale, *qk_min; /* (n_kv, nb, hd) f16 */
-    uint16_t *qv_scale, *qv_min; /* (n_kv, nb, hd/vgroup, G) f16: per channel group, then token */
+    uint16_t *qv_scale, *qv_min; /* (n_kv, nb, hd/vgroup, G) f16: per channel group, then token; qv_min NULL
+                                  * for bits = 8 (symmetric values: min = -128 * scale) */
     int64_t *q_start;          /* (nb): first position of the G consecutive tokens of group b, or -1 */
     float *q_sink;             /* scratch (n_heads * hd) for er_decode_layer_kivi */
     /* bits = 16: the float16 layout instead (er_kivi_attention only; prefill of the f16 cache): one block per kv

@@ -10,7 +10,9 @@
  * merged at the end: o = sum_c o_c e^(m_c - M) / sum_c l_c e^(m_c - M).
  *
  * The store quantizes a full residual with exactly quant/kv.py's float32 arithmetic (scale = f16((hi - lo) / qmax),
- * min = f16(lo), code = clip(rint((x - min) / scale))), so C and numpy writes give identical bytes. */
+ * min = f16(lo), code = clip(rint((x - min) / scale)); int8 values symmetric: scale = f16(max|x| / 127), code =
+ * rint(x / scale) + 128, no min stored, the kernels use min = -128 * scale), so C and numpy writes give identical
+ * bytes. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +25,9 @@
 #define KV_MAXG 64 /* query heads per kv head */
 #define KV_SEGS_PER_CHUNK 8
 #define KV_QROWS 48 /* (query, head) rows of a prefill item: they share every dequantized tile */
+#define KV_SYM_QMAX 127    /* int8 values are symmetric: code = rint(x / s) + 128, s = max|x| / 127, no min stored */
+#define KV_SYM_ZERO 128
+#define KV_MAX_VGROUPS 16  /* value channel groups per row (hd / vgroup) when the mins are implicit */
 
 /* ---- scalar ops ------------------------------------------------------------------------------------ */
 
@@ -648,11 +653,18 @@ static const float *seg_rows(const kv_ctx *x, int64_t si, int64_t h, int v, int6
         ops->f16_row(c->qk_scale + gh * hd, sm, hd);
         ops->f16_row(c->qk_min + gh * hd, sm + hd, hd);
     }
-    if (!v)
+    if (!v) {
         ops->deq_keys(base, c->bits, pb, sm, sm + hd, n, hd, tile);
-    else
-        ops->deq_values(base, c->bits, pb, c->qv_scale + gh * G * (hd / c->vgroup), c->qv_min + gh * G * (hd / c->vgroup),
-                        c->vgroup, n, hd, tile);
+        return tile;
+    }
+    const int64_t nvs = G * (hd / c->vgroup);
+    const uint16_t *vs = c->qv_scale + gh * nvs, *vm = c->qv_min ? c->qv_min + gh * nvs : 0;
+    uint16_t sym_min[KV_TILE * KV_MAX_VGROUPS]; /* int8 values: min = -128 * scale (exact in f16) */
+    if (!vm) {
+        for (int64_t i = 0; i < nvs; i++) sym_min[i] = er_f32_to_f16(-(float)KV_SYM_ZERO * er_f16_to_f32(vs[i]));
+        vm = sym_min;
+    }
+    ops->deq_values(base, c->bits, pb, vs, vm, c->vgroup, n, hd, tile);
     return tile;
 }
 
@@ -842,7 +854,10 @@ static void kv_task_decode(void *vc, int64_t start, int64_t end, int tid) {
                 if (c->bits < 16 && si >= 1 && si <= nb) {
                     const int64_t gh = h * nb + si - 1;
                     ops->f16_row(c->qv_scale + gh * G * nvg, vsm, n * nvg); /* (nvg, G) */
-                    ops->f16_row(c->qv_min + gh * G * nvg, vsm + n * nvg, n * nvg);
+                    if (c->qv_min)
+                        ops->f16_row(c->qv_min + gh * G * nvg, vsm + n * nvg, n * nvg);
+                    else /* int8 values: min = -128 * scale */
+                        for (int64_t i = 0; i < n * nvg; i++) vsm[n * nvg + i] = -(float)KV_SYM_ZERO * vsm[i];
                     ops->pv_codes(o, gq, sc + sg[0], L, c->qv + gh * G * pb, c->bits, pb, vsm, vsm + n * nvg, c->vgroup,
                                   n, hd);
                 } else {
@@ -872,7 +887,8 @@ static int kivi_check(const er_kivi *c) {
         c->window < 1 || c->vgroup < 1 || c->head_dim % c->vgroup || (c->head_dim * c->bits) % 8)
         return -1;
     if (!c->res_k || !c->res_v || !c->res_pos || !c->qk || !c->qv || !c->qk_scale || !c->qk_min || !c->qv_scale ||
-        !c->qv_min || !c->q_start || (c->sinks && (!c->sink_k || !c->sink_v || !c->sink_pos)))
+        (!c->qv_min && (c->bits != 8 || c->head_dim / c->vgroup > KV_MAX_VGROUPS)) || !c->q_start ||
+        (c->sinks && (!c->sink_k || !c->sink_v || !c->sink_pos)))
         return -1;
     return 0;
 }
@@ -946,9 +962,10 @@ int er_kivi_attention(const er_kivi *c, const float *q, const float *q_sink, con
 
 /* ---- store ----------------------------------------------------------------------------------------- */
 
-/* quant/kv.py _quant over n values x[i * stride] (f16): writes codes (one byte each), returns scale/min f16 */
-static void quant_f16(const uint16_t *x, int64_t n, int64_t stride, int bits, uint8_t *codes, uint16_t *scale,
-                      uint16_t *mn) {
+/* quant/kv.py _quant over n values x[i * stride] (f16): writes codes (one byte each) and scale/min f16; with
+ * `sym` (int8 values: _quant_sym) the codes are rint(x / s) + 128, s = f16(max|x| / 127), and no min is written */
+static void quant_f16(const uint16_t *x, int64_t n, int64_t stride, int bits, int sym, uint8_t *codes,
+                      uint16_t *scale, uint16_t *mn) {
     float lo = INFINITY, hi = -INFINITY;
     for (int64_t i = 0; i < n; i++) {
         const float v = er_f16_to_f32(x[i * stride]);
@@ -956,11 +973,18 @@ static void quant_f16(const uint16_t *x, int64_t n, int64_t stride, int bits, ui
         hi = v > hi ? v : hi;
     }
     const int qmax = (1 << bits) - 1;
-    *scale = er_f32_to_f16((hi - lo) / (float)qmax);
-    *mn = er_f32_to_f16(lo);
-    const float s = er_f16_to_f32(*scale), m = er_f16_to_f32(*mn), safe = s > 0.0f ? s : 1.0f;
+    float m, zero = 0.0f;
+    if (sym) {
+        *scale = er_f32_to_f16(fmaxf(fabsf(lo), fabsf(hi)) / (float)KV_SYM_QMAX);
+        m = 0.0f, zero = (float)KV_SYM_ZERO;
+    } else {
+        *scale = er_f32_to_f16((hi - lo) / (float)qmax);
+        *mn = er_f32_to_f16(lo);
+        m = er_f16_to_f32(*mn);
+    }
+    const float s = er_f16_to_f32(*scale), safe = s > 0.0f ? s : 1.0f;
     for (int64_t i = 0; i < n; i++) {
-        float r = rintf((er_f16_to_f32(x[i * stride]) - m) / safe);
+        float r = rintf((er_f16_to_f32(x[i * stride]) - m) / safe) + zero;
         r = r < 0.0f ? 0.0f : (r > (float)qmax ? (float)qmax : r);
         codes[i] = (uint8_t)r;
     }
@@ -987,14 +1011,14 @@ static int flush_group(const er_kivi *c, int64_t b) {
         const uint16_t *rk = c->res_k + h * G * hd, *rv = c->res_v + h * G * hd;
         uint8_t col[KV_TILE];
         for (int64_t ch = 0; ch < hd; ch++) {
-            quant_f16(rk + ch, G, hd, bits, col, c->qk_scale + gh * hd + ch, c->qk_min + gh * hd + ch);
+            quant_f16(rk + ch, G, hd, bits, 0, col, c->qk_scale + gh * hd + ch, c->qk_min + gh * hd + ch);
             for (int64_t j = 0; j < G; j++) codes[j * hd + ch] = col[j];
         }
         for (int64_t j = 0; j < G; j++) pack_codes(codes + j * hd, hd, bits, c->qk + (gh * G + j) * pb);
-        for (int64_t j = 0; j < G; j++) { /* value scale/min (hd / vg, G) per group */
-            uint16_t *vs = c->qv_scale + gh * G * (hd / vg) + j, *vm = c->qv_min + gh * G * (hd / vg) + j;
+        for (int64_t j = 0; j < G; j++) { /* value scale/min (hd / vg, G) per group; int8: scales only */
+            uint16_t *vs = c->qv_scale + gh * G * (hd / vg) + j, *vm = c->qv_min ? c->qv_min + gh * G * (hd / vg) + j : 0;
             for (int64_t g = 0; g < hd / vg; g++)
-                quant_f16(rv + j * hd + g * vg, vg, 1, bits, codes + g * vg, vs + g * G, vm + g * G);
+                quant_f16(rv + j * hd + g * vg, vg, 1, bits, !vm, codes + g * vg, vs + g * G, vm ? vm + g * G : 0);
             pack_codes(codes, hd, bits, c->qv + (gh * G + j) * pb);
         }
     }

@@ -276,17 +276,19 @@ class ASRStream:
     """Streaming recognition: `accept_waveform(sr, samples)` -> partial and final `ASRResult`s."""
 
     def __init__(self, asr: ASR, partial_step: float = 1.0, min_partial_audio: float = 1.0,
-                 vad: VAD | None = None, early_silence: float | None = 0.2, tentative_silence: float | None = 0.1,
-                 **vad_kw):
+                 vad: VAD | None = None, early_silence: float | None = 0.2, tentative_silence: float | None = 0.0,
+                 end_pad_ms: int = 32, **vad_kw):
         self.asr = asr
-        self.vad = vad or VAD(model=asr.vad_model(), **vad_kw)
+        # segments end `end_pad_ms` after the first window the VAD scores silent (Silero is 0-110 ms late, so the
+        # word's tail is in): the tentative decode can start at the first silent window (32 ms of silence)
+        self.vad = vad or VAD(model=asr.vad_model(), end_pad_ms=end_pad_ms, **vad_kw)
         self.partial_step = partial_step
         self.min_partial_audio = min_partial_audio
         self.early_silence = early_silence
-        # the utterance is decoded once this much silence follows it (it is then the same audio the final cuts:
-        # the VAD pads segments by its speech_pad, 100 ms): a tentative result a caller may act on at once
+        # the utterance is decoded once this much silence follows it, and at least the VAD's end pad (the
+        # segment is then the same audio the final cuts): a tentative result a caller may act on at once
         self.tentative_silence = (None if early_silence is None or tentative_silence is None
-                                  else min(tentative_silence, early_silence))
+                                  else min(max(tentative_silence, self.vad.end_pad / SAMPLE_RATE), early_silence))
         self.reset()
 
     def reset(self) -> None:
@@ -362,9 +364,9 @@ class ASRStream:
     def _early_endpoint(self) -> ASRResult | None:
         """Endpointing that does not always wait the VAD's full silence.
 
-        Once speech has been followed by `tentative_silence` seconds of silence (100 ms: the segment is then
-        exactly the audio a final would cut), the utterance is decoded at once and returned as a *tentative*
-        result: a caller may start working on it (the assistant prepares its reply) while the silence goes on.
+        Once speech has been followed by `tentative_silence` seconds of silence (at least the VAD's end pad, 32
+        ms: the segment is then exactly the audio a final would cut), the utterance is decoded at once and returned
+        as a *tentative* result: a caller may start working on it (the assistant prepares its reply) while the silence goes on.
         At `early_silence` seconds (200 ms), if that text is a complete sentence (ends in . ? or !), the
         endpoint is declared with that text; otherwise the decode is kept, and the final at the VAD endpoint
         reuses it when no speech came back in between (the same audio), so no final costs a decode after
@@ -412,7 +414,7 @@ class ASRStream:
         return r
 
     def _final(self, seg: SpeechSegment) -> ASRResult:
-        wait = max(0.0, self.vad.time - seg.end + self.vad.pad / SAMPLE_RATE)  # silence heard before the endpoint
+        wait = max(0.0, self.vad.time - seg.end + self.vad.end_pad / SAMPLE_RATE)  # silence heard before the endpoint
         if self._early is not None and self._early[0] == seg.end:  # decoded during the silence: same audio
             _, d, text, prefix, silence = self._early
             # in real time that decode ran from `silence` into the wait; the endpoint is ready when both are done

@@ -309,7 +309,7 @@ class Assistant:
         """The conversation loop: microphone blocks from `mic` (float32 at `in_rate`; None ends the input),
         replies into `player`. Returns the turns spoken, in order.
 
-        `speculate`: the reply to a *tentative* transcript (decoded after 100 ms of silence, see
+        `speculate`: the reply to a *tentative* transcript (decoded at the first silent VAD window, see
         `ASRStream`) is prepared at once, the LLM writing and TTS synthesizing it while the silence goes on,
         but nothing reaches the speaker until the endpoint confirms that transcript; if the user speaks on, or
         the final text differs, the prepared reply is dropped (not added to the history). The wait after
@@ -322,7 +322,7 @@ class Assistant:
 
         def start(r, t_end: float, confirmed: bool) -> _ReplyJob:
             j = _ReplyJob(r.text, t_end)
-            speech_end = r.end - stream.vad.pad / 16000  # segments end one speech pad after the silence began
+            speech_end = r.end - stream.vad.end_pad / 16000  # segments end one end pad after the silence began
             to_device = StreamResampler(self.tts.sample_rate, player.rate)  # one stream per reply: no seams
 
             def to_player(chunk):

@@ -123,7 +123,8 @@ class _LayerKV:
         # value scales/mins per channel group then token (n_kv, nb, hd/vgroup, G): the C decode reads a channel
         # group's G scales contiguously (quantize_values' (n_kv, G, hd/vgroup), transposed)
         self.qv_scale = _alloc((n_kv, self.nb, hd // self.vgroup, g), np.float16)
-        self.qv_min = _alloc((n_kv, self.nb, hd // self.vgroup, g), np.float16)
+        # int8 values are symmetric: no mins (the kernels use -128 * scale)
+        self.qv_min = None if bits == 8 else _alloc((n_kv, self.nb, hd // self.vgroup, g), np.float16)
         self.q_start = np.full(self.nb, -1, np.int64)  # (nb,) first position of each group's G tokens
         self._kivi = None  # the C view of these buffers (built on first use, see `kivi`)
 
@@ -221,7 +222,7 @@ class _LayerKV:
             sp = self.spec
 
             def p(a):
-                return a.__array_interface__["data"][0]
+                return 0 if a is None else a.__array_interface__["data"][0]
 
             if not self.quant:  # float16 [sinks | ring] (prefill attention only)
                 c = ErKivi(bits=16, group=64, vgroup=sp.head_dim, n_blocks=-(-self.W // 64), n_kv_heads=sp.n_kv,
@@ -242,7 +243,9 @@ class _LayerKV:
         codes, sc, mn = kvq.quantize_keys(self.res_k, self.bits)
         self.qk[:, b], self.qk_scale[:, b], self.qk_min[:, b] = codes, sc, mn
         codes, sc, mn = kvq.quantize_values(self.res_v, self.bits, self.vgroup)
-        self.qv[:, b], self.qv_scale[:, b], self.qv_min[:, b] = codes, sc.transpose(0, 2, 1), mn.transpose(0, 2, 1)
+        self.qv[:, b], self.qv_scale[:, b] = codes, sc.transpose(0, 2, 1)
+        if mn is not None:
+            self.qv_min[:, b] = mn.transpose(0, 2, 1)
         self.q_start[b] = self.res_pos[0]
         self.res_pos.fill(-1)
 
@@ -265,7 +268,8 @@ class _LayerKV:
                 continue
             kvq.dequantize_keys(self.qk[:, b], self.qk_scale[:, b], self.qk_min[:, b], self.bits, hd,
                                 out=kall[:, o : o + g])  # fmt: skip
-            vs, vm = self.qv_scale[:, b].transpose(0, 2, 1), self.qv_min[:, b].transpose(0, 2, 1)
+            vs = self.qv_scale[:, b].transpose(0, 2, 1)
+            vm = None if self.qv_min is None else self.qv_min[:, b].transpose(0, 2, 1)
             kvq.dequantize_values(self.qv[:, b], vs, vm, self.bits, hd, out=vall[:, o : o + g])
             pall[o : o + g] = self.q_start[b] + np.arange(g)
             o += g
