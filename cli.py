@@ -361,7 +361,8 @@ def bench(
     backend: str | None = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     ram: Annotated[
-        list[str] | None, typer.Option("--ram", help="Sweep these RAM budgets (repeat --ram); 'auto' picks a sweep.")
+        list[str] | None, typer.Option("--ram", help="Sweep these RAM budgets (repeat --ram); 'auto' picks a sweep. "
+                                       "With --context: a row per budget and KV width (load(ram=...)).")
     ] = None,
     plot: Annotated[str, typer.Option(help="PNG written by the --ram sweep.")] = "bench_ram.png",
     ignore_eos: Annotated[bool, typer.Option(
@@ -375,6 +376,13 @@ def bench(
     kv_type: Annotated[
         list[str] | None, typer.Option("--kv-type", help="With --context: llama.cpp cache types (f16, q8_0, q4_0).")
     ] = None,
+    kv_window: Annotated[list[int] | None, typer.Option(
+        "--kv-window", help="With --context: also a row per KV width with 4 sinks + this sliding window.")] = None,
+    full_cache: Annotated[bool, typer.Option(
+        "--full-cache", help="With --context: also the full float cache (no window).")] = False,
+    llama_no_fa: Annotated[bool, typer.Option(
+        "--llama-no-fa/--llama-fa-only", help="With --context and f16: also llama.cpp's f16 cache without flash "
+                                              "attention (default).")] = True,
 ):
     """Prompt and decode tok/s of edgerun (and llama.cpp on the same weights); --context; --kernels; --ram sweep."""
     import json
@@ -390,7 +398,8 @@ def bench(
             raise EdgerunError(f"--kv-type {bad[0]}: use one of {', '.join(rb.GGML_KV)}")
         r = rb.bench_context(resolve_model(model), contexts=context, kv_bits=kv_bits or (16, 8, 4, 2),
                              vs_llama_cpp=vs_llama_cpp, llama_kv=kv_type or ("f16", "q8_0", "q4_0"),
-                             n_decode=n_decode, threads=threads,
+                             n_decode=n_decode, threads=threads, kv_windows=kv_window or (), ram=ram or (),
+                             full_cache=full_cache, llama_no_fa=llama_no_fa,
                              progress=None if as_json else typer.echo)  # fmt: skip
         if as_json:
             typer.echo(json.dumps(r, indent=1))

@@ -206,19 +206,24 @@ def context_ids(tokenizer, n: int) -> list[int]:
 
 
 def bench_edgerun_context(model, context: int, kv_bits: int | None = 16, n_decode: int = 32, threads: int | None = None,
-                          repeats: int = 3, sinks: int = 4, ids: list[int] | None = None) -> dict:  # fmt: skip
+                          repeats: int = 3, sinks: int = 4, ids: list[int] | None = None, kv_window: int | None = None,
+                          ram=None) -> dict:  # fmt: skip
     """Prefill of `context` tokens, then decode tok/s there (medians of `repeats` runs of `n_decode` steps).
 
     kv_bits 16/8/4/2: the sink + window cache, window covering the whole run (nothing evicted, as llama.cpp's
-    cache); None: the backend's full float32 cache. Decode feeds the text's next tokens (speed does not depend on
-    them). Returns {"kv", "context", "prefill_tps", "decode_tps", "cache_bytes", "ids"}.
+    cache) unless `kv_window` is given (then `sinks` + that window: the prompt slides through it); `ram`: a budget
+    (``load(ram=...)``: the plan picks the window, how weights are held, the prefill chunk). None bits and no ram:
+    the backend's full float32 cache. `model` may be a loaded LLM (its own settings then). Decode feeds the text's
+    next tokens (speed does not depend on them). Returns {"engine", "kv", "setting", "context", "prefill_tps",
+    "decode_tps", "cache_bytes", "ids"}.
     """
     from edgerun.runtime.llm.model import load
 
     total = context + n_decode * (repeats + 1) + 8
-    llm = model if not isinstance(model, (str, os.PathLike)) else (
-        load(model, threads=threads) if kv_bits is None
-        else load(model, threads=threads, kv_bits=kv_bits, kv_window=total, kv_sinks=sinks))  # fmt: skip
+    if isinstance(model, (str, os.PathLike)):
+        llm = load(model, threads=threads, **context_load_options(total, kv_bits, kv_window, ram, sinks))
+    else:
+        llm = model
     ids = ids if ids is not None else context_ids(llm.tokenizer, total)
     cache = llm.new_cache()
     t0 = time.perf_counter()
@@ -233,16 +238,43 @@ def bench_edgerun_context(model, context: int, kv_bits: int | None = 16, n_decod
         if r:
             ts.append(time.perf_counter() - t0)
     nbytes = getattr(cache, "nbytes", None)
+    setting = context_setting(llm, total)
+    kv = KV_NAMES.get(llm.plan.kv_bits, "f32") if llm.budgeted else "f32"
     if isinstance(model, (str, os.PathLike)):
         llm.close()
-    return {"engine": "edgerun", "kv": KV_NAMES.get(kv_bits, "f32 full"), "context": context,
-            "prefill_tps": context / t_pp, "decode_tps": n_decode / statistics.median(ts), "cache_bytes": nbytes,
-            "ids": ids}  # fmt: skip
+    return {"engine": "edgerun", "kv": kv, "setting": setting, "context": context, "prefill_tps": context / t_pp,
+            "decode_tps": n_decode / statistics.median(ts), "cache_bytes": nbytes, "ids": ids}  # fmt: skip
+
+
+def context_load_options(total: int, kv_bits: int | None, kv_window: int | None = None, ram=None,
+                         sinks: int = 4) -> dict:  # fmt: skip
+    """`load()` keywords of one context-benchmark row: the full float cache (no bits, window or ram), a window
+    covering the whole run (`kv_bits` alone), a sliding window of `kv_window` with `sinks`, or a RAM budget."""
+    if ram is not None:
+        return {"ram": ram, "kv_bits": kv_bits, "kv_window": kv_window}
+    if kv_bits is None and kv_window is None:
+        return {}
+    return {"kv_bits": 16 if kv_bits is None else kv_bits, "kv_window": kv_window or total, "kv_sinks": sinks}
+
+
+def context_setting(llm, total: int) -> str:
+    """How a context row's cache is set up, in a few words: 'full' (no window), 'window N' (+ sinks, when the
+    prompt slides through it), 'ram X: window N, weights resident|streamed, chunk C'."""
+    if not llm.budgeted:
+        return "full"
+    p = llm.plan
+    w = "no eviction" if p.kv_window >= total else f"{p.kv_sinks} sinks + window {p.kv_window}"
+    if p.budget is None:
+        return w
+    from edgerun.runtime.memory import fmt_bytes
+
+    return f"ram {fmt_bytes(p.budget)}: {w}, weights {p.weights}, chunk {p.prefill_chunk}"
 
 
 def bench_llama_cpp_context(gguf, ids: list[int], context: int, kv_type: str = "f16", n_decode: int = 32,
                             threads: int | None = None, repeats: int = 3, flash_attn: bool = True) -> dict:  # fmt: skip
-    """The same with llama.cpp on `gguf`: cache type `kv_type` (f16, q8_0, q4_0) for K and V, flash attention."""
+    """The same with llama.cpp on `gguf`: cache type `kv_type` (f16, q8_0, q4_0) for K and V, flash attention
+    on (`flash_attn`; llama.cpp's quantized V cache needs it)."""
     from llama_cpp import Llama
 
     th = threads or os.cpu_count()
@@ -262,15 +294,22 @@ def bench_llama_cpp_context(gguf, ids: list[int], context: int, kv_type: str = "
         if r:
             ts.append(time.perf_counter() - t0)
     del llm
-    return {"engine": "llama.cpp" + (" FA" if flash_attn else ""), "kv": kv_type, "context": context,
-            "prefill_tps": context / t_pp, "decode_tps": n_decode / statistics.median(ts)}  # fmt: skip
+    return {"engine": "llama.cpp" + (" FA" if flash_attn else ""), "kv": kv_type, "setting": "full",
+            "context": context, "prefill_tps": context / t_pp,
+            "decode_tps": n_decode / statistics.median(ts)}  # fmt: skip
 
 
 def bench_context(model, contexts=(2048,), kv_bits=(16, 8, 4, 2), vs_llama_cpp=None, llama_kv=("f16", "q8_0", "q4_0"),
-                  n_decode: int = 32, threads: int | None = None, repeats: int = 3, progress=None) -> dict:  # fmt: skip
+                  n_decode: int = 32, threads: int | None = None, repeats: int = 3, progress=None,
+                  kv_windows=(), ram=(), full_cache: bool = False, llama_no_fa: bool = True) -> dict:  # fmt: skip
     """Decode (and the long prefill) at each context length: edgerun per KV width, llama.cpp per cache type.
 
-    One run, same token ids for every row; ratios are computed within it. Returns {"rows": [...], "threads"}.
+    Rows per context: with `full_cache` the backend's full float cache (no window); per KV width a window
+    covering the whole run, then one row per sliding window in `kv_windows` (4 sinks + that window) and per RAM
+    budget in `ram` (``load(ram=..., kv_bits=...)``); llama.cpp with flash attention per cache type, and with
+    `llama_no_fa` its f16 cache without flash attention too (a peer measured at its best: on this CPU the plain
+    path prefills faster at long context). One run, same token ids for every row; ratios are computed within it.
+    Returns {"rows": [...], "threads"}.
     """
     from edgerun import kernels
     from edgerun.runtime.llm.model import load
@@ -280,29 +319,34 @@ def bench_context(model, contexts=(2048,), kv_bits=(16, 8, 4, 2), vs_llama_cpp=N
     rows = []
     for ctx in contexts:
         ids = None
+        total = ctx + n_decode * (repeats + 1) + 8
+        setups = [(None, None, None)] if full_cache else []
         for b in kv_bits:
-            total = ctx + n_decode * (repeats + 1) + 8
-            llm = load(model, threads=threads, kv_bits=b, kv_window=total)
-            r = bench_edgerun_context(llm, ctx, b, n_decode, threads, repeats, ids=ids)
+            setups += [(b, None, None)] + [(b, w, None) for w in kv_windows] + [(b, None, r) for r in ram]
+        for b, w, r in setups:
+            llm = load(model, threads=threads, **context_load_options(total, b, w, r))
+            row = bench_edgerun_context(llm, ctx, b, n_decode, threads, repeats, ids=ids)
             llm.close()
-            ids = r.pop("ids")
-            rows.append(r)
+            ids = row.pop("ids")
+            rows.append(row)
             if progress:
-                progress(format_context_row(r))
+                progress(format_context_row(row))
         if vs_llama_cpp:
-            for t in llama_kv:
-                r = bench_llama_cpp_context(vs_llama_cpp, ids, ctx, t, n_decode, threads, repeats)
-                rows.append(r)
+            peers = [(t, True) for t in llama_kv] + ([("f16", False)] if llama_no_fa and "f16" in llama_kv else [])
+            for t, fa in peers:
+                row = bench_llama_cpp_context(vs_llama_cpp, ids, ctx, t, n_decode, threads, repeats, flash_attn=fa)
+                rows.append(row)
                 if progress:
-                    progress(format_context_row(r))
+                    progress(format_context_row(row))
     return {"model": str(model), "threads": threads, "n_decode": n_decode, "rows": rows}
 
 
 def format_context_row(r: dict) -> str:
-    """One line: engine, KV type, context, prefill and decode tok/s (and the cache's bytes)."""
+    """One line: engine, KV type, context, prefill and decode tok/s (the cache's bytes), then the cache setting."""
     mb = f"  cache {r['cache_bytes'] / 1e6:8.1f} MB" if r.get("cache_bytes") else ""
+    st = f"  [{r['setting']}]" if r.get("setting") and r["setting"] != "no eviction" else ""
     return (f"{r['engine']:<14} {r['kv']:<6} ctx {r['context']:>6}  prefill {r['prefill_tps']:8.1f} tok/s"
-            f"  decode {r['decode_tps']:7.1f} tok/s{mb}")  # fmt: skip
+            f"  decode {r['decode_tps']:7.1f} tok/s{mb}{st}")  # fmt: skip
 
 
 def bench_kernels_report(threads: int | None = None, quick: bool = False) -> dict:

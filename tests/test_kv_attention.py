@@ -62,6 +62,8 @@ CASES = [  # (n_heads, n_kv, hd, group, sinks, window, tokens in cache, T new, s
     (9, 3, 64, 32, 4, 100, 300, 64, 0.0),
     (6, 2, 64, 32, 4, 60, 10, 21, 0.0),
     (4, 4, 16, 16, 0, 20, 0, 5, 5.0),
+    (8, 2, 32, 16, 2, 50, 40, 17, 0.0),  # 4 heads per kv head: the prefill's 3-row blocks leave one row
+    (10, 2, 24, 16, 3, 45, 30, 13, 0.0),  # hd % 32 != 0: the value rows one by one
 ]
 
 

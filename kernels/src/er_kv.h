@@ -47,6 +47,11 @@ typedef struct er_kv_ops {
                      const float *vs, const float *vm, int64_t vg, int64_t n, int64_t d);
     /* max(m, s[0..n)) */
     float (*vmax)(const float *s, int64_t n, float m);
+    /* optional (NULL: qk / pv once per row): the prefill's query rows that share a key tile at once, so each key
+     * or value row loaded serves several of them. sc[r * ss + j] = q[r * d] . rows[j] for r < nq;
+     * o[r * d + i] += sum_j p[r * ps + j] * rows[j][i] for r < nr */
+    void (*qk_rows)(const float *q, int64_t nq, const float *rows, int64_t n, int64_t d, float *sc, int64_t ss);
+    void (*pv_rows)(float *o, int64_t nr, const float *p, int64_t ps, const float *rows, int64_t n, int64_t d);
 } er_kv_ops;
 
 #if defined(__aarch64__)

@@ -137,7 +137,7 @@ static float vmax_scalar(const float *s, int64_t n, float m) {
 static const er_kv_ops kv_ops_scalar = {qk_scalar,       pv_scalar,         exp_sum_scalar, scale_scalar,
                                         f16_row_scalar,  deq_keys_scalar,   deq_values_scalar,
                                         q_prep_scalar,   qk_codes_scalar,   pv_codes_scalar,
-                                        vmax_scalar};
+                                        vmax_scalar,     NULL,              NULL};
 
 /* ---- AVX2 ops -------------------------------------------------------------------------------------- */
 #if ER_X86
@@ -499,10 +499,73 @@ ER_AVX2 static float vmax_avx2(const float *s, int64_t n, float m) {
     return m;
 }
 
+/* 3 query rows x 4 keys per step: each key vector loaded once serves the 3 rows (12 accumulators) */
+ER_AVX2 static void qk_rows_avx2(const float *q, int64_t nq, const float *rows, int64_t n, int64_t d, float *sc,
+                                 int64_t ss) {
+    int64_t r = 0;
+    if (d % 8 == 0)
+        for (; r + 3 <= nq; r += 3) {
+            const float *q0 = q + r * d, *q1 = q0 + d, *q2 = q1 + d;
+            int64_t j = 0;
+            for (; j + 4 <= n; j += 4) {
+                __m256 a[3][4];
+                for (int u = 0; u < 3; u++)
+                    for (int k = 0; k < 4; k++) a[u][k] = _mm256_setzero_ps();
+                const float *k0 = rows + j * d;
+                for (int64_t i = 0; i < d; i += 8) {
+                    const __m256 x0 = _mm256_loadu_ps(q0 + i), x1 = _mm256_loadu_ps(q1 + i), x2 = _mm256_loadu_ps(q2 + i);
+                    for (int k = 0; k < 4; k++) {
+                        const __m256 kv = _mm256_loadu_ps(k0 + k * d + i);
+                        a[0][k] = _mm256_fmadd_ps(x0, kv, a[0][k]);
+                        a[1][k] = _mm256_fmadd_ps(x1, kv, a[1][k]);
+                        a[2][k] = _mm256_fmadd_ps(x2, kv, a[2][k]);
+                    }
+                }
+                for (int u = 0; u < 3; u++) { /* 4 horizontal sums at once */
+                    const __m256 s01 = _mm256_hadd_ps(a[u][0], a[u][1]), s23 = _mm256_hadd_ps(a[u][2], a[u][3]);
+                    const __m256 s = _mm256_hadd_ps(s01, s23);
+                    _mm_storeu_ps(sc + (r + u) * ss + j,
+                                  _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1)));
+                }
+            }
+            if (j < n)
+                for (int u = 0; u < 3; u++) qk_avx2(q + (r + u) * d, rows + j * d, n - j, d, sc + (r + u) * ss + j);
+        }
+    for (; r < nq; r++) qk_avx2(q + r * d, rows, n, d, sc + r * ss);
+}
+
+/* 3 rows x 32 outputs held in registers over all value rows: each value vector loaded once serves the 3 rows */
+ER_AVX2 static void pv_rows_avx2(float *o, int64_t nr, const float *p, int64_t ps, const float *rows, int64_t n,
+                                 int64_t d) {
+    int64_t r = 0;
+    if (d % 32 == 0)
+        for (; r + 3 <= nr; r += 3)
+            for (int64_t i0 = 0; i0 < d; i0 += 32) {
+                __m256 a[3][4];
+                for (int u = 0; u < 3; u++)
+                    for (int k = 0; k < 4; k++) a[u][k] = _mm256_loadu_ps(o + (r + u) * d + i0 + 8 * k);
+                const float *p0 = p + r * ps, *p1 = p0 + ps, *p2 = p1 + ps;
+                for (int64_t j = 0; j < n; j++) {
+                    const float *v = rows + j * d + i0;
+                    const __m256 w0 = _mm256_broadcast_ss(p0 + j), w1 = _mm256_broadcast_ss(p1 + j),
+                                 w2 = _mm256_broadcast_ss(p2 + j);
+                    for (int k = 0; k < 4; k++) {
+                        const __m256 vv = _mm256_loadu_ps(v + 8 * k);
+                        a[0][k] = _mm256_fmadd_ps(w0, vv, a[0][k]);
+                        a[1][k] = _mm256_fmadd_ps(w1, vv, a[1][k]);
+                        a[2][k] = _mm256_fmadd_ps(w2, vv, a[2][k]);
+                    }
+                }
+                for (int u = 0; u < 3; u++)
+                    for (int k = 0; k < 4; k++) _mm256_storeu_ps(o + (r + u) * d + i0 + 8 * k, a[u][k]);
+            }
+    for (; r < nr; r++) pv_avx2(o + r * d, p + r * ps, rows, n, d);
+}
+
 static const er_kv_ops kv_ops_avx2 = {qk_avx2,         pv_avx2,         exp_sum_avx2, scale_avx2,
                                       f16_row_avx2,    deq_keys_avx2,   deq_values_avx2,
                                       q_prep_avx2,     qk_codes_avx2,   pv_codes_avx2,
-                                      vmax_avx2};
+                                      vmax_avx2,       qk_rows_avx2,    pv_rows_avx2};
 #endif
 
 static const er_kv_ops *kv_ops_for(int isa) {
@@ -655,6 +718,14 @@ static void kv_task(void *vc, int64_t start, int64_t end, int tid) {
                         nvis += vis[j];
                     }
                 }
+                if (nvis) { /* the gq heads of query t (q scaled already), each key row loaded once for all */
+                    const float *qt = qb0 + (t * x->nh + h * gq) * hd;
+                    float *st = sc + (t - t0) * gq * KV_TILE;
+                    if (ops->qk_rows)
+                        ops->qk_rows(qt, gq, kr, n, hd, st, KV_TILE);
+                    else
+                        for (int64_t g = 0; g < gq; g++) ops->qk(qt + g * hd, kr, n, hd, st + g * KV_TILE);
+                }
                 for (int64_t g = 0; g < gq; g++) {
                     const int64_t r = (t - t0) * gq + g;
                     float *s = sc + r * KV_TILE;
@@ -662,7 +733,6 @@ static void kv_task(void *vc, int64_t start, int64_t end, int tid) {
                         memset(s, 0, sizeof(float) * (size_t)n);
                         continue;
                     }
-                    ops->qk(qb0 + (t * x->nh + h * gq + g) * hd, kr, n, hd, s); /* q scaled already */
                     float mx = -INFINITY;
                     if (full && !(x->softcap > 0.0f))
                         mx = ops->vmax(s, n, mx);
@@ -688,7 +758,10 @@ static void kv_task(void *vc, int64_t start, int64_t end, int tid) {
                 }
             }
             const float *vr = seg_rows(x, si, h, 1, n, tile, sm);
-            for (int64_t r = 0; r < R; r++) ops->pv(o + r * hd, sc + r * KV_TILE, vr, n, hd);
+            if (ops->pv_rows)
+                ops->pv_rows(o, R, sc, KV_TILE, vr, n, hd);
+            else
+                for (int64_t r = 0; r < R; r++) ops->pv(o + r * hd, sc + r * KV_TILE, vr, n, hd);
         }
         if (x->n_chunks == 1)
             for (int64_t r = 0; r < R; r++) {

@@ -309,5 +309,6 @@ static float vmax_neon(const float *s, int64_t n, float m) {
 
 const er_kv_ops er_kv_ops_neon = {qk_neon,      pv_neon,       exp_sum_neon,  scale_neon,
                                   f16_row_neon, deq_keys_neon, deq_values_neon, q_prep_neon,
-                                  qk_codes_neon, pv_codes_neon, vmax_neon};
+                                  qk_codes_neon, pv_codes_neon, vmax_neon,     NULL,
+                                  NULL};
 #endif

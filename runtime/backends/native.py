@@ -117,6 +117,7 @@ class NativeModel:
         self.head = None if self.src.stream_globals else self.src.global_weight(self.head_name)
         self._build_decode()
         self._rope_tabs: dict = {}  # RoPE cos/sin of the current prefill, per (theta, scale)
+        self._pos_tabs: dict = {}  # the same for the ring cache's rope hook, per (theta, scale, positions)
 
     # --- hooks shared with the reference
     def window(self, layer: int):
@@ -159,8 +160,9 @@ class NativeModel:
                 "bias": [self.V.get(pre + f"attn_{t}.bias") for t in "qkv"],
                 # RoPE by delta positions in place on (rows, hd) float32 (sink keys of the ring cache)
                 "rotate": lambda x, d, t=theta, f=1.0 / rs: lib.er_rope_neox(_ptr(x), x.shape[0], hd, d, t, f),
-                # numpy RoPE at absolute positions (the cache's own attention: prefill, KIVI layouts)
-                "rope": lambda x, p, t=theta, r=rs: apply_rope(x, *rope_tables(p, hd, t, r)),
+                # numpy RoPE at absolute positions (the cache's own attention: prefill, KIVI layouts); the tables
+                # are made once per forward and base, not once per layer
+                "rope": lambda x, p, t=theta, r=rs: apply_rope(x, *self._rope_at(p, t, r)),
             }  # fmt: skip
             if self.gemma:
                 for n in ("attn_q_norm", "attn_k_norm", "post_attention_norm", "post_ffw_norm"):
@@ -169,6 +171,17 @@ class NativeModel:
         self.out_norm = _ptr(self.V["output_norm.weight"])
         self.scale = float(self.ref.attn_scale())
         self._build_fused()
+
+    def _rope_at(self, pos: np.ndarray, theta: float, scale: float):
+        """cos/sin tables of positions `pos` for this forward (cached: every layer of a chunk rotates the same
+        positions; Gemma-3 has two bases)."""
+        key = (theta, scale, int(pos[0]), len(pos), pos.tobytes())
+        tabs = self._pos_tabs.get(key)
+        if tabs is None:
+            if len(self._pos_tabs) >= 8:  # decode steps never reset it: keep it small
+                self._pos_tabs.clear()
+            tabs = self._pos_tabs[key] = rope_tables(pos, self.args.head_dim, theta, scale)
+        return tabs
 
     def _build_fused(self) -> None:
         """The C structs of the fused decode: sizes + scratch pointers (er_decode_cfg), per layer vectors."""
@@ -427,7 +440,7 @@ class NativeModel:
         if not isinstance(cache, SinkWindowKVCache):
             cache.reserve(int(pos[-1]) + 1)
         x = self.embed(tokens)  # (T, dim)
-        self._rope_tabs = {}
+        self._rope_tabs, self._pos_tabs = {}, {}
         for i in range(self.args.n_layers):
             x = self._block(i, x, cache, pos)
         cache.advance(len(tokens))
