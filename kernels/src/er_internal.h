@@ -41,12 +41,14 @@ ER_AVX2 static inline __m256 er_exp256(__m256 x) {
     return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
 
-/* sc[t] = exp(sc[t] - mx) for t < n (mx: their max); returns the sum */
+/* sc[t] = exp(sc[t] - mx) for t < n (mx: their max); returns the sum. A masked score (-inf) gives exactly 0 */
 ER_AVX2 static inline float er_exp_sum_avx2(float *sc, int64_t n, float mx) {
-    __m256 m = _mm256_set1_ps(mx), acc = _mm256_setzero_ps();
+    const __m256 m = _mm256_set1_ps(mx), ninf = _mm256_set1_ps(-INFINITY);
+    __m256 acc = _mm256_setzero_ps();
     int64_t t = 0;
     for (; t + 8 <= n; t += 8) {
-        __m256 e = er_exp256(_mm256_sub_ps(_mm256_loadu_ps(sc + t), m));
+        const __m256 x = _mm256_loadu_ps(sc + t);
+        __m256 e = _mm256_andnot_ps(_mm256_cmp_ps(x, ninf, _CMP_EQ_OQ), er_exp256(_mm256_sub_ps(x, m)));
         _mm256_storeu_ps(sc + t, e);
         acc = _mm256_add_ps(acc, e);
     }

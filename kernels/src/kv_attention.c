@@ -197,28 +197,6 @@ ER_AVX2 static void pv_avx2(float *o, const float *p, const float *rows, int64_t
         for (int64_t j = 0; j < n; j++) o[i0] += p[j] * rows[j * d + i0];
 }
 
-/* exp(x) for x <= 0 (er_exp256); exactly 0 for x = -inf (a masked score) */
-ER_AVX2 static inline __m256 kv_exp256(__m256 x) {
-    __m256 ninf = _mm256_cmp_ps(x, _mm256_set1_ps(-INFINITY), _CMP_EQ_OQ);
-    return _mm256_andnot_ps(ninf, er_exp256(x));
-}
-
-ER_AVX2 static float exp_sum_avx2(float *s, int64_t n, float mx) {
-    __m256 m = _mm256_set1_ps(mx), acc = _mm256_setzero_ps();
-    int64_t j = 0;
-    for (; j + 8 <= n; j += 8) {
-        __m256 e = kv_exp256(_mm256_sub_ps(_mm256_loadu_ps(s + j), m));
-        _mm256_storeu_ps(s + j, e);
-        acc = _mm256_add_ps(acc, e);
-    }
-    float sum = er_hsum8(acc);
-    for (; j < n; j++) {
-        s[j] = expf(s[j] - mx);
-        sum += s[j];
-    }
-    return sum;
-}
-
 ER_AVX2 static void scale_avx2(float *o, int64_t n, float r) {
     const __m256 rv = _mm256_set1_ps(r);
     int64_t i = 0;
@@ -336,6 +314,25 @@ ER_AVX2 static inline __attribute__((always_inline)) __m256i dot_row_avx2(const 
     return acc;
 }
 
+/* the 8 rows' partial sums a[0..7] reduced to their 8 totals, minus the query's zero-point sum, as scores
+ * d * total + off into dst[0..7] */
+ER_AVX2 static inline __attribute__((always_inline)) void store8_scores_avx2(const __m256i *a, __m256i zs, __m256 dv,
+                                                                            __m256 ov, float *dst) {
+    const __m256i h0 = _mm256_hadd_epi32(_mm256_hadd_epi32(a[0], a[1]), _mm256_hadd_epi32(a[2], a[3]));
+    const __m256i h1 = _mm256_hadd_epi32(_mm256_hadd_epi32(a[4], a[5]), _mm256_hadd_epi32(a[6], a[7]));
+    const __m256i t =
+        _mm256_add_epi32(_mm256_permute2x128_si256(h0, h1, 0x20), _mm256_permute2x128_si256(h0, h1, 0x31));
+    _mm256_storeu_ps(dst, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(t, zs)), dv, ov));
+}
+
+/* the total of one row's 8 int32 partial sums */
+ER_AVX2 static inline __attribute__((always_inline)) int32_t hsum_epi32_avx2(__m256i a) {
+    __m128i z = _mm_add_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
+    z = _mm_add_epi32(z, _mm_shuffle_epi32(z, 0x4e));
+    z = _mm_add_epi32(z, _mm_shuffle_epi32(z, 0xb1));
+    return _mm_cvtsi128_si32(z);
+}
+
 ER_AVX2 static inline __attribute__((always_inline)) void qk_codes_avx2_b(const int16_t *qi, const er_kv_qg *qg,
         int64_t gq, const uint8_t *packed, const int bits, int64_t pb, int64_t n, const int64_t d, float *sc,
         int64_t ss) {  /* bits and d constant where inlined */
@@ -347,18 +344,10 @@ ER_AVX2 static inline __attribute__((always_inline)) void qk_codes_avx2_b(const 
         for (; j + 8 <= n; j += 8) { /* 8 rows, their sums reduced together */
             __m256i a[8];
             for (int r = 0; r < 8; r++) a[r] = dot_row_avx2(q, packed + (j + r) * pb, bits, d);
-            const __m256i h0 = _mm256_hadd_epi32(_mm256_hadd_epi32(a[0], a[1]), _mm256_hadd_epi32(a[2], a[3]));
-            const __m256i h1 = _mm256_hadd_epi32(_mm256_hadd_epi32(a[4], a[5]), _mm256_hadd_epi32(a[6], a[7]));
-            const __m256i t = _mm256_add_epi32(_mm256_permute2x128_si256(h0, h1, 0x20),
-                                               _mm256_permute2x128_si256(h0, h1, 0x31));
-            _mm256_storeu_ps(sc + g * ss + j, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(t, zs)), dv, ov));
+            store8_scores_avx2(a, zs, dv, ov, sc + g * ss + j);
         }
         for (; j < n; j++) {
-            const __m256i a = dot_row_avx2(q, packed + j * pb, bits, d);
-            __m128i z = _mm_add_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
-            z = _mm_add_epi32(z, _mm_shuffle_epi32(z, 0x4e));
-            z = _mm_add_epi32(z, _mm_shuffle_epi32(z, 0xb1));
-            const int32_t t = _mm_cvtsi128_si32(z) - qg[g].zsum;
+            const int32_t t = hsum_epi32_avx2(dot_row_avx2(q, packed + j * pb, bits, d)) - qg[g].zsum;
             sc[g * ss + j] = qg[g].d * (float)t + qg[g].off;
         }
     }
@@ -384,19 +373,10 @@ ER_AVX2 static inline __attribute__((always_inline)) void qk_tile_avx2(const int
         for (; j + 8 <= n; j += 8) {
             __m256i a[8];
             for (int r = 0; r < 8; r++) a[r] = dot16_avx2(q, t + (j + r) * d, d);
-            const __m256i h0 = _mm256_hadd_epi32(_mm256_hadd_epi32(a[0], a[1]), _mm256_hadd_epi32(a[2], a[3]));
-            const __m256i h1 = _mm256_hadd_epi32(_mm256_hadd_epi32(a[4], a[5]), _mm256_hadd_epi32(a[6], a[7]));
-            const __m256i u = _mm256_add_epi32(_mm256_permute2x128_si256(h0, h1, 0x20),
-                                               _mm256_permute2x128_si256(h0, h1, 0x31));
-            _mm256_storeu_ps(sc + g * ss + j, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(u, zs)), dv, ov));
+            store8_scores_avx2(a, zs, dv, ov, sc + g * ss + j);
         }
-        for (; j < n; j++) {
-            const __m256i a = dot16_avx2(q, t + j * d, d);
-            __m128i z = _mm_add_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
-            z = _mm_add_epi32(z, _mm_shuffle_epi32(z, 0x4e));
-            z = _mm_add_epi32(z, _mm_shuffle_epi32(z, 0xb1));
-            sc[g * ss + j] = qg[g].d * (float)(_mm_cvtsi128_si32(z) - qg[g].zsum) + qg[g].off;
-        }
+        for (; j < n; j++)
+            sc[g * ss + j] = qg[g].d * (float)(hsum_epi32_avx2(dot16_avx2(q, t + j * d, d)) - qg[g].zsum) + qg[g].off;
     }
 }
 
@@ -562,7 +542,7 @@ ER_AVX2 static void pv_rows_avx2(float *o, int64_t nr, const float *p, int64_t p
     for (; r < nr; r++) pv_avx2(o + r * d, p + r * ps, rows, n, d);
 }
 
-static const er_kv_ops kv_ops_avx2 = {qk_avx2,         pv_avx2,         exp_sum_avx2, scale_avx2,
+static const er_kv_ops kv_ops_avx2 = {qk_avx2,         pv_avx2,         er_exp_sum_avx2, scale_avx2,
                                       f16_row_avx2,    deq_keys_avx2,   deq_values_avx2,
                                       q_prep_avx2,     qk_codes_avx2,   pv_codes_avx2,
                                       vmax_avx2,       qk_rows_avx2,    pv_rows_avx2};

@@ -229,13 +229,6 @@ static void gg_row_scalar(const gg_job *j, int64_t n) {
 /* ---- AVX2 kernels -------------------------------------------------------------------------------- */
 #if ER_X86
 
-GG_AVX2 static GG_INLINE float gg_hsum_ps(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
 GG_AVX2 static GG_INLINE float gg_h2f(const uint8_t *p) { return _cvtsh_ss(gg_u16(p)); }
 
 /* K-quant super-block in registers: codes of elements 32c..32c+31 in q[c] (unsigned, natural order), the
@@ -403,7 +396,7 @@ GG_AVX2 static GG_INLINE void gk_gemv_avx2(const int type, const gg_job *j, int6
             gk_unpack_avx2(type, row + g * ts, &u, 1, a->q + g * 256, &s);
             acc = gk_fma(type, &u, s, a->bs + g * 16, a->d[g], acc);
         }
-        j->y[n] = gg_hsum_ps(acc);
+        j->y[n] = er_hsum8(acc);
     }
 }
 
@@ -463,7 +456,7 @@ GG_AVX2 static GG_INLINE void gk_gemm_avx2(const int type, const gg_job *j, int6
                                     a->d[tt * a->ngrp + g], acc[t]);
                 }
             }
-            for (int t = 0; t < T; t++) j->y[(t0 + t) * N + n] = gg_hsum_ps(acc[t]);
+            for (int t = 0; t < T; t++) j->y[(t0 + t) * N + n] = er_hsum8(acc[t]);
         }
     }
 }
@@ -631,7 +624,7 @@ GG_AVX2 static GG_INLINE void g32_gemv_avx2(const int type, const gg_job *j, int
         if (tail)
             g32_group_gemv(type, row + 8 * nfull * ts, ts, tail, a->q + 256 * nfull, a->d + 8 * nfull, a->s + 8 * nfull,
                            &acc, &accm);
-        j->y[n] = gg_hsum_ps(acc) + gg_hsum_ps(accm);
+        j->y[n] = er_hsum8(acc) + er_hsum8(accm);
     }
 }
 
@@ -656,7 +649,7 @@ GG_AVX2 static GG_INLINE void g32_gemm_avx2(const int type, const gg_job *j, int
                 for (int t = 0; t < T; t++)
                     g32_fma(g32_dots(&u, q + t * a->qstride), u.fw, u.fm, d + t * na, s + t * na, &acc[t], &acc[t]);
             }
-            for (int t = 0; t < T; t++) j->y[(t0 + t) * N + n] = gg_hsum_ps(acc[t]);
+            for (int t = 0; t < T; t++) j->y[(t0 + t) * N + n] = er_hsum8(acc[t]);
         }
     }
 }
