@@ -22,6 +22,14 @@ ER_AVX2 static inline float er_hsum8(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
+/* sum of the 8 int32 lanes */
+ER_AVX2 static inline int32_t er_hsum8_i32(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+    return _mm_cvtsi128_si32(s);
+}
+
 /* exp(x) for x <= 0 (softmax after the max is subtracted, SiLU/GELU of -|x|): 2^n * p(r), r in [-ln2/2, ln2/2],
  * degree-6 polynomial (Cephes expf coefficients, ~1 ulp); underflows to 0 below -87 */
 ER_AVX2 static inline __m256 er_exp256(__m256 x) {

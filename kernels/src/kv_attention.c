@@ -325,14 +325,6 @@ ER_AVX2 static inline __attribute__((always_inline)) void store8_scores_avx2(con
     _mm256_storeu_ps(dst, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(t, zs)), dv, ov));
 }
 
-/* the total of one row's 8 int32 partial sums */
-ER_AVX2 static inline __attribute__((always_inline)) int32_t hsum_epi32_avx2(__m256i a) {
-    __m128i z = _mm_add_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
-    z = _mm_add_epi32(z, _mm_shuffle_epi32(z, 0x4e));
-    z = _mm_add_epi32(z, _mm_shuffle_epi32(z, 0xb1));
-    return _mm_cvtsi128_si32(z);
-}
-
 ER_AVX2 static inline __attribute__((always_inline)) void qk_codes_avx2_b(const int16_t *qi, const er_kv_qg *qg,
         int64_t gq, const uint8_t *packed, const int bits, int64_t pb, int64_t n, const int64_t d, float *sc,
         int64_t ss) {  /* bits and d constant where inlined */
@@ -347,7 +339,7 @@ ER_AVX2 static inline __attribute__((always_inline)) void qk_codes_avx2_b(const 
             store8_scores_avx2(a, zs, dv, ov, sc + g * ss + j);
         }
         for (; j < n; j++) {
-            const int32_t t = hsum_epi32_avx2(dot_row_avx2(q, packed + j * pb, bits, d)) - qg[g].zsum;
+            const int32_t t = er_hsum8_i32(dot_row_avx2(q, packed + j * pb, bits, d)) - qg[g].zsum;
             sc[g * ss + j] = qg[g].d * (float)t + qg[g].off;
         }
     }
@@ -376,7 +368,7 @@ ER_AVX2 static inline __attribute__((always_inline)) void qk_tile_avx2(const int
             store8_scores_avx2(a, zs, dv, ov, sc + g * ss + j);
         }
         for (; j < n; j++)
-            sc[g * ss + j] = qg[g].d * (float)(hsum_epi32_avx2(dot16_avx2(q, t + j * d, d)) - qg[g].zsum) + qg[g].off;
+            sc[g * ss + j] = qg[g].d * (float)(er_hsum8_i32(dot16_avx2(q, t + j * d, d)) - qg[g].zsum) + qg[g].off;
     }
 }
 

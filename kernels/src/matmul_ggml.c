@@ -102,13 +102,6 @@ GG_AVX2 static GG_INLINE __m256i gg_q32(const float *v, __m256 id, int8_t *q) {
     return _mm256_add_epi32(_mm256_add_epi32(a, b), _mm256_add_epi32(c, d));
 }
 
-GG_AVX2 static GG_INLINE int gg_hsum_i32(__m256i v) {
-    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
-    return _mm_cvtsi128_si32(s);
-}
-
 GG_AVX2 static GG_INLINE float gg_hmax(__m256 m) {
     __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
     h = _mm_max_ps(h, _mm_movehl_ps(h, h));
@@ -146,8 +139,8 @@ GG_AVX2 static void gg_quant_row_avx2(const float *x, int64_t k, int kq, int64_t
                 __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(a, b), _mm256_packs_epi32(c, e));
                 _mm256_storeu_si256((__m256i *)(qg + 32 * j),
                                     _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
-                bs[g * 16 + 2 * j] = (int16_t)gg_hsum_i32(_mm256_add_epi32(a, b));
-                bs[g * 16 + 2 * j + 1] = (int16_t)gg_hsum_i32(_mm256_add_epi32(c, e));
+                bs[g * 16 + 2 * j] = (int16_t)er_hsum8_i32(_mm256_add_epi32(a, b));
+                bs[g * 16 + 2 * j + 1] = (int16_t)er_hsum8_i32(_mm256_add_epi32(c, e));
             }
         } else {
             for (int b = 0; b < 8; b++) {
@@ -160,7 +153,7 @@ GG_AVX2 static void gg_quant_row_avx2(const float *x, int64_t k, int kq, int64_t
                 const float db = _cvtsh_ss(_cvtss_sh(amax / 127.0f, 0));
                 const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
                 int8_t tmp[32];
-                const int sum = gg_hsum_i32(gg_q32(vb, _mm256_set1_ps(id), tmp));
+                const int sum = er_hsum8_i32(gg_q32(vb, _mm256_set1_ps(id), tmp));
                 int8_t *o = qg + 64 * (b >> 1) + 16 * (b & 1); /* pair layout (see g32_pdot) */
                 memcpy(o, tmp, 16);
                 memcpy(o + 32, tmp + 16, 16);
