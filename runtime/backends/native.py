@@ -116,8 +116,7 @@ class NativeModel:
         self.head_name = "token_embd.weight" if tied else "output.weight"
         self.head = None if self.src.stream_globals else self.src.global_weight(self.head_name)
         self._build_decode()
-        self._rope_tabs: dict = {}  # RoPE cos/sin of the current prefill, per (theta, scale)
-        self._pos_tabs: dict = {}  # the same for the ring cache's rope hook, per (theta, scale, positions)
+        self._rope_tabs: dict = {}  # RoPE cos/sin of the current forward, per (theta, scale, positions)
 
     # --- hooks shared with the reference
     def window(self, layer: int):
@@ -173,14 +172,14 @@ class NativeModel:
         self._build_fused()
 
     def _rope_at(self, pos: np.ndarray, theta: float, scale: float):
-        """cos/sin tables of positions `pos` for this forward (cached: every layer of a chunk rotates the same
-        positions; Gemma-3 has two bases)."""
-        key = (theta, scale, int(pos[0]), len(pos), pos.tobytes())
-        tabs = self._pos_tabs.get(key)
+        """cos/sin tables of positions `pos` (cached: every layer of a forward rotates the same positions, and
+        Gemma-3 has two bases)."""
+        key = (theta, scale, pos.tobytes())
+        tabs = self._rope_tabs.get(key)
         if tabs is None:
-            if len(self._pos_tabs) >= 8:  # decode steps never reset it: keep it small
-                self._pos_tabs.clear()
-            tabs = self._pos_tabs[key] = rope_tables(pos, self.args.head_dim, theta, scale)
+            if len(self._rope_tabs) >= 8:  # decode steps of the ring cache never reset it: keep it small
+                self._rope_tabs.clear()
+            tabs = self._rope_tabs[key] = rope_tables(pos, self.args.head_dim, theta, scale)
         return tabs
 
     def _build_fused(self) -> None:
@@ -405,11 +404,7 @@ class NativeModel:
         if isinstance(cache, SinkWindowKVCache):  # rotates q/k itself, attends sinks + window + block
             o = cache.attend(i, q, k, v, self.layers[i]["rope"], pos, self.scale)
         else:  # full cache: causal attention of the block over the cache in one threaded kernel call
-            key = (self.ref.rope_theta(i), self.ref.rope_scale(i))  # one table per base in a forward (2 on Gemma-3)
-            tabs = self._rope_tabs.get(key)
-            if tabs is None:
-                tabs = self._rope_tabs[key] = rope_tables(pos, a.head_dim, *key)
-            cos, sin = tabs
+            cos, sin = self._rope_at(pos, self.ref.rope_theta(i), self.ref.rope_scale(i))
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
             n0, n1 = int(pos[0]), int(pos[-1]) + 1
             cache.k[i][:, n0:n1] = k
@@ -440,7 +435,7 @@ class NativeModel:
         if not isinstance(cache, SinkWindowKVCache):
             cache.reserve(int(pos[-1]) + 1)
         x = self.embed(tokens)  # (T, dim)
-        self._rope_tabs, self._pos_tabs = {}, {}
+        self._rope_tabs = {}
         for i in range(self.args.n_layers):
             x = self._block(i, x, cache, pos)
         cache.advance(len(tokens))
