@@ -18,8 +18,8 @@ costs nothing until a kernel is needed.
 from __future__ import annotations
 
 _OPS = (
-    "Weight", "as_weight", "matmul", "matmul_multi", "rmsnorm", "rope_neox", "softmax", "silu", "gelu_tanh", "mul",
-    "silu_mul", "gelu_mul", "attention", "attention_prefill", "set_num_threads", "get_num_threads",
+    "Weight", "as_weight", "matmul", "matmul_multi", "rmsnorm", "rope_neox", "rope_rows", "softmax", "silu",
+    "gelu_tanh", "mul", "silu_mul", "gelu_mul", "attention", "attention_prefill", "set_num_threads", "get_num_threads",
     "layer_norm", "gelu_erf", "attention_seg2", "set_spin_us", "set_isa", "get_isa", "use_isa", "isa_supported",
     "available_isas", "supported_formats",
 )

@@ -83,6 +83,7 @@ _SIGNATURES = {
     "er_ggml_type_size": (c_int, [c_int]),
     "er_rmsnorm": (None, [c_void_p, c_void_p, c_void_p, c_int64, c_int64, c_float]),
     "er_rope_neox": (None, [c_void_p, c_int64, c_int64, c_int64, c_float, c_float]),
+    "er_rope_rows": (None, [c_void_p, c_int64, c_int64, c_int64, c_void_p, c_void_p]),
     "er_softmax": (None, [c_void_p, c_int64, c_int64]),
     "er_silu": (None, [c_void_p, c_void_p, c_int64]),
     "er_gelu_tanh": (None, [c_void_p, c_void_p, c_int64]),

@@ -241,6 +241,21 @@ def rope_neox(x: np.ndarray, pos: int, theta: float = 10000.0, freq_scale: float
     return x
 
 
+def rope_rows(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """In-place NEOX RoPE of x (T, n_heads, head_dim), row t by the tables cos/sin (T, head_dim/2) float32
+    (``runtime.models.base.rope_tables``); returns x. The same floats as ``base.apply_rope``."""
+    _f32(x, "x")
+    if x.ndim != 3 or x.shape[2] % 2:
+        raise ValueError(f"x must be (T, n_heads, head_dim) with an even head_dim; got {x.shape}")
+    t, h, d = x.shape
+    cos = np.ascontiguousarray(cos, np.float32)
+    sin = np.ascontiguousarray(sin, np.float32)
+    if cos.shape != (t, d // 2) or sin.shape != cos.shape:
+        raise ValueError(f"cos/sin must be ({t}, {d // 2}); got {cos.shape}, {sin.shape}")
+    lib.er_rope_rows(_ptr(x), t, h, d, _ptr(cos), _ptr(sin))
+    return x
+
+
 def softmax(x: np.ndarray) -> np.ndarray:
     """In-place softmax over the last axis of x; returns x."""
     _f32(x, "x")

@@ -104,6 +104,15 @@ def rope_neox(x: np.ndarray, pos: int, theta: float = 10000.0, freq_scale: float
     return np.concatenate([a * c - b * s, a * s + b * c], axis=-1).astype(np.float32)
 
 
+def rope_rows(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """Rotate-half RoPE of x (T, n_heads, head_dim), row t by cos/sin (T, head_dim/2): float32 products and sums
+    in ``base.apply_rope``'s order (the kernel gives these floats exactly)."""
+    half = x.shape[-1] // 2
+    c, s = cos[:, None, :], sin[:, None, :]
+    a, b = x[..., :half], x[..., half:]
+    return np.concatenate([a * c - b * s, b * c + a * s], axis=-1).astype(np.float32)
+
+
 def softmax(x: np.ndarray) -> np.ndarray:
     """Row softmax over the last axis."""
     e = np.exp(np.asarray(x, np.float64) - np.max(x, axis=-1, keepdims=True))

@@ -12,6 +12,7 @@ from edgerun.kernels import (
     registry,
     rmsnorm,
     rope_neox,
+    rope_rows,
     set_num_threads,
     silu,
     silu_mul,
@@ -64,6 +65,23 @@ def test_rope_neox(head_dim, pos):
     y = rope_neox(x.copy(), pos, 10000.0)
     h = head_dim // 2
     np.testing.assert_allclose(y[:, :h] ** 2 + y[:, h:] ** 2, x[:, :h] ** 2 + x[:, h:] ** 2, rtol=1e-5)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("head_dim", [64, 128, 6, 20])
+def test_rope_rows_equals_apply_rope(isa, head_dim):
+    """The prefill's RoPE from tables: bit for bit the floats of base.apply_rope (the numpy path it replaces)."""
+    from edgerun.runtime.models.base import apply_rope, rope_tables
+
+    rng = np.random.default_rng(head_dim)
+    t, h = 37, 5
+    x = (rng.standard_normal((t, h, head_dim)) * 3).astype(np.float32)
+    cos, sin = rope_tables(np.arange(100, 100 + t), head_dim, 10000.0, 1.0)
+    want = apply_rope(x.transpose(1, 0, 2), cos, sin).transpose(1, 0, 2)
+    with use_isa(isa):
+        got = rope_rows(x.copy(), cos, sin)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(ref.rope_rows(x, cos, sin), want)
 
 
 @pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])

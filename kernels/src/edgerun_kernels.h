@@ -75,6 +75,10 @@ void er_rmsnorm(const float *x, const float *w, float *out, int64_t rows, int64_
 /* NEOX / rotate-half RoPE in place on x (n_heads, head_dim): pairs (i, i + head_dim/2),
  * angle = pos * freq_scale * theta^(-2i/head_dim) */
 void er_rope_neox(float *x, int64_t n_heads, int64_t head_dim, int64_t pos, float theta, float freq_scale);
+/* NEOX RoPE in place on x (rows, n_heads, head_dim) from tables: row t rotated by cos_t/sin_t (rows, head_dim/2)
+ * (runtime/models/base.py rope_tables; a prefill block's positions); the products and sums of base.apply_rope,
+ * without FMA, so the same floats */
+void er_rope_rows(float *x, int64_t rows, int64_t n_heads, int64_t head_dim, const float *cos_t, const float *sin_t);
 void er_softmax(float *x, int64_t rows, int64_t n);                /* in place, per row */
 void er_silu(const float *x, float *out, int64_t n);
 void er_gelu_tanh(const float *x, float *out, int64_t n);

@@ -163,6 +163,52 @@ void er_rope_neox(float *x, int64_t n_heads, int64_t head_dim, int64_t pos, floa
     }
 }
 
+#if ER_X86
+/* the same products and sums as the scalar loop (no FMA): the floats of numpy's apply_rope */
+ER_AVX2 static void rope_rows_avx2(float *x, int64_t rows, int64_t n_heads, int64_t half, const float *cs,
+                                   const float *sn) {
+    for (int64_t t = 0; t < rows; t++) {
+        const float *c = cs + t * half, *s = sn + t * half;
+        for (int64_t h = 0; h < n_heads; h++) {
+            float *a = x + (t * n_heads + h) * 2 * half, *b = a + half;
+            int64_t i = 0;
+            for (; i + 8 <= half; i += 8) {
+                const __m256 av = _mm256_loadu_ps(a + i), bv = _mm256_loadu_ps(b + i);
+                const __m256 cv = _mm256_loadu_ps(c + i), sv = _mm256_loadu_ps(s + i);
+                _mm256_storeu_ps(a + i, _mm256_sub_ps(_mm256_mul_ps(av, cv), _mm256_mul_ps(bv, sv)));
+                _mm256_storeu_ps(b + i, _mm256_add_ps(_mm256_mul_ps(bv, cv), _mm256_mul_ps(av, sv)));
+            }
+            for (; i < half; i++) {
+                const float ai = a[i], bi = b[i];
+                a[i] = ai * c[i] - bi * s[i];
+                b[i] = bi * c[i] + ai * s[i];
+            }
+        }
+    }
+}
+#endif
+
+void er_rope_rows(float *x, int64_t rows, int64_t n_heads, int64_t head_dim, const float *cos_t, const float *sin_t) {
+    const int64_t half = head_dim / 2;
+#if ER_X86
+    if (er_get_isa() == ER_ISA_AVX2) {
+        rope_rows_avx2(x, rows, n_heads, half, cos_t, sin_t);
+        return;
+    }
+#endif
+    for (int64_t t = 0; t < rows; t++) {
+        const float *c = cos_t + t * half, *s = sin_t + t * half;
+        for (int64_t h = 0; h < n_heads; h++) {
+            float *a = x + (t * n_heads + h) * head_dim, *b = a + half;
+            for (int64_t i = 0; i < half; i++) {
+                const float ai = a[i], bi = b[i];
+                a[i] = ai * c[i] - bi * s[i];
+                b[i] = bi * c[i] + ai * s[i];
+            }
+        }
+    }
+}
+
 void er_softmax(float *x, int64_t rows, int64_t n) {
 #if defined(__aarch64__) /* ops_neon.c */
     if (er_get_isa() == ER_ISA_NEON) { er_softmax_neon(x, rows, n); return; }

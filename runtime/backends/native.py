@@ -162,6 +162,8 @@ class NativeModel:
                 # numpy RoPE at absolute positions (the cache's own attention: prefill, KIVI layouts); the tables
                 # are made once per forward and base, not once per layer
                 "rope": lambda x, p, t=theta, r=rs: apply_rope(x, *self._rope_at(p, t, r)),
+                # the tables alone (the native ring cache rotates in C, er_rope_rows)
+                "tabs": lambda p, t=theta, r=rs: self._rope_at(p, t, r),
             }  # fmt: skip
             if self.gemma:
                 for n in ("attn_q_norm", "attn_k_norm", "post_attention_norm", "post_ffw_norm"):
@@ -395,24 +397,42 @@ class NativeModel:
         q, k, v = self.k.matmul_multi([W["wq"], W["wk"], W["wv"]], h)  # x quantized once, one parallel job
         if pre + "attn_q.bias" in self.V:
             q, k, v = (m + self.V[pre + f"attn_{t}.bias"] for m, t in zip((q, k, v), "qkv", strict=True))
+        if isinstance(cache, SinkWindowKVCache) and cache.native:  # rows as the projections give them, RoPE in C
+            q, k, v = (m.reshape(T, n, a.head_dim) for m, n in zip((q, k, v), (a.n_heads, a.n_kv_heads, a.n_kv_heads),
+                                                                    strict=True))  # fmt: skip
+            if self.gemma:
+                q = self._norm(q, pre + "attn_q_norm.weight")
+                k = self._norm(k, pre + "attn_k_norm.weight")
+            o = cache.attend_rows(i, q, k, v, self.layers[i]["tabs"], pos, self.scale)  # (T, n_heads, hd)
+            return self._block_out(i, W, x, o.reshape(T, a.n_heads * a.head_dim))
+        if not isinstance(cache, SinkWindowKVCache):  # full cache: RoPE in C on the rows, one attention call
+            q, k, v = (m.reshape(T, n, a.head_dim) for m, n in zip((q, k, v), (a.n_heads, a.n_kv_heads, a.n_kv_heads),
+                                                                    strict=True))  # fmt: skip
+            if self.gemma:
+                q = self._norm(q, pre + "attn_q_norm.weight")
+                k = self._norm(k, pre + "attn_k_norm.weight")
+            cos, sin = self._rope_at(pos, self.ref.rope_theta(i), self.ref.rope_scale(i))
+            self.k.rope_rows(q, cos, sin)
+            self.k.rope_rows(k, cos, sin)
+            n0, n1 = int(pos[0]), int(pos[-1]) + 1
+            cache.k[i][:, n0:n1] = k.transpose(1, 0, 2)
+            cache.v[i][:, n0:n1] = v.transpose(1, 0, 2)
+            o = self.k.attention_prefill(q, cache.k[i], cache.v[i], n0, self.scale, window=self.window(i))
+            return self._block_out(i, W, x, o.reshape(T, a.n_heads * a.head_dim))
         q = q.reshape(T, a.n_heads, a.head_dim).transpose(1, 0, 2)  # (n_heads, T, hd)
         k = k.reshape(T, a.n_kv_heads, a.head_dim).transpose(1, 0, 2)  # (n_kv, T, hd)
         v = v.reshape(T, a.n_kv_heads, a.head_dim).transpose(1, 0, 2)
         if self.gemma:
             q = self._norm(q, pre + "attn_q_norm.weight")
             k = self._norm(k, pre + "attn_k_norm.weight")
-        if isinstance(cache, SinkWindowKVCache):  # rotates q/k itself, attends sinks + window + block
-            o = cache.attend(i, q, k, v, self.layers[i]["rope"], pos, self.scale)
-        else:  # full cache: causal attention of the block over the cache in one threaded kernel call
-            cos, sin = self._rope_at(pos, self.ref.rope_theta(i), self.ref.rope_scale(i))
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-            n0, n1 = int(pos[0]), int(pos[-1]) + 1
-            cache.k[i][:, n0:n1] = k
-            cache.v[i][:, n0:n1] = v
-            q = np.ascontiguousarray(q.transpose(1, 0, 2))  # (T, n_heads, hd)
-            o = self.k.attention_prefill(q, cache.k[i], cache.v[i], n0, self.scale, window=self.window(i))
-            o = o.transpose(1, 0, 2)  # (n_heads, T, hd), as the ring cache returns it
+        o = cache.attend(i, q, k, v, self.layers[i]["rope"], pos, self.scale)  # numpy cache (kv_bits 32)
         o = np.ascontiguousarray(o.transpose(1, 0, 2).reshape(T, a.n_heads * a.head_dim))
+        return self._block_out(i, W, x, o)
+
+    def _block_out(self, i: int, W: dict, x: np.ndarray, o: np.ndarray) -> np.ndarray:
+        """The rest of block i after attention: o (T, n_heads * hd) through the output projection, the residual,
+        the FFN."""
+        pre = f"blk.{i}."
         o = self._mm(W["wo"], o)
         if self.gemma:
             o = self._norm(o, pre + "post_attention_norm.weight")

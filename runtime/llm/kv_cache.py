@@ -160,6 +160,13 @@ class _LayerKV:
         if not self.quant:
             rest = rest[-self.W :]  # older ones would be overwritten in the same call
             slot = (pos[rest] - s) % self.W
+            n = slot.size
+            if int(slot[-1]) - int(slot[0]) == n - 1 and int(rest[-1]) - int(rest[0]) == n - 1:  # one run of slots
+                a0, r0 = int(slot[0]), int(rest[0])
+                self.win_k[:, a0 : a0 + n] = k[:, r0 : r0 + n]
+                self.win_v[:, a0 : a0 + n] = v[:, r0 : r0 + n]
+                self.win_pos[a0 : a0 + n] = pos[r0 : r0 + n]
+                return
             self.win_k[:, slot] = k[:, rest]
             self.win_v[:, slot] = v[:, rest]
             self.win_pos[slot] = pos[rest]
@@ -394,6 +401,52 @@ class SinkWindowKVCache:
             out[:, c0:c1] = self._attend_chunk(
                 layer, q[:, c0:c1], k[:, c0:c1], v[:, c0:c1], rope, pos[c0:c1], scale, softcap
             )
+        return out
+
+    def attend_rows(self, layer: int, q: np.ndarray, k: np.ndarray, v: np.ndarray, tables, pos: np.ndarray,
+                    scale: float | None = None, softcap: float | None = None) -> np.ndarray:
+        """:meth:`attend` for native caches on the block as the projections give it, with the same floats.
+
+        q (T, n_heads, hd), k, v (T, n_kv, hd) float32 C-contiguous, un-rotated; q and k are rotated in place (C,
+        ``er_rope_rows``) by the tables ``tables(pos) -> (cos, sin)`` (T, hd/2) (None: no RoPE). pos: (T,)
+        consecutive absolute positions. Returns (T, n_heads, hd) — the layout the output projection reads, so the
+        block makes no transposed copies of q or of the output."""
+        from edgerun.kernels import ops
+
+        if not self.native:
+            raise ValueError("attend_rows needs a native cache")
+        t = q.shape[0]
+        pos = np.asarray(pos, np.int64)
+        lay = self.layers[layer]
+        sp = lay.spec
+        s, w = sp.sinks, sp.window
+        scale = 1.0 / math.sqrt(sp.head_dim) if scale is None else scale
+        out = np.empty(q.shape, np.float32)
+        cos, sin = (None, None) if tables is None else tables(pos)
+        cuts = {0, t, *range(0, t, self.chunk)}
+        if pos[0] < s < pos[-1] + 1:  # a block holding sink positions never reaches past them
+            cuts.add(int(s - pos[0]))
+        cuts = sorted(cuts)
+        c = lay.kivi(self._qsink)
+        for c0, c1 in zip(cuts[:-1], cuts[1:], strict=False):
+            p = pos[c0:c1]
+            qc, kc = q[c0:c1], k[c0:c1]
+            qs = None
+            if s and tables is not None and p[-1] > s + w - 1:  # sinks: the query at its in-cache position
+                qs = self._qsink[: qc.size].reshape(qc.shape)
+                qs[...] = qc
+                ops.rope_rows(qs, *tables(np.minimum(p, s + w - 1)))
+            if tables is not None:
+                ops.rope_rows(qc, cos[c0:c1], sin[c0:c1])
+                ops.rope_rows(kc, cos[c0:c1], sin[c0:c1])
+            kr = np.ascontiguousarray(kc.transpose(1, 0, 2))  # (n_kv, T, hd)
+            vr = np.ascontiguousarray(v[c0:c1].transpose(1, 0, 2))
+            ops.kivi_attention(c, qc, kr, vr, int(p[0]), scale, softcap or 0.0, q_sink=qs, out=out[c0:c1])
+            if lay.quant:
+                ops.kivi_store(c, kr, vr, int(p[0]))
+            else:
+                lay.write(kr, vr, p)
+            self.seen[layer] = int(p[-1]) + 1
         return out
 
     def kivi(self, layer: int):
