@@ -133,6 +133,39 @@ def test_native_cache_equals_numpy_cache(bits):
     np.testing.assert_allclose(outs[1], outs[0], atol=1e-4 * np.abs(outs[0]).max())
 
 
+@pytest.mark.parametrize("bits", [16, 8, 4])
+def test_attend_rows_equals_attend(bits):
+    """attend_rows (the native backend's prefill: (T, heads, hd) rows, RoPE from tables in C, in place) gives the
+    floats of attend (heads-first blocks, numpy RoPE), through the sink cut, eviction and a wrapped ring."""
+    from edgerun.runtime.models.base import apply_rope, rope_tables
+
+    rng = np.random.default_rng(bits)
+    nh, nkv, hd, t = 6, 2, 64, 170
+    q = rng.standard_normal((t, nh, hd)).astype(np.float32)
+    k = rng.standard_normal((t, nkv, hd)).astype(np.float32)
+    v = rng.standard_normal((t, nkv, hd)).astype(np.float32)
+
+    def tabs(pos):
+        return rope_tables(np.asarray(pos), hd, 10000.0)
+
+    def rope(x, pos):
+        return apply_rope(x, *tabs(pos))
+
+    spec = [LayerSpec(nh, nkv, hd, 48, 4)]
+    a = SinkWindowKVCache(spec, bits=bits, group=16, chunk=32)
+    b = SinkWindowKVCache(spec, bits=bits, group=16, chunk=32)
+    p = 0
+    for n in [37, 1, 70, 2, 60]:
+        sl = slice(p, p + n)
+        want = a.attend(0, q[sl].transpose(1, 0, 2), k[sl].transpose(1, 0, 2), v[sl].transpose(1, 0, 2), rope, p)
+        got = b.attend_rows(0, q[sl].copy(), k[sl].copy(), v[sl].copy(), tabs, np.arange(p, p + n))
+        np.testing.assert_array_equal(got, want.transpose(1, 0, 2))
+        p += n
+    for name in ("sink_k", "sink_v", "kv_k", "kv_v", "qk", "qv", "res_k", "res_v"):
+        if hasattr(a.layers[0], name):
+            np.testing.assert_array_equal(getattr(b.layers[0], name), getattr(a.layers[0], name))
+
+
 @pytest.mark.slow
 def test_bench_context_runs_every_kv_width(tmp_path, smollm2_gguf):
     """`edgerun bench --context`: prefill then decode at the context, per KV width, the cache's real size reported."""
