@@ -129,7 +129,8 @@ def test_registry():
 @pytest.mark.parametrize("kv_dtype", [np.float32, np.float16])
 @pytest.mark.parametrize("h,hkv,d,t,p0,s,window", [(9, 3, 64, 37, 0, 40, None), (4, 4, 8, 1, 0, 1, None),
                                                    (8, 1, 64, 20, 100, 130, None), (6, 2, 70, 33, 5, 40, 9),
-                                                   (2, 1, 16, 64, 0, 64, 1)])
+                                                   (2, 1, 16, 64, 0, 64, 1), (9, 3, 64, 150, 70, 230, 100),
+                                                   (9, 3, 64, 200, 0, 210, None)])
 @pytest.mark.parametrize("softcap", [0.0, 5.0])
 def test_attention_prefill(isa, kv_dtype, h, hkv, d, t, p0, s, window, softcap, threads):
     rng = np.random.default_rng(h * d + t + p0)
@@ -143,11 +144,12 @@ def test_attention_prefill(isa, kv_dtype, h, hkv, d, t, p0, s, window, softcap, 
     want = ref.attention_prefill(q, k, v, p0, scale, softcap, window)
     np.testing.assert_allclose(out, want, rtol=1e-4, atol=2e-5)
     np.testing.assert_array_equal(flat, out)
-    # the last query equals one decode step at that position
+    # the last query equals one decode step at that position (up to float order: on AVX2 the prefill's query blocks
+    # run an online softmax over key tiles, the decode step one softmax over all keys)
     if window is None:
         with use_isa(isa):
             last = attention(np.ascontiguousarray(q[-1]), k, v, p0 + t, scale, softcap)
-        np.testing.assert_allclose(out[-1], last, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(out[-1], last, rtol=1e-5, atol=1e-6)
 
 
 def test_attention_prefill_rejects_short_cache():

@@ -54,6 +54,13 @@ typedef struct er_kv_ops {
     void (*pv_rows)(float *o, int64_t nr, const float *p, int64_t ps, const float *rows, int64_t n, int64_t d);
 } er_kv_ops;
 
+/* causal GQA prefill attention over a plain (n_kv, kv_stride, hd) f32 / f16 cache (er_attention_prefill's
+ * arguments) with the ops of `isa`: queries in blocks that share every key / value tile (kv_attention.c). Returns 0,
+ * -3 out of memory, 1 when not taken (more than KV_MAXG query heads per kv head). */
+int er_kv_prefill_plain(int isa, const float *q, const void *k, const void *v, float *out, int64_t n_heads,
+                        int64_t n_kv_heads, int64_t head_dim, int64_t T, int64_t p0, int64_t kv_stride, int kv_f16,
+                        float scale, float softcap, int64_t window);
+
 #if defined(__aarch64__)
 extern const er_kv_ops er_kv_ops_neon; /* kv_attention_neon.c */
 #endif

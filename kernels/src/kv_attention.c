@@ -932,6 +932,129 @@ int er_kivi_attention(const er_kivi *c, const float *q, const float *q_sink, con
     return 0;
 }
 
+/* ---- causal prefill over a plain f32 / f16 cache (er_attention_prefill's x86 path) ---------------------------
+ * The same scheme as kv_task on one contiguous segment list: items are (block of qb queries, kv head); the keys
+ * p_first .. the block's last position go in tiles of KV_TILE rows (f16 made f32 once per tile), each tile scored by
+ * the block's qb x G (query, head) rows (qk_rows: every key row loaded serves three rows), an online softmax, the
+ * values the same way (pv_rows). Each key and value row is read once per block instead of once per query. */
+
+typedef struct {
+    const er_kv_ops *ops;
+    const float *q; /* (T, H, D), scaled */
+    const char *k, *v;
+    float *out, *scratch;
+    int64_t nh, gq, hd, T, p0, stride, window, qb, nqb, scratch_per_thread;
+    int f16;
+    float softcap;
+} pf_ctx;
+
+static void pf_task(void *vc, int64_t start, int64_t end, int tid) {
+    const pf_ctx *x = (const pf_ctx *)vc;
+    const er_kv_ops *ops = x->ops;
+    const int64_t hd = x->hd, gq = x->gq, qb = x->qb, nkv = x->nh / gq, W = x->window, es = x->f16 ? 2 : 4;
+    float *tile = x->scratch + (int64_t)tid * x->scratch_per_thread; /* (KV_TILE, hd) f32 rows of an f16 cache */
+    float *sc = tile + KV_TILE * hd;                                 /* (qb * gq, KV_TILE) scores, then weights */
+    float *m = sc + qb * gq * KV_TILE, *l = m + qb * gq, *o = l + qb * gq; /* (qb * gq), (qb * gq), (qb * gq, hd) */
+    for (int64_t it = start; it < end; it++) {
+        /* blocks interleaved short / long (0, last, 1, last - 1, ...): contiguous items cost about the same */
+        const int64_t j = it / nkv, h = it % nkv;
+        const int64_t tb = (j & 1) ? x->nqb - 1 - (j >> 1) : (j >> 1);
+        const int64_t t0 = tb * qb, nt = x->T - t0 < qb ? x->T - t0 : qb, R = nt * gq;
+        const int64_t plo = x->p0 + t0, phi = plo + nt - 1; /* the block's first and last query positions */
+        for (int64_t r = 0; r < R; r++) m[r] = -INFINITY, l[r] = 0.0f;
+        memset(o, 0, sizeof(float) * (size_t)(R * hd));
+        const int64_t kfirst = W > 0 && plo + 1 > W ? plo + 1 - W : 0;
+        const char *kb = x->k + h * x->stride * hd * es, *vb = x->v + h * x->stride * hd * es;
+        for (int64_t j0 = kfirst; j0 <= phi; j0 += KV_TILE) {
+            const int64_t n = phi + 1 - j0 < KV_TILE ? phi + 1 - j0 : KV_TILE;
+            const float *kr = (const float *)(kb + j0 * hd * es);
+            if (x->f16) {
+                ops->f16_row((const uint16_t *)(kb + j0 * hd * es), tile, n * hd);
+                kr = tile;
+            }
+            for (int64_t t = t0; t < t0 + nt; t++) {
+                const int64_t p = x->p0 + t;
+                const int64_t lo = W > 0 && p + 1 > W ? p + 1 - W : 0; /* query p sees keys lo .. p */
+                const int64_t a0 = lo > j0 ? lo - j0 : 0, a1 = p - j0 + 1 < n ? p - j0 + 1 : n; /* [a0, a1) of tile */
+                float *st = sc + (t - t0) * gq * KV_TILE;
+                if (a1 <= a0) { /* nothing for this query here: zero weights */
+                    for (int64_t g = 0; g < gq; g++) memset(st + g * KV_TILE, 0, sizeof(float) * (size_t)n);
+                    continue;
+                }
+                const float *qt = x->q + (t * x->nh + h * gq) * hd;
+                if (ops->qk_rows)
+                    ops->qk_rows(qt, gq, kr, n, hd, st, KV_TILE);
+                else
+                    for (int64_t g = 0; g < gq; g++) ops->qk(qt + g * hd, kr, n, hd, st + g * KV_TILE);
+                const int full = a0 == 0 && a1 == n;
+                for (int64_t g = 0; g < gq; g++) {
+                    const int64_t r = (t - t0) * gq + g;
+                    float *sg = st + g * KV_TILE;
+                    float mx = -INFINITY;
+                    if (full && !(x->softcap > 0.0f))
+                        mx = ops->vmax(sg, n, mx);
+                    else
+                        for (int64_t i = 0; i < n; i++) {
+                            if (i < a0 || i >= a1) {
+                                sg[i] = -INFINITY;
+                                continue;
+                            }
+                            float v = sg[i];
+                            if (x->softcap > 0.0f) v = x->softcap * tanhf(v / x->softcap);
+                            sg[i] = v;
+                            mx = v > mx ? v : mx;
+                        }
+                    const float mnew = mx > m[r] ? mx : m[r];
+                    if (m[r] > -INFINITY && mnew > m[r]) { /* rescale what was summed under the old max */
+                        const float corr = expf(m[r] - mnew);
+                        l[r] *= corr;
+                        ops->scale(o + r * hd, hd, corr);
+                    }
+                    m[r] = mnew;
+                    l[r] += ops->exp_sum(sg, n, mnew);
+                }
+            }
+            const float *vr = (const float *)(vb + j0 * hd * es);
+            if (x->f16) {
+                ops->f16_row((const uint16_t *)(vb + j0 * hd * es), tile, n * hd);
+                vr = tile;
+            }
+            if (ops->pv_rows)
+                ops->pv_rows(o, R, sc, KV_TILE, vr, n, hd);
+            else
+                for (int64_t r = 0; r < R; r++) ops->pv(o + r * hd, sc + r * KV_TILE, vr, n, hd);
+        }
+        for (int64_t r = 0; r < R; r++) {
+            const int64_t t = t0 + r / gq, g = r % gq;
+            float *dst = x->out + (t * x->nh + h * gq + g) * hd;
+            const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
+            for (int64_t i = 0; i < hd; i++) dst[i] = o[r * hd + i] * inv;
+        }
+    }
+}
+
+int er_kv_prefill_plain(int isa, const float *q, const void *k, const void *v, float *out, int64_t n_heads,
+                        int64_t n_kv_heads, int64_t head_dim, int64_t T, int64_t p0, int64_t kv_stride, int kv_f16,
+                        float scale, float softcap, int64_t window) {
+    const int64_t gq = n_heads / n_kv_heads;
+    if (gq > KV_MAXG) return 1; /* not taken: the caller's per-query kernel */
+    pf_ctx x = {.ops = kv_ops_for(isa), .k = (const char *)k, .v = (const char *)v, .out = out, .nh = n_heads,
+                .gq = gq, .hd = head_dim, .T = T, .p0 = p0, .stride = kv_stride, .window = window, .f16 = kv_f16 ? 1 : 0,
+                .softcap = softcap};
+    x.qb = KV_QROWS / gq < 1 ? 1 : KV_QROWS / gq;
+    if (x.qb > T) x.qb = T;
+    x.nqb = (T + x.qb - 1) / x.qb;
+    const int64_t nt = er_get_num_threads(), nq = T * n_heads * head_dim, rows = x.qb * gq;
+    x.scratch_per_thread = KV_TILE * head_dim + rows * KV_TILE + rows * (head_dim + 2) + 16;
+    float *buf = (float *)malloc(sizeof(float) * (size_t)(nq + nt * x.scratch_per_thread));
+    if (!buf) return -3;
+    for (int64_t i = 0; i < nq; i++) buf[i] = q[i] * scale; /* the queries scaled once */
+    x.q = buf, x.scratch = buf + nq;
+    er_parallel_for(x.nqb * n_kv_heads, 1, pf_task, &x);
+    free(buf);
+    return 0;
+}
+
 /* ---- store ----------------------------------------------------------------------------------------- */
 
 /* quant/kv.py _quant over n values x[i * stride] (f16): writes codes (one byte each) and scale/min f16; with

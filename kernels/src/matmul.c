@@ -594,6 +594,7 @@ ER_AVX2 static float qtail_avx2(const er_weight *w, const qrow *r, const actq *a
 #endif
 #define QT_MAXT 32 /* tokens per tile */
 #define QT_MAXR 4  /* rows per tile */
+#define QT_TOKB 128 /* tokens per block of the GEMM (a multiple of QT_MAXT) */
 
 /* weight-side vectors of chunk c of one row: scales (lane order) and zero points (lane order) */
 ER_AVX2 static ER_INLINE __m256 chunk_wscales_full(const uint16_t *s, int per, __m256i sidx) {
@@ -1135,14 +1136,19 @@ static void mm_task(void *vctx, int64_t start, int64_t end, int tid) {
             for (; n < end; n++) (b4 ? qtile_b4_r1t1 : qtile_b2_r1t1)(w, &c->a, n, 0, c->y + n, N);
             return;
         }
-        /* GEMM: a tile of 4 rows stays in L1 while it meets every token, QT_MAXT tokens at a time */
-        for (int64_t n = start; n < end;) {
-            int R = (end - n >= 4) ? 4 : 1;
-            for (int64_t t = 0; t < c->m; t += QT_MAXT) {
-                int T = (int)(c->m - t < QT_MAXT ? c->m - t : QT_MAXT);
-                (b4 ? qtile_b4_gemm : qtile_b2_gemm)(w, &c->a, n, R, t, T, c->y + t * N + n, N);
+        /* GEMM: a tile of 4 rows stays in L1 while it meets the tokens, QT_MAXT at a time; the tokens in blocks of
+         * QT_TOKB whose quantized activations stay in L2 while every row of the range meets them (a long prompt's
+         * activations streamed once per block of rows, not once per 4 rows; the tiles, so the floats, unchanged) */
+        for (int64_t tb = 0; tb < c->m; tb += QT_TOKB) {
+            const int64_t te = c->m - tb < QT_TOKB ? c->m : tb + QT_TOKB;
+            for (int64_t n = start; n < end;) {
+                int R = (end - n >= 4) ? 4 : 1;
+                for (int64_t t = tb; t < te; t += QT_MAXT) {
+                    int T = (int)(te - t < QT_MAXT ? te - t : QT_MAXT);
+                    (b4 ? qtile_b4_gemm : qtile_b2_gemm)(w, &c->a, n, R, t, T, c->y + t * N + n, N);
+                }
+                n += R;
             }
-            n += R;
         }
         return;
     }

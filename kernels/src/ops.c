@@ -7,6 +7,7 @@
 
 #include "edgerun_kernels.h"
 #include "er_internal.h"
+#include "er_kv.h"
 #include "er_neon.h"
 
 #if ER_X86
@@ -523,6 +524,13 @@ int er_attention_prefill(const float *q, const void *k, const void *v, float *ou
     if (n_heads < 1 || n_kv_heads < 1 || n_heads % n_kv_heads || T < 1 || p0 < 0 || kv_stride < p0 + T ||
         head_dim < 1)
         return -1;
+#if ER_X86
+    if (er_get_isa() == ER_ISA_AVX2) { /* queries in blocks sharing each key / value tile (kv_attention.c) */
+        const int r = er_kv_prefill_plain(ER_ISA_AVX2, q, k, v, out, n_heads, n_kv_heads, head_dim, T, p0, kv_stride,
+                                          kv_f16, scale, softcap, window);
+        if (r <= 0) return r;
+    }
+#endif
     const int nt = er_get_num_threads();
     const int64_t ctx_max = p0 + T;
     float *scores = (float *)malloc(sizeof(float) * (size_t)(nt * (n_heads / n_kv_heads) * ctx_max));
