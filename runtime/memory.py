@@ -262,7 +262,42 @@ def kv_nbytes(fp: ModelFootprint, window: int, sinks: int, bits: int, chunk: int
     return SinkWindowKVCache.nbytes_for(kv_specs(fp, window, sinks), bits, chunk=chunk)
 
 
+PREFILL_CHUNKS = (256, 128, 64)  # prefill block sizes a plan picks from, largest first
+
+
 def plan_memory(
+    budget: int | str | None,
+    fp: ModelFootprint,
+    kv_bits: int = 16,
+    kv_window: int | None = None,
+    kv_sinks: int | None = None,
+    prefill_chunk: int | None = None,
+    **kw,
+) -> MemoryPlan:
+    """Decide how a model lives inside `budget` (bytes or a string like "300MB"; None = unlimited): see
+    :func:`plan_memory_chunk` (the other keywords are its).
+
+    `prefill_chunk`: the tokens a prompt is prefilled in at once; None picks the largest of
+    :data:`PREFILL_CHUNKS` whose activations and attention scratch cost the plan nothing else than those bytes
+    (the KV window chosen at the smallest is kept; weights held the same way, as many layers pinned): fewer, larger
+    blocks prefill faster (less work per block, and a streamed layer is read once per block). Raises
+    EdgerunError stating the minimum (at the smallest chunk) when the budget cannot hold the model."""
+    if prefill_chunk is not None:
+        return plan_memory_chunk(budget, fp, kv_bits, kv_window, kv_sinks, prefill_chunk, **kw)
+    base = plan_memory_chunk(budget, fp, kv_bits, kv_window, kv_sinks, PREFILL_CHUNKS[-1], **kw)
+    for c in PREFILL_CHUNKS[:-1]:
+        try:
+            p = plan_memory_chunk(budget, fp, kv_bits, base.kv_window, kv_sinks, c, **kw)  # the window stays
+        except EdgerunError:
+            continue
+        same = (p.weights, p.n_buffers, p.pinned, p.kv_window, p.stream_globals)
+        if same == (base.weights, base.n_buffers, base.pinned, base.kv_window, base.stream_globals):
+            p.minimum = base.minimum
+            return p
+    return base
+
+
+def plan_memory_chunk(
     budget: int | str | None,
     fp: ModelFootprint,
     kv_bits: int = 16,
@@ -275,7 +310,8 @@ def plan_memory(
     prefetch_buffers: int = 2,
     reserve: float = 0.04,
 ) -> MemoryPlan:
-    """Decide how a model lives inside `budget` (bytes or a string like "300MB"; None = unlimited).
+    """The plan for one prefill chunk: how a model lives inside `budget` (bytes or a string like "300MB"; None =
+    unlimited).
 
     Order of choices: the KV window (user's, or the largest <= min(max_window, context) whose cache
     takes at most `kv_share` of the budget, never below `min_window`); then weights: dense float32

@@ -116,3 +116,25 @@ def test_user_window_respected_or_rejected():
     assert plan_memory("100MB", fp, kv_window=256, kv_sinks=2).kv_window == 256
     with pytest.raises(EdgerunError, match="minimum"):
         plan_memory("30MB", fp, kv_window=100_000)
+
+
+def test_prefill_chunk_largest_that_costs_nothing_else():
+    """The plan prefills in the largest of PREFILL_CHUNKS that leaves the rest of the plan as at the smallest (the
+    same window, weights held the same way, as many pinned layers), its activations counted; a given chunk is kept."""
+    fp = footprint()
+    for budget in ("2GB", "200MB", "100MB", "60MB", "45MB"):
+        p, base = plan_memory(budget, fp), plan_memory(budget, fp, prefill_chunk=mem.PREFILL_CHUNKS[-1])
+        assert p.prefill_chunk in mem.PREFILL_CHUNKS
+        assert (p.weights, p.n_buffers, p.pinned, p.kv_window) == (base.weights, base.n_buffers, base.pinned,
+                                                                   base.kv_window)  # fmt: skip
+        assert p.total <= parse_budget(budget) and p.minimum == base.minimum
+        assert p.breakdown["activations"] == fp.act_fixed + fp.act_bytes_per_token * p.prefill_chunk
+        bigger = [c for c in mem.PREFILL_CHUNKS if c > p.prefill_chunk]
+        for c in bigger:  # each larger chunk would have cost the plan something
+            try:
+                q = plan_memory(budget, fp, kv_window=base.kv_window, prefill_chunk=c)
+            except EdgerunError:
+                continue
+            assert (q.weights, q.n_buffers, q.pinned) != (base.weights, base.n_buffers, base.pinned)
+    assert plan_memory("200MB", fp).prefill_chunk == 256
+    assert plan_memory("200MB", fp, prefill_chunk=32).prefill_chunk == 32

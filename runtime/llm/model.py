@@ -131,7 +131,7 @@ class LLM:
 
     def __init__(self, artifact: Artifact, threads: int | None = None, backend: str | None = None, ram=None,
                  kv_window: int | None = None, kv_sinks: int | None = None, kv_bits: int | None = None,
-                 prefill_chunk: int = 64, read_cache: str = "direct", count_tokenizer: bool = True,
+                 prefill_chunk: int | None = None, read_cache: str = "direct", count_tokenizer: bool = True,
                  profile=None, baseline_rss: int | None = None):  # fmt: skip
         from edgerun.devices.profiles import default_threads, detect_profile
         from edgerun.runtime.backends import build_model, resolve_backend
