@@ -1238,6 +1238,15 @@ static inline int zero_point_default(const er_weight *w) {
     return w->zero_points && w->zp_hint > 0 ? w->zp_hint - 1 : 1 << (w->bits - 1);
 }
 
+typedef struct {
+    mm_ctx *c;
+    const er_weight *w;
+    const float *x;
+    int lanes;
+} prep_job;
+static void prep_rows(const prep_job *j, int64_t t0, int64_t t1);
+static void prep_task(void *vj, int64_t start, int64_t end, int tid);
+
 /* Quantized activations of x (m, K) for weights of w's kind (bits, block size, K, default zero point) into the
  * thread's scratch: c->a. lanes = 0 skips the lane-ordered arrays (sxl, isl, zisl), which only the generic tiles
  * read (the ternary GEMV fast path needs q, sx and zich). Returns 0, or < 0 on bad arguments / no memory. */
@@ -1269,10 +1278,24 @@ static int prep_act(mm_ctx *c, const er_weight *w, const float *x, int64_t m, in
         c->a.zshl[l] = (s / per) * bits;
         c->a.sidx[l] = per >= 8 ? 0 : s / per;
     }
+    prep_job j = {.c = c, .w = w, .x = x, .lanes = lanes};
+    if (m >= 32) /* a prefill's tokens quantized across the pool (each row on its own: the same bytes) */
+        er_parallel_for(m, 8, prep_task, &j);
+    else
+        prep_rows(&j, 0, m);
+    return 0;
+}
+
+static void prep_rows(const prep_job *j, int64_t t0, int64_t t1) {
+    mm_ctx *c = j->c;
+    const er_weight *w = j->w;
+    const float *x = j->x;
+    const int lanes = j->lanes, bits = w->bits;
+    const int64_t nsub = c->a.nsub, nch = c->a.nch;
     /* 2-bit (ternary) weights in blocks of 256: llama.cpp's TQ2_0 x Q8_K activations */
-    const int q8k = bits == 2 && bs % 256 == 0;
+    const int q8k = bits == 2 && w->block_size % 256 == 0;
     const int zdef = zero_point_default(w);
-    for (int64_t t = 0; t < m; t++) {
+    for (int64_t t = t0; t < t1; t++) {
         float *sx = c->a.sx + t * nsub;
         int32_t *is = c->a.isum + t * nsub;
         quantize_act_row(x + t * w->k, w->k, bits, nsub, c->a.nmain, q8k, c->isa, c->a.q + t * c->a.kp, sx, is);
@@ -1303,7 +1326,11 @@ static int prep_act(mm_ctx *c, const er_weight *w, const float *x, int64_t m, in
             zich[ch] = v;
         }
     }
-    return 0;
+}
+
+static void prep_task(void *vj, int64_t start, int64_t end, int tid) {
+    (void)tid;
+    prep_rows((const prep_job *)vj, start, end);
 }
 
 /* whether every GEMV row tile of w runs the ternary fast path (then prep_act may skip the lane arrays) */
