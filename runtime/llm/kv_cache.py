@@ -441,7 +441,7 @@ class SinkWindowKVCache:
                 ops.rope_rows(kc, cos[c0:c1], sin[c0:c1])
             kr = np.ascontiguousarray(kc.transpose(1, 0, 2))  # (n_kv, T, hd)
             vr = np.ascontiguousarray(v[c0:c1].transpose(1, 0, 2))
-            ops.kivi_attention(c, qc, kr, vr, int(p[0]), scale, softcap or 0.0, q_sink=qs, out=out[c0:c1])
+            out[c0:c1] = ops.kivi_attention(c, qc, kr, vr, int(p[0]), scale, softcap or 0.0, q_sink=qs)
             if lay.quant:
                 ops.kivi_store(c, kr, vr, int(p[0]))
             else:
