@@ -29,10 +29,15 @@ def test_split_is_cached_and_measured(voice):
     meta = voice.split
     assert meta is not None and voice.split_error is None
     assert meta["hop"] == 256 and meta["channels"] == 192
-    assert 0 < meta["flow_context"] <= 48 and 0 < meta["decoder_context"] <= 24  # local: 32 and 11 on joe-medium
+    assert 0 < meta["flow_context"] <= 48 and 0 < meta["decoder_context"] <= 24  # local: 32 and 12 on joe-medium
+    # per stage: 4 coupling layers of 8 frames; conv_pre, then the decoder's three upsampling stages
+    assert meta["flow_contexts"] == [8, 8, 8, 8] and meta["flow_context"] == 32
+    assert len(meta["decoder_contexts"]) == 4 and sum(meta["decoder_contexts"]) == meta["decoder_context"]
+    assert meta["decoder_contexts"][2:] == [1, 1] and meta["decoder_rates"] == [1, 1, 8, 64, 256]
     folder, again = split_voice(voice.model_path)
     assert again == meta and sorted(p.name for p in folder.iterdir()) == [
-        "decoder.onnx", "encoder.onnx", "flow.onnx", "meta.json"]
+        "decoder.0.onnx", "decoder.1.onnx", "decoder.2.onnx", "decoder.3.onnx", "encoder.onnx",
+        "flow.0.onnx", "flow.1.onnx", "flow.2.onnx", "flow.3.onnx", "meta.json"]
 
 
 @pytest.mark.model

@@ -143,12 +143,13 @@ class PiperVoice:
         self.split: dict | None = None  # cut tensors, hop and contexts when streaming (piper_split meta)
         self.split_error: str | None = None
         if streaming:
-            from edgerun.runtime.audio.piper_split import split_voice
+            from edgerun.runtime.audio.piper_split import split_voice, stage_files
 
             try:
                 folder, meta = split_voice(self.model_path)
-                self._enc, self._flow, self._dec = (self._session(str(folder / f"{p}.onnx"))
-                                                    for p in ("encoder", "flow", "decoder"))
+                self._enc = self._session(str(folder / "encoder.onnx"))
+                self._flow, self._dec = ([self._session(str(folder / f)) for f in stage_files(meta, part)]
+                                         for part in ("flow", "decoder"))
                 self.split = meta
             except UnsupportedError as e:
                 self.split_error = str(e)
@@ -210,10 +211,11 @@ class PiperVoice:
         """Yield (audio, timings) window by window for one phrase; timings["last"] marks the last window.
 
         The encoder runs once (all sampling noise is drawn there); then windows of `first_frames`,
-        doubling up to `max_frames` latent frames, each through the flow and decoder with `context`
-        = (flow, decoder) frames on each side (default: the measured receptive fields, which makes
-        the joined windows equal to the one-shot output up to float rounding). Without a split graph:
-        one window, the one-shot synthesis.
+        doubling up to `max_frames` latent frames, each through the flow and decoder stages, every stage
+        run on the frames the next one needs plus its own context on each side. `context` = (flow,
+        decoder) frames in all, shared out over the stages by `share_context` (default: the measured
+        receptive fields, which makes the joined windows equal to the one-shot output up to float
+        rounding). Without a split graph: one window, the one-shot synthesis.
         """
         if self.split is None:
             t0 = time.perf_counter()
@@ -221,14 +223,15 @@ class PiperVoice:
             yield audio, dict(onnx=time.perf_counter() - t0, last=True)
             return
         sp = self.split
-        cf, cd = context if context is not None else (sp["flow_context"], sp["decoder_context"])
-        hop = sp["hop"]
+        flow_ctx, dec_ctx = sp["flow_contexts"], sp["decoder_contexts"]
+        if context is not None:
+            flow_ctx, dec_ctx = share_context(flow_ctx, context[0]), share_context(dec_ctx, context[1])
+        cd = sum(dec_ctx)
         t0 = time.perf_counter()
         with self._lock:
             zp = self._enc.run(None, self._feeds(ids, speaker, length_scale))[0]
         timings = dict(encoder=time.perf_counter() - t0)
         n = zp.shape[2]
-        mask = np.ones((1, 1, n), np.float32)
         z = np.empty_like(zp)
         done = start = 0  # z is final up to frame `done`; audio is out up to frame `start`
         width = max(1, first_frames)
@@ -239,21 +242,53 @@ class PiperVoice:
             t1 = time.perf_counter()
             need = min(n, end + cd)
             if need > done:
-                a, b = max(0, done - cf), min(n, need + cf)
-                feeds = {sp["z_p"]: np.ascontiguousarray(zp[:, :, a:b]), sp["y_mask"]: mask[:, :, a:b]}
-                with self._lock:
-                    out = self._flow.run(None, feeds)[0]
-                z[:, :, done:need] = out[:, :, done - a : need - a]
+                z[:, :, done:need] = self._stages(self._flow, flow_ctx, [1] * (len(flow_ctx) + 1), zp, done, need, n,
+                                                  masked=True)
                 done = need
             t2 = time.perf_counter()
-            a, b = max(0, start - cd), min(n, end + cd)
-            with self._lock:
-                out = self._dec.run(None, {sp["dec_in"]: np.ascontiguousarray(z[:, :, a:b])})[0]
-            audio = out.reshape(-1)[(start - a) * hop : (end - a) * hop]
+            audio = self._stages(self._dec, dec_ctx, sp["decoder_rates"], z, start, end, n).reshape(-1)
             timings.update(flow=t2 - t1, decoder=time.perf_counter() - t2, frames=end - start, last=end == n)
             yield np.clip(audio, -1.0, 1.0).astype(np.float32), timings
             timings = {}
             start, width = end, min(max_frames, 2 * width)
+
+    def _stages(self, sessions, contexts: list[int], rates: list[int], x: np.ndarray, s: int, e: int, n: int,
+                masked: bool = False) -> np.ndarray:
+        """Output frames [s, e) of a chain of local stages over `x` (all `n` frames of the first stage's input,
+        valid where the frames needed are): stage k runs on the frames stage k + 1 needs plus `contexts[k]` on
+        each side (clipped at the phrase ends, where the one-shot graph pads with zeros as well). `rates`:
+        samples per frame at each stage's input, then at the output. Returns (1, C, (e - s) * rates[-1])."""
+        spans = [(s, e)]
+        for c in reversed(contexts):
+            a, b = spans[0]
+            spans.insert(0, (max(0, a - c), min(n, b + c)))
+        a, b = spans[0]
+        cur = x[..., a * rates[0] : b * rates[0]]
+        for k, sess in enumerate(sessions):
+            a, b = spans[k]
+            ins = sess.get_inputs()
+            feeds = {ins[0].name: np.ascontiguousarray(cur)}
+            if masked:
+                feeds[ins[1].name] = np.ones((1, 1, b - a), np.float32)
+            with self._lock:
+                out = sess.run(None, feeds)[0]
+            (a2, b2), r = spans[k + 1], rates[k + 1]
+            cur = out.reshape(1, -1, (b - a) * r)[..., (a2 - a) * r : (b2 - a) * r]
+        return cur
+
+
+def share_context(measured: list[int], total: int) -> list[int]:
+    """Per-stage contexts for `total` frames in all. At or above the sum of the measured receptive fields,
+    each stage gets its own (the rest goes to the first stage): each stage runs on just the frames the next
+    one needs, and the result is exact. Below it, the stages all run on the window plus `total` frames and
+    only the last one's output is cropped (as one graph would be): cropping a stage's inexact edge frames
+    off before the next stage reads them would put a hard zero edge there instead (16 flow frames as 4 per
+    coupling layer: seam SNR 19 dB, against 37 dB this way)."""
+    out = list(measured)
+    if total >= sum(out):
+        out[0] += total - sum(out)
+        return out
+    return [0] * (len(out) - 1) + [max(total, 0)]
 
 
 class TTS:
