@@ -179,3 +179,19 @@ def test_missing_voice_is_one_line(tmp_path):
     with pytest.raises(EdgerunError) as e:
         PiperVoice(str(tmp_path / "nope.onnx"))
     assert "\n" not in str(e.value)
+
+
+def test_split_replaces_an_earlier_version(voice, tmp_path):
+    """A new split version removes the voice's folders of older versions (they are never read again), and
+    nothing else in the cache."""
+    from edgerun.runtime.audio.piper_split import SPLIT_VERSION, file_sha256
+
+    root = tmp_path / "cache" / "piper-split"
+    sha = file_sha256(voice.model_path)[:20]
+    old, other = root / f"{sha}-v{SPLIT_VERSION - 1}", root / f"{'0' * 20}-v{SPLIT_VERSION - 1}"
+    for d in (old, other):
+        d.mkdir(parents=True)
+        (d / "meta.json").write_text("{}")
+    folder, _ = split_voice(voice.model_path, cache=tmp_path / "cache")
+    assert folder.name == f"{sha}-v{SPLIT_VERSION}" and (folder / "meta.json").exists()
+    assert not old.exists() and other.exists()

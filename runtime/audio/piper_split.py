@@ -298,6 +298,9 @@ def split_voice(model_path: str, cache: str | os.PathLike | None = None) -> tupl
         except OSError:  # another process finished first: use its copy
             if _cached(folder) is None:
                 raise
+        for old in folder.parent.glob(f"{sha[:20]}-v*"):  # earlier split versions of this voice: never read again
+            if old.name != folder.name and old.name[len(sha[:20]) + 2 :].isdigit() and old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder, json.loads(meta_path.read_text(encoding="utf-8"))
