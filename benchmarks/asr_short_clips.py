@@ -3,7 +3,8 @@
 Clips: 20 short commands/questions spoken by the packaged Piper voice + 3 clips without speech
 (`edgerun.bench.speech.short_clips`). Systems: edgerun with the full 30-s window (1500 encoder frames), with
 the audio's own frames and the cached silence context (`audio_ctx`, the default), with the window cut 1 s after
-the audio (what whisper.cpp's audio_ctx does), and faster-whisper int8 beam 1 (30-s window).
+the audio (what whisper.cpp's audio_ctx does), streamed (0.5 s silence + clip + 1 s silence in 100 ms chunks
+through ASRStream: VAD, partials, the final on the VAD segment), and faster-whisper int8 beam 1 (30-s window).
 
     python benchmarks/asr_short_clips.py
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import time
 
-from edgerun.bench.speech import hallucinations, short_clips, wer
+from edgerun.bench.speech import hallucinations, run_edgerun_stream, short_clips, wer
 
 
 def main() -> None:
@@ -32,6 +33,7 @@ def main() -> None:
     systems = {
         "edgerun 30-s window": lambda x: full.transcribe(x, 16000, use_vad=False).text,
         "edgerun audio_ctx (silence context)": lambda x: ctx.transcribe(x, 16000, use_vad=False).text,
+        "edgerun streaming (ASRStream final)": lambda x: run_edgerun_stream(ctx, x, 16000)["text"],
         "edgerun window cut 1 s after audio": cut,
         "faster-whisper int8 beam 1": lambda x: " ".join(
             s.text for s in fw.transcribe(x, beam_size=1, language="en", without_timestamps=True)[0]),

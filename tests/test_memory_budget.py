@@ -136,3 +136,43 @@ def test_gemma3_local_and_global_layers_match_reference():
     m.close()
     ref = LLM(Artifact(path)).logits(ids)[-40:]  # the reference: full cache, masks by position
     np.testing.assert_allclose(got, ref, atol=2e-3 * np.abs(ref).max())
+
+
+def _mapped_pages(path: str) -> list[int]:
+    """File offsets (page-aligned) of `path`'s pages mapped into this process (the pagemap's present bit)."""
+    import struct
+
+    out = []
+    for line in open("/proc/self/maps"):
+        f = line.split()
+        if len(f) < 6 or f[5] != path:
+            continue
+        a, b = (int(x, 16) for x in f[0].split("-"))
+        off = int(f[2], 16)
+        with open("/proc/self/pagemap", "rb") as pm:
+            pm.seek(a // 4096 * 8)
+            data = pm.read((b - a) // 4096 * 8)
+        out += [off + i * 4096 for i in range(len(data) // 8) if struct.unpack_from("<Q", data, i * 8)[0] >> 63]
+    return out
+
+
+def test_streamed_layers_are_never_mapped():
+    """A streamed plan reads layers into its own buffers: after a reply, no page of a layer's bytes in weights.bin
+    is mapped into the process, only the globals (and what the kernel maps around their last page). Norm vectors
+    read through the map used to map the page, or with large page-cache folios 2 MB, around each of them: 33 MB
+    over a 120 MB budget."""
+    import edgerun
+
+    path = _smollm2()
+    llm = edgerun.load(path, ram="120MB")
+    assert llm.plan.weights == "streamed"
+    llm.generate("The capital of France is", max_tokens=4, temperature=0.0)
+    weights = str(llm.artifact.weights_path)
+    layers = llm.artifact.manifest["layers"]
+    first_layer = min(e["offset"] for e in layers)
+    pages = _mapped_pages(weights)
+    assert pages, "the globals are read through the map"
+    # the kernel maps around a fault (fault-around, or a whole 2 MB folio) when reading the globals' last rows
+    in_layers = [p for p in pages if p >= first_layer + (2 << 20)]
+    assert not in_layers, f"{len(in_layers)} pages of streamed layers mapped (first at byte {in_layers[0]})"
+    llm.close()

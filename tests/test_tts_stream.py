@@ -29,10 +29,15 @@ def test_split_is_cached_and_measured(voice):
     meta = voice.split
     assert meta is not None and voice.split_error is None
     assert meta["hop"] == 256 and meta["channels"] == 192
-    assert 0 < meta["flow_context"] <= 48 and 0 < meta["decoder_context"] <= 24  # local: 32 and 11 on joe-medium
+    assert 0 < meta["flow_context"] <= 48 and 0 < meta["decoder_context"] <= 24  # local: 32 and 12 on joe-medium
+    # per stage: 4 coupling layers of 8 frames; conv_pre, then the decoder's three upsampling stages
+    assert meta["flow_contexts"] == [8, 8, 8, 8] and meta["flow_context"] == 32
+    assert len(meta["decoder_contexts"]) == 4 and sum(meta["decoder_contexts"]) == meta["decoder_context"]
+    assert meta["decoder_contexts"][2:] == [1, 1] and meta["decoder_rates"] == [1, 1, 8, 64, 256]
     folder, again = split_voice(voice.model_path)
     assert again == meta and sorted(p.name for p in folder.iterdir()) == [
-        "decoder.onnx", "encoder.onnx", "flow.onnx", "meta.json"]
+        "decoder.0.onnx", "decoder.1.onnx", "decoder.2.onnx", "decoder.3.onnx", "encoder.onnx",
+        "flow.0.onnx", "flow.1.onnx", "flow.2.onnx", "flow.3.onnx", "meta.json"]
 
 
 @pytest.mark.model
@@ -66,12 +71,53 @@ def test_streamed_windows_equal_one_shot(voice):
     assert err.max() > 1e-3  # too short a context does show at the seams: the measured one is needed for exactness
 
 
+class _Counting:
+    """An onnxruntime session that records how many frames of input each run gets."""
+
+    def __init__(self, sess, rate):
+        self.sess, self.rate, self.frames = sess, rate, []
+
+    def get_inputs(self):
+        return self.sess.get_inputs()
+
+    def run(self, names, feeds):
+        self.frames.append(next(iter(feeds.values())).shape[-1] // self.rate)
+        return self.sess.run(names, feeds)
+
+
+@pytest.mark.model
+def test_stages_run_only_on_needed_frames(voice):
+    """Each flow / decoder stage runs on the frames the next stage needs plus its own context, and keeps them
+    for the next window: the first window's spans grow stage by stage from the output backwards, and over a
+    phrase no stage runs on more than its frames plus twice its context per window."""
+    sp = voice.split
+    flow, dec = voice._flow, voice._dec
+    rates = sp["decoder_rates"]
+    try:
+        voice._flow = [_Counting(s, 1) for s in flow]
+        voice._dec = [_Counting(s, rates[k]) for k, s in enumerate(dec)]
+        ids = voice.ids(TEXT)
+        pieces = list(voice.stream_ids(ids, first_frames=4, max_frames=64))
+        n = sum(tm["frames"] for _, tm in pieces)
+        ctx = sp["flow_contexts"] + sp["decoder_contexts"]
+        need, first = 4, []
+        for c in reversed(ctx):  # the first window: output [0, 4), each stage's input [0, need + c)
+            need += c
+            first.insert(0, need)
+        stages = voice._flow + voice._dec
+        assert [s.frames[0] for s in stages] == first
+        for s, c in zip(stages, ctx, strict=True):
+            assert sum(s.frames) <= n + 2 * c * len(s.frames)
+    finally:
+        voice._flow, voice._dec = flow, dec
+
+
 @pytest.mark.model
 def test_tts_stream_chunks(voice):
     tts = TTS(voice)
     chunks = list(tts.stream("Hello there. How are you today?"))
     assert [c.text for c in chunks if c.part == 0] == ["Hello there.", "How are you today?"]
-    assert chunks[0].part == 0 and not chunks[0].last and len(chunks[0].samples) == 8 * 256
+    assert chunks[0].part == 0 and not chunks[0].last and len(chunks[0].samples) == 4 * 256
     assert {"phonemes", "encoder", "flow", "decoder"} <= set(chunks[0].timings)
     for c in chunks:  # each phrase ends with its sentence silence, on its last piece only
         assert c.last == (c.samples[-1000:] == 0).all()
@@ -133,3 +179,19 @@ def test_missing_voice_is_one_line(tmp_path):
     with pytest.raises(EdgerunError) as e:
         PiperVoice(str(tmp_path / "nope.onnx"))
     assert "\n" not in str(e.value)
+
+
+def test_split_replaces_an_earlier_version(voice, tmp_path):
+    """A new split version removes the voice's folders of older versions (they are never read again), and
+    nothing else in the cache."""
+    from edgerun.runtime.audio.piper_split import SPLIT_VERSION, file_sha256
+
+    root = tmp_path / "cache" / "piper-split"
+    sha = file_sha256(voice.model_path)[:20]
+    old, other = root / f"{sha}-v{SPLIT_VERSION - 1}", root / f"{'0' * 20}-v{SPLIT_VERSION - 1}"
+    for d in (old, other):
+        d.mkdir(parents=True)
+        (d / "meta.json").write_text("{}")
+    folder, _ = split_voice(voice.model_path, cache=tmp_path / "cache")
+    assert folder.name == f"{sha}-v{SPLIT_VERSION}" and (folder / "meta.json").exists()
+    assert not old.exists() and other.exists()

@@ -6,10 +6,11 @@
     audio = tts.generate(text, callback=play)    # same, with a callback; returns the whole float32 signal
 
 Text is split into phrases (sentences, and long sentences at clause marks; the first one short). Each
-phrase runs the voice's text encoder once (phonemes -> latent frames, ~11.6 ms of audio each); flow and
-waveform decoder then run on windows of frames with enough context on both sides that every window's
-audio equals the one-shot synthesis (`runtime/audio/piper_split.py`), so the first audio is out after a
-few frames instead of after the whole phrase. A voice whose graph cannot be split is synthesized one
+phrase runs the voice's text encoder once (phonemes -> latent frames, ~11.6 ms of audio each); the
+flow's and the waveform decoder's stages then run on windows of frames with enough context on both sides
+that every window's audio equals the one-shot synthesis (`runtime/audio/piper_split.py`), each stage on
+just the frames the next one needs, kept for the next window; so the first audio is out after a few
+frames instead of after the whole phrase. A voice whose graph cannot be split is synthesized one
 phrase per ONNX run, with a one-line warning.
 """
 
@@ -143,12 +144,13 @@ class PiperVoice:
         self.split: dict | None = None  # cut tensors, hop and contexts when streaming (piper_split meta)
         self.split_error: str | None = None
         if streaming:
-            from edgerun.runtime.audio.piper_split import split_voice
+            from edgerun.runtime.audio.piper_split import split_voice, stage_files
 
             try:
                 folder, meta = split_voice(self.model_path)
-                self._enc, self._flow, self._dec = (self._session(str(folder / f"{p}.onnx"))
-                                                    for p in ("encoder", "flow", "decoder"))
+                self._enc = self._session(str(folder / "encoder.onnx"))
+                self._flow, self._dec = ([self._session(str(folder / f)) for f in stage_files(meta, part)]
+                                         for part in ("flow", "decoder"))
                 self.split = meta
             except UnsupportedError as e:
                 self.split_error = str(e)
@@ -205,15 +207,16 @@ class PiperVoice:
         return np.clip(out.reshape(-1), -1.0, 1.0).astype(np.float32)
 
     def stream_ids(self, ids: list[int], speaker: int = 0, length_scale: float | None = None,
-                   first_frames: int = 8, max_frames: int = 128,
+                   first_frames: int = 4, max_frames: int = 128,
                    context: tuple[int, int] | None = None) -> Iterator[tuple[np.ndarray, dict]]:
         """Yield (audio, timings) window by window for one phrase; timings["last"] marks the last window.
 
         The encoder runs once (all sampling noise is drawn there); then windows of `first_frames`,
-        doubling up to `max_frames` latent frames, each through the flow and decoder with `context`
-        = (flow, decoder) frames on each side (default: the measured receptive fields, which makes
-        the joined windows equal to the one-shot output up to float rounding). Without a split graph:
-        one window, the one-shot synthesis.
+        doubling up to `max_frames` latent frames, through the flow and decoder stages (`_StageChain`):
+        each stage computes only the frames the next one needs, with its own context on each side, and
+        keeps them for the next window. `context` = (flow, decoder) frames in all (default: the measured
+        receptive fields, which makes the joined windows equal to the one-shot output up to float
+        rounding; shorter: see `share_context`). Without a split graph: one window, the one-shot synthesis.
         """
         if self.split is None:
             t0 = time.perf_counter()
@@ -221,52 +224,100 @@ class PiperVoice:
             yield audio, dict(onnx=time.perf_counter() - t0, last=True)
             return
         sp = self.split
-        cf, cd = context if context is not None else (sp["flow_context"], sp["decoder_context"])
-        hop = sp["hop"]
         t0 = time.perf_counter()
         with self._lock:
             zp = self._enc.run(None, self._feeds(ids, speaker, length_scale))[0]
         timings = dict(encoder=time.perf_counter() - t0)
         n = zp.shape[2]
-        mask = np.ones((1, 1, n), np.float32)
-        z = np.empty_like(zp)
-        done = start = 0  # z is final up to frame `done`; audio is out up to frame `start`
+        cf, cd = context if context is not None else (None, None)
+        units = stage_units(self._flow, sp["flow_contexts"], [1] * (len(self._flow) + 1), True, cf)
+        n_flow = len(units)
+        units += stage_units(self._dec, sp["decoder_contexts"], sp["decoder_rates"], False, cd)
+        chain = _StageChain(units, n_flow, zp, n, self._lock)
+        start = 0  # audio is out up to frame `start`
         width = max(1, first_frames)
         while start < n:
             end = min(n, start + width)
             if n - end < first_frames:  # no sliver of a last window
                 end = n
-            t1 = time.perf_counter()
-            need = min(n, end + cd)
-            if need > done:
-                a, b = max(0, done - cf), min(n, need + cf)
-                feeds = {sp["z_p"]: np.ascontiguousarray(zp[:, :, a:b]), sp["y_mask"]: mask[:, :, a:b]}
-                with self._lock:
-                    out = self._flow.run(None, feeds)[0]
-                z[:, :, done:need] = out[:, :, done - a : need - a]
-                done = need
-            t2 = time.perf_counter()
-            a, b = max(0, start - cd), min(n, end + cd)
-            with self._lock:
-                out = self._dec.run(None, {sp["dec_in"]: np.ascontiguousarray(z[:, :, a:b])})[0]
-            audio = out.reshape(-1)[(start - a) * hop : (end - a) * hop]
-            timings.update(flow=t2 - t1, decoder=time.perf_counter() - t2, frames=end - start, last=end == n)
+            chain.seconds = [0.0, 0.0]
+            audio = chain.frames(end)[..., start * sp["hop"] :].reshape(-1)
+            timings.update(flow=chain.seconds[0], decoder=chain.seconds[1], frames=end - start, last=end == n)
             yield np.clip(audio, -1.0, 1.0).astype(np.float32), timings
             timings = {}
             start, width = end, min(max_frames, 2 * width)
+
+
+def stage_units(sessions: list, measured: list[int], rates: list[int], masked: bool,
+                total: int | None = None) -> list[tuple]:
+    """`_StageChain` units for the stages of a flow or decoder: (sessions, context, masked, rate in, rate out).
+
+    `total` (frames of context in all; None: the sum of the measured receptive fields) at or above that sum:
+    one unit per stage with its own measured context (the rest to the first), exact. Below it: one unit of
+    all the stages with `total` frames of context, cropped only after the last, as one graph would be
+    (cropping each stage's inexact edge frames before the next one reads them would put a hard zero edge
+    there instead: 16 flow frames as 4 per coupling layer made the seams 33 dB worse)."""
+    if total is None or total >= sum(measured):
+        extra = 0 if total is None else total - sum(measured)
+        return [([s], c + (extra if k == 0 else 0), masked, rates[k], rates[k + 1])
+                for k, (s, c) in enumerate(zip(sessions, measured, strict=True))]
+    return [(list(sessions), max(0, total), masked, rates[0], rates[-1])]
+
+
+class _StageChain:
+    """A phrase's latent frames through a chain of local stages, window by window, nothing computed twice
+    but the contexts.
+
+    `units`: (sessions run back to back, context frames, takes the frame mask, samples per frame in, out).
+    Unit u keeps its output frames [0, done[u]); to extend them to frame e it needs its input up to
+    e + context (asked of unit u - 1 first) and runs on [done[u] - context, e + context) (clipped at the
+    phrase ends, where the one-shot graph pads with zeros as well): the frames it keeps are at least
+    `context` frames from any cut edge, so they are the one-shot values. `seconds`: time spent in the
+    first `n_flow` units and in the rest, since it was last reset."""
+
+    def __init__(self, units: list, n_flow: int, x: np.ndarray, n: int, lock):
+        self.units, self.n_flow, self.n, self.lock = units, n_flow, n, lock
+        self.out: list[np.ndarray | None] = [x] + [None] * len(units)
+        self.done = [n] + [0] * len(units)
+        self.seconds = [0.0, 0.0]
+
+    def frames(self, e: int, u: int | None = None) -> np.ndarray:
+        """The output of unit `u` (default: the last) with frames [0, e) final."""
+        u = len(self.units) if u is None else u
+        if self.done[u] < e:
+            sessions, c, masked, r_in, r_out = self.units[u - 1]
+            a, b = max(0, self.done[u] - c), min(self.n, e + c)
+            cur = self.frames(b, u - 1)[..., a * r_in : b * r_in]
+            t0 = time.perf_counter()
+            for sess in sessions:
+                ins = sess.get_inputs()
+                feeds = {ins[0].name: np.ascontiguousarray(cur)}
+                if masked:
+                    feeds[ins[1].name] = np.ones((1, 1, b - a), np.float32)
+                with self.lock:
+                    cur = sess.run(None, feeds)[0]
+            cur = cur.reshape(1, -1, (b - a) * r_out)
+            if self.out[u] is None:
+                self.out[u] = np.empty((1, cur.shape[1], self.n * r_out), np.float32)
+            self.out[u][..., self.done[u] * r_out : e * r_out] = cur[..., (self.done[u] - a) * r_out : (e - a) * r_out]
+            self.done[u] = e
+            self.seconds[u > self.n_flow] += time.perf_counter() - t0
+        return self.out[u][..., : e * self.units[u - 1][4]] if u else self.out[0]
 
 
 class TTS:
     """Streaming speech synthesis on a Piper voice: phrases, and windows of latent frames within a phrase.
 
     `first_frames` (latent frames, 256 samples = 11.6 ms each at 22.05 kHz) sizes the first window of
-    every phrase; windows then double up to `max_frames`. `context` = (flow, decoder) frames of overlap
-    on each side (None: the voice's measured receptive fields, exact). `streaming=False` synthesizes
-    each phrase in one ONNX run of the whole graph.
+    every phrase; windows then double up to `max_frames`. 4 frames (46 ms of audio) make the first audio
+    come sooner than 8; the second window is still ready ~30 ms before the first one has played (1
+    thread, benchmark sentences; ~70 ms with 8). `context` = (flow, decoder) frames of overlap in all
+    (None: the voice's measured receptive fields, exact). `streaming=False` synthesizes each phrase in one
+    ONNX run of the whole graph.
     """
 
     def __init__(self, voice: str | PiperVoice | None = None, sentence_silence: float = 0.15,
-                 first_frames: int = 8, max_frames: int = 128, context: tuple[int, int] | None = None, **kw):
+                 first_frames: int = 4, max_frames: int = 128, context: tuple[int, int] | None = None, **kw):
         self.voice = voice if isinstance(voice, PiperVoice) else PiperVoice(voice, **kw)
         self.sample_rate = self.voice.sample_rate
         self.sentence_silence = sentence_silence

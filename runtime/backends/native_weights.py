@@ -1,7 +1,8 @@
 """Where the native backend's weights live: the weights.bin map, or the layer streamer's fixed buffers.
 
 Every matrix becomes a :class:`edgerun.kernels.Weight` over read-only views of the stored bytes
-(quantized parts or f16/f32 data, never copied); vectors (norms, biases) are small float32 copies.
+(quantized parts or f16/f32 data, never copied); vectors (norms, biases) are small float32 copies read
+with pread (never through the map: see _vector).
 
 ```
 no plan / plan "resident":  every layer    -> views of the weights.bin map (pages counted once touched)
@@ -160,7 +161,19 @@ class WeightSource:
         return out
 
     def _vector(self, name: str) -> np.ndarray:
-        return np.array(self._map_parts(name)["data"], dtype=np.float32)
+        """A norm / bias vector as a float32 copy, read with pread: touching it through the map would keep the
+        page-cache folio around it mapped (up to 2 MB of a streamed layer per vector where the kernel caches the
+        file in large folios), outside the memory plan."""
+        info = self.tensors[name]["parts"]["data"]
+        raw = np.empty(info["nbytes"], np.uint8)
+        mv, done = memoryview(raw), 0
+        while done < info["nbytes"]:
+            got = os.preadv(self._fd, [mv[done:]], info["offset"] + done)
+            if got <= 0:
+                raise CorruptFileError(f"{self.artifact.weights_path}: ends inside tensor {name}; export again")
+            done += got
+        self._check(name, "data", raw, info)
+        return raw.view(info["dtype"]).reshape(info["shape"]).astype(np.float32)
 
     def _file_crc(self, offset: int, nbytes: int) -> int:
         crc, buf = 0, bytearray(1 << 20)
