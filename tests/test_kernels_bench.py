@@ -45,3 +45,22 @@ def test_pool_covers_every_index_once():
             assert np.all(hits == 1), (nt, n, grain)
             assert tids <= set(range(nt))
     set_num_threads(None)
+
+
+def test_pool_back_to_back_jobs_oversubscribed():
+    """Many short jobs in a row on more threads than cores (late workers still leaving the previous job while
+    the next is posted): every index of every job runs exactly once, and the call returns only after all ran."""
+    from edgerun.kernels._lib import TASK_FN, lib
+
+    set_num_threads(6)
+    hits = np.zeros(12, np.int64)
+
+    def task(ctx, start, end, tid):
+        hits[start:end] += 1
+
+    cb = TASK_FN(task)
+    for k in range(1500):
+        hits[:] = 0
+        lib.er_parallel_for(12, 1, cb, None)
+        assert np.all(hits == 1), (k, hits)
+    set_num_threads(None)

@@ -11,6 +11,7 @@
 #include "edgerun_kernels.h"
 
 #define ER_MAX_THREADS 64
+_Static_assert(4 * ER_MAX_THREADS < 0xffff, "a job's chunk count must fit the claim word's 16 bits");
 
 static struct {
     int nthreads; /* including the caller */
@@ -19,8 +20,11 @@ static struct {
     atomic_uint gen;
     atomic_int sleeping;
     atomic_int stop;
-    /* the job: chunks claimed through `claim` = (job id << 32) | next chunk, so a worker that wakes up
-     * late can neither take a chunk of a later job nor hold the caller up: whoever is running claims */
+    /* the job: chunks claimed through `claim` = (job id << 32) | (chunk count << 16) | next chunk, so a worker
+     * that wakes up late can neither take a chunk of a later job nor hold the caller up: whoever is running
+     * claims. The count lives in the word the claim swaps: a worker still looking at a used-up earlier job
+     * must not compare its index with the next job's count (it could then swap the old word, in the moment
+     * before the new one is stored, and run a chunk of the new job twice, counting it done once too often) */
     _Atomic uint64_t claim;
     atomic_long done; /* chunks finished */
     er_task_fn fn;
@@ -53,10 +57,12 @@ static int64_t now_ns(void) {
 static void run_chunks(uint32_t job, int tid) {
     for (;;) {
         uint64_t v = atomic_load_explicit(&P.claim, memory_order_acquire);
-        if ((uint32_t)(v >> 32) != job || (int64_t)(uint32_t)v >= P.nchunks) return;
+        const int64_t next = (int64_t)(v & 0xffff), count = (int64_t)((v >> 16) & 0xffff);
+        if ((uint32_t)(v >> 32) != job || next >= count) return;
         if (!atomic_compare_exchange_weak_explicit(&P.claim, &v, v + 1, memory_order_acq_rel, memory_order_relaxed))
             continue;
-        int64_t s = (int64_t)(uint32_t)v * P.chunk, e = s + P.chunk;
+        /* the swap saw this job with a chunk left: the caller is still in it, its fields are this job's */
+        int64_t s = next * P.chunk, e = s + P.chunk;
         if (e > P.n) e = P.n;
         in_task = 1;
         P.fn(P.ctx, s, e, tid);
@@ -164,7 +170,7 @@ void er_parallel_for(int64_t n, int64_t grain, er_task_fn fn, void *ctx) {
     P.nchunks = (n + per - 1) / per;
     atomic_store_explicit(&P.done, 0, memory_order_relaxed);
     uint32_t job = atomic_load(&P.gen) + 1;
-    atomic_store_explicit(&P.claim, (uint64_t)job << 32, memory_order_release);
+    atomic_store_explicit(&P.claim, (uint64_t)job << 32 | (uint64_t)P.nchunks << 16, memory_order_release);
     atomic_store_explicit(&P.gen, job, memory_order_seq_cst);
     wake_all();
     run_chunks(job, 0);
