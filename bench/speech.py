@@ -64,7 +64,8 @@ def load_clips(limit: int | None = None) -> list[tuple[str, str]]:
 
 
 def run_edgerun_stream(asr, x: np.ndarray, sr: int, chunk_s: float = 0.1) -> dict:
-    """Stream one clip (0.5 s silence + clip + 1 s silence); final text, compute, endpoint latency."""
+    """Stream one clip (0.5 s silence + clip + 1 s silence); final text, compute, endpoint latency, and the
+    finals' segments as (start, end) seconds of that padded signal."""
     lead, tail = int(0.5 * sr), int(1.0 * sr)
     a = np.concatenate([np.zeros(lead, np.float32), x, np.zeros(tail, np.float32)])
     s = asr.create_stream()
@@ -91,7 +92,20 @@ def run_edgerun_stream(asr, x: np.ndarray, sr: int, chunk_s: float = 0.1) -> dic
         partials=partials,
         endpoint_wait=max(0.0, fed_at_final - speech_end) if fed_at_final else 0.0,
         final_compute=final_compute,
+        segments=[(r.start, r.end) for r in finals],
     )
+
+
+def stream_segment_audio(x: np.ndarray, sr: int, segments: list[tuple[float, float]]) -> list[np.ndarray]:
+    """The 16 kHz audio of the segments `run_edgerun_stream` finalized (its padded signal, cut the same way), so
+    a peer can be run on exactly the audio the streaming finals saw."""
+    from edgerun.runtime.audio.resample import resample
+
+    a = np.concatenate([np.zeros(int(0.5 * sr), np.float32), np.asarray(x, np.float32),
+                        np.zeros(int(1.0 * sr), np.float32)])
+    if sr != 16000:
+        a = resample(a, sr, 16000)
+    return [a[int(round(s * 16000)) : int(round(e * 16000))] for s, e in segments]
 
 
 SHORT_PHRASES = [

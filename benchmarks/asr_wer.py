@@ -7,7 +7,9 @@ Reports WER (normalized: lower case, no punctuation, hyphens split, Mr. -> miste
 (compute / audio seconds), and the latency from the end of speech to the final text:
   * offline (edgerun transcribe, faster-whisper): the time to process the utterance once it is complete;
   * streaming (edgerun ASRStream, clip + 1 s silence fed in 100 ms chunks): VAD endpoint wait (audio time
-    past the clip end) + the final decode's compute time.
+    past the clip end) + the final decode's compute time;
+  * faster-whisper on the streaming segments: the peer run on exactly the audio each streaming final decoded
+    (WER only): what the VAD cut does to Whisper, apart from edgerun's decoder.
 
     python benchmarks/asr_wer.py [--runs 2] [--json out.json]
 """
@@ -20,7 +22,7 @@ import os
 import statistics
 import time
 
-from edgerun.bench.speech import load_clips, normalize, run_edgerun_stream, wer  # noqa: F401
+from edgerun.bench.speech import load_clips, normalize, run_edgerun_stream, stream_segment_audio, wer
 
 
 def main() -> None:
@@ -91,11 +93,23 @@ def main() -> None:
                          latency_end_to_final_s=statistics.median(lat), final_decode_s=statistics.median(fin),
                          endpoint_wait_s=statistics.median(r["endpoint_wait"] for rr in res for r in rr),
                          partials=sum(rr[-1]["partials"] for rr in res), texts=hyp))
+    # the peer on exactly the audio the streaming finals decoded (the VAD's segments): separates what the cut
+    # does to Whisper from what edgerun's decoder does
+    for beam in (1, 5):
+        hyp = [" ".join(" ".join(s.text for s in fw.transcribe(seg, beam_size=beam, language="en",
+                                                              vad_filter=False)[0])
+                        for seg in stream_segment_audio(x, sr, rr[-1]["segments"]))
+               for (x, sr), rr in zip(audio, stream_res["edgerun streaming (final audio_ctx)"], strict=True)]
+        rows.append(dict(system=f"faster-whisper beam {beam}, streaming segments", wer=wer(refs, hyp), rtf=None,
+                         latency_end_to_final_s=None, texts=hyp))  # WER only: not timed
     print(f"{len(clips)} LibriVox clips, {total_audio:.1f} s audio; load: edgerun {load_edge:.2f} s "
           f"(incl. weight prep and silence context), faster-whisper {load_fw:.2f} s; OPENBLAS_NUM_THREADS="
           f"{os.environ.get('OPENBLAS_NUM_THREADS', 'default')}, fw threads {args.threads}")
     print(f"{'system':42s} {'WER %':>6s} {'RTF':>6s} {'end->final s':>12s}")
     for r in rows:
+        if r["rtf"] is None:
+            print(f"{r['system']:42s} {r['wer']:6.2f} {'-':>6s} {'-':>12s}")
+            continue
         print(f"{r['system']:42s} {r['wer']:6.2f} {r['rtf']:6.3f} {r['latency_end_to_final_s']:12.3f}"
               + (f"   (endpoint wait {r['endpoint_wait_s']:.2f} s + final decode {r['final_decode_s']:.2f} s,"
                  f" {r['partials']} partials)" if "final_decode_s" in r else ""))

@@ -29,7 +29,9 @@ def check(r):
     rss = [s["rss_mb"] for s in seg[1:]]  # after the first segment the window is full
     assert max(rss) - min(rss) < 4.0, seg  # flat within a few MB
     assert seg[-1]["peak_mb"] - seg[1]["peak_mb"] < 4.0, seg  # no transient growth either
-    assert seg[-1]["tps"] > 0.8 * seg[0]["tps"], seg  # the last tokens are as fast as the first
+    # the last tokens cost no more work than the first: tok/s per CPU second of the process (wall-clock tok/s moves
+    # with whatever else the machine runs; benchmarks report it)
+    assert seg[-1]["cpu_tps"] > 0.8 * seg[0]["cpu_tps"], seg
 
 
 @pytest.mark.model
