@@ -35,6 +35,11 @@
 
 #define GG_INLINE inline __attribute__((always_inline))
 #define GG_TT 32 /* tokens per GEMM tile */
+#ifndef GG_PF_BYTES
+/* GEMV software prefetch distance: the weight stream GG_PF_BYTES ahead is requested while a group is dotted
+ * (the hardware prefetchers alone keep too few lines in flight for one core; +11% SmolLM2 Q4_1 decode) */
+#define GG_PF_BYTES 4096
+#endif
 
 int er_ggml_type_supported(int type) { return gg_is_type(type); }
 int er_ggml_type_size(int type) { return gg_type_size(type); }
@@ -87,6 +92,13 @@ static void gg_quant_row_scalar(const float *x, int64_t k, int kq, int64_t ngrp,
 
 #if ER_X86
 #define GG_AVX2 __attribute__((target("avx2,fma,f16c")))
+
+/* prefetch the lines of [p + GG_PF_BYTES, + n bytes) that lie before `end` (the job's last weight byte) */
+GG_AVX2 static GG_INLINE void gg_prefetch_ahead(const uint8_t *p, const int n, const uint8_t *end) {
+    const uint8_t *f = p + GG_PF_BYTES;
+    if (f + n > end) return;
+    for (int o = 0; o < n; o += 64) _mm_prefetch((const char *)f + o, _MM_HINT_T0);
+}
 
 /* 8 values -> 8 int32 = clamp(round-half-even(v * id), -127, 127) (cvtps rounds as lrintf in the default mode) */
 GG_AVX2 static GG_INLINE __m256i gg_q8(const float *v, __m256 id) {
@@ -380,10 +392,12 @@ GG_AVX2 static GG_INLINE void gk_gemv_avx2(const int type, const gg_job *j, int6
     const gg_act *a = j->a;
     const int ts = gg_type_size(type);
     const int64_t nsb = w->k / 256;
+    const uint8_t *end = (const uint8_t *)w->data + n1 * nsb * ts;
     for (int64_t n = n0; n < n1; n++) {
         const uint8_t *row = (const uint8_t *)w->data + n * nsb * ts;
         __m256 acc = _mm256_setzero_ps();
         for (int64_t g = 0; g < nsb; g++) {
+            gg_prefetch_ahead(row + g * ts, ts, end);
             gk_avx u;
             __m256i s = _mm256_setzero_si256();
             gk_unpack_avx2(type, row + g * ts, &u, 1, a->q + g * 256, &s);
@@ -616,11 +630,14 @@ GG_AVX2 static GG_INLINE void g32_gemv_avx2(const int type, const gg_job *j, int
     const int ts = gg_type_size(type);
     const int64_t nblk = w->k / 32, nfull = nblk / 8;
     const int tail = (int)(nblk % 8);
+    const uint8_t *end = (const uint8_t *)w->data + n1 * nblk * ts;
     for (int64_t n = n0; n < n1; n++) {
         const uint8_t *row = (const uint8_t *)w->data + n * nblk * ts;
         __m256 acc = _mm256_setzero_ps(), accm = acc;
-        for (int64_t g = 0; g < nfull; g++)
+        for (int64_t g = 0; g < nfull; g++) {
+            gg_prefetch_ahead(row + 8 * g * ts, 8 * ts, end);
             g32_group_gemv(type, row + 8 * g * ts, ts, 8, a->q + 256 * g, a->d + 8 * g, a->s + 8 * g, &acc, &accm);
+        }
         if (tail)
             g32_group_gemv(type, row + 8 * nfull * ts, ts, tail, a->q + 256 * nfull, a->d + 8 * nfull, a->s + 8 * nfull,
                            &acc, &accm);
