@@ -165,6 +165,9 @@ def validate_manifest(m: dict, path: Path, weights_size: int) -> None:
         if e["format"] in ("f16", "f32", "bf16") and (not isinstance(e["parts"].get("data"), dict)
                                                        or e["parts"]["data"].get("shape") != e["shape"]):  # fmt: skip
             bad(f"tensor {name!r}: shape {e['shape']} differs from its data part")
+        missing = _missing_parts(e)
+        if missing:
+            bad(f"tensor {name!r} ({e['format']}) has no {missing!r} part")
         layer = e.get("layer")
         if layer is not None and layer not in groups:
             bad(f"tensor {name!r} names layer {layer!r}, which has no layer group")
@@ -182,6 +185,24 @@ def validate_manifest(m: dict, path: Path, weights_size: int) -> None:
                 bad(f"tensor {name!r} part {part!r} ends at byte {hi}, past the end of weights.bin ({weights_size})")
             if layer is not None and not groups[layer][0] <= lo <= hi <= groups[layer][1]:
                 bad(f"tensor {name!r} part {part!r} lies outside layer {layer}'s byte range")
+
+
+def _missing_parts(entry: dict) -> str | None:
+    """The first part a tensor's format needs that its entry lacks (codes; the scales of the MatMulNBits formats,
+    which the GGUF block formats keep inside their blocks), or None. Unknown formats are left to the loader."""
+    from edgerun.quant.formats import FORMATS
+
+    fmt, parts = entry["format"], entry["parts"]
+    if fmt in ("f16", "f32", "bf16"):
+        return None
+    cls = FORMATS.get(fmt)
+    if cls is None:
+        return None
+    if "data" not in parts and "B" not in parts:
+        return "data"
+    if not getattr(cls, "type_size", 0) and "scales" not in parts:
+        return "scales"
+    return None
 
 
 def _align(n: int, a: int) -> int:

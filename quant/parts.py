@@ -34,6 +34,10 @@ def quantized_from_parts(entry: dict, parts: dict[str, np.ndarray]) -> Quantized
     n, k = (int(d) for d in entry["shape"])
     nb = -(-k // block)
     blob = getattr(cls, "type_size", 0) or block * bits // 8  # ggml block formats: the whole block
+    if "data" not in parts and "B" not in parts:
+        raise ValueError(f"{fmt} tensor without its codes part")
+    if not getattr(cls, "type_size", 0) and "scales" not in parts:
+        raise ValueError(f"{fmt} tensor without its scales part")  # only the GGUF block formats carry them inside
     data = codes_part(parts).reshape(n, nb, blob)
     scales = parts["scales"].reshape(n, nb) if "scales" in parts else None
     zp = parts.get("zero_points")

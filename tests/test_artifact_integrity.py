@@ -97,3 +97,20 @@ def test_weight_and_tokenizer_flips_fail_their_checksums(art, tmp_path):
         (d / "tokenizer.json").write_bytes(bytes(b))
         with pytest.raises(CorruptFileError, match="checksum mismatch"):
             Artifact(d).tokenizer_json()
+
+
+def test_missing_scales_part_is_one_line(art, tmp_path):
+    """A quantized tensor whose scales part is gone (manifest re-signed, so no checksum catches it) is refused at
+    open with one line naming the tensor and the part (found by tests/fuzz: it used to end in an AttributeError)."""
+    import targets
+    from edgerun.errors import CorruptFileError
+    from edgerun.export.artifact import Artifact
+
+    d = _copy(art, tmp_path)
+    m = json.loads((d / "manifest.json").read_text())
+    name = next(n for n, e in m["tensors"].items() if "scales" in e["parts"])
+    m["tensors"][name]["parts"]["zeros_renamed"] = m["tensors"][name]["parts"].pop("scales")
+    targets._resign(d, m)
+    with pytest.raises(CorruptFileError, match=r"has no 'scales' part") as e:
+        Artifact(d)
+    assert name in str(e.value) and "\n" not in str(e.value)
