@@ -75,7 +75,8 @@ def read_audio(path: str) -> tuple[np.ndarray, int]:
         except (sf.LibsndfileError, RuntimeError) as e:
             raise EdgerunError(f"'{path}' is not a readable audio file ({str(e).splitlines()[0]}); "
                                "give a WAV, FLAC or OGG file") from None
-        except MemoryError:  # a compressed file whose header claims more audio than memory holds
+        except (MemoryError, ValueError):  # a compressed file whose header claims more audio than memory holds
+            # (numpy refuses an array that large with ValueError before trying to allocate it)
             raise EdgerunError(f"'{path}': its header claims more audio than fits in memory; "
                                "the file is corrupt") from None
     except ImportError:  # pragma: no cover - soundfile is optional: plain WAV through the stdlib
