@@ -386,6 +386,15 @@ class Artifact:
         except UnicodeDecodeError:
             raise CorruptFileError(f"{p}: not UTF-8 text; export again") from None
 
+    def tokenizer_info(self) -> dict:
+        """The manifest's tokenizer section (bos/eos ids, stop ids, chat template); one-line CorruptFileError when an
+        artifact that needs it has none."""
+        info = self.manifest.get("tokenizer")
+        if not isinstance(info, dict):
+            raise CorruptFileError(f"{self.path / MANIFEST}: no tokenizer section; the artifact is damaged, "
+                                   "export again")  # fmt: skip
+        return info
+
     def part(self, name: str, part: str = "data", verify: bool = True) -> np.ndarray:
         """A read-only array view of one part of a tensor, straight from the memory map."""
         try:

@@ -114,3 +114,19 @@ def test_missing_scales_part_is_one_line(art, tmp_path):
     with pytest.raises(CorruptFileError, match=r"has no 'scales' part") as e:
         Artifact(d)
     assert name in str(e.value) and "\n" not in str(e.value)
+
+
+def test_missing_tokenizer_section_is_one_line(art, tmp_path):
+    """A re-signed manifest without its tokenizer section: loading says so in one line (found by tests/fuzz: it
+    used to end in a KeyError)."""
+    import targets
+    from edgerun.errors import CorruptFileError
+    from edgerun.runtime.llm.model import load
+
+    d = _copy(art, tmp_path)
+    m = json.loads((d / "manifest.json").read_text())
+    del m["tokenizer"]
+    targets._resign(d, m)
+    with pytest.raises(CorruptFileError, match="no tokenizer section") as e:
+        load(str(d))
+    assert "\n" not in str(e.value)

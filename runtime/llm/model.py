@@ -148,7 +148,7 @@ class LLM:
         model_cls, args_cls = get_model_class(self.arch)
         self.args = args_cls.from_dict(artifact.config)
         before_tok, hwm0 = rss_bytes(), peak_rss_bytes()
-        self.tokenizer = Tokenizer(artifact.tokenizer_json(), artifact.manifest["tokenizer"],
+        self.tokenizer = Tokenizer(artifact.tokenizer_json(), artifact.tokenizer_info(),
                                    source=str(artifact.path / "tokenizer.json"))  # fmt: skip
         self.tokenizer_rss = max(0, rss_bytes() - before_tok)  # measured (Gemma-3: ~10 MB)
         # parsing a `tokenizers` JSON peaks well above what stays (SmolLM2: +25 MiB for a moment); VmHWM moved

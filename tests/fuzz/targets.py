@@ -197,7 +197,7 @@ def artifact_target(data: bytes) -> None:
     art.verify()
     for name in art.tensors:
         art.tensor(name)
-    Tokenizer(art.tokenizer_json(), art.manifest["tokenizer"], source=str(d / "tokenizer.json")).encode("Hello")
+    Tokenizer(art.tokenizer_json(), art.tokenizer_info(), source=str(d / "tokenizer.json")).encode("Hello")
 
 
 # ----------------------------------------------------------------------------- safetensors / HF
