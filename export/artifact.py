@@ -138,6 +138,8 @@ def validate_manifest(m: dict, path: Path, weights_size: int) -> None:
     """Check the manifest's structure: types, dtypes, part sizes = shape x itemsize, every part and layer
     byte range inside weights.bin, each layer's tensors inside its layer group. One-line CorruptFileError."""
 
+    from edgerun.quant.parts import missing_part
+
     def bad(what: str):
         raise CorruptFileError(f"{path}: {what}; the artifact is damaged, export again")
 
@@ -165,7 +167,7 @@ def validate_manifest(m: dict, path: Path, weights_size: int) -> None:
         if e["format"] in ("f16", "f32", "bf16") and (not isinstance(e["parts"].get("data"), dict)
                                                        or e["parts"]["data"].get("shape") != e["shape"]):  # fmt: skip
             bad(f"tensor {name!r}: shape {e['shape']} differs from its data part")
-        missing = _missing_parts(e)
+        missing = missing_part(e["format"], e["parts"])
         if missing:
             bad(f"tensor {name!r} ({e['format']}) has no {missing!r} part")
         layer = e.get("layer")
@@ -185,24 +187,6 @@ def validate_manifest(m: dict, path: Path, weights_size: int) -> None:
                 bad(f"tensor {name!r} part {part!r} ends at byte {hi}, past the end of weights.bin ({weights_size})")
             if layer is not None and not groups[layer][0] <= lo <= hi <= groups[layer][1]:
                 bad(f"tensor {name!r} part {part!r} lies outside layer {layer}'s byte range")
-
-
-def _missing_parts(entry: dict) -> str | None:
-    """The first part a tensor's format needs that its entry lacks (codes; the scales of the MatMulNBits formats,
-    which the GGUF block formats keep inside their blocks), or None. Unknown formats are left to the loader."""
-    from edgerun.quant.formats import FORMATS
-
-    fmt, parts = entry["format"], entry["parts"]
-    if fmt in ("f16", "f32", "bf16"):
-        return None
-    cls = FORMATS.get(fmt)
-    if cls is None:
-        return None
-    if "data" not in parts and "B" not in parts:
-        return "data"
-    if not getattr(cls, "type_size", 0) and "scales" not in parts:
-        return "scales"
-    return None
 
 
 def _align(n: int, a: int) -> int:

@@ -24,6 +24,20 @@ def codes_part(parts: dict) -> np.ndarray:
     return parts["data"] if "data" in parts else parts["B"]
 
 
+def missing_part(fmt: str, parts) -> str | None:
+    """The first part a block-quantized format needs that `parts` (names) lacks: the codes (``data`` / ``B``), and
+    the scales of the MatMulNBits formats (the GGUF block formats keep theirs inside the blocks); None when
+    complete, or for plain and unknown formats (left to their own checks)."""
+    cls = FORMATS.get(fmt)
+    if fmt in PLAIN or cls is None:
+        return None
+    if "data" not in parts and "B" not in parts:
+        return "data"
+    if not getattr(cls, "type_size", 0) and "scales" not in parts:
+        return "scales"
+    return None
+
+
 def quantized_from_parts(entry: dict, parts: dict[str, np.ndarray]) -> QuantizedTensor:
     """A :class:`QuantizedTensor` of views over ``parts`` as the manifest ``entry`` describes it."""
     fmt = entry["format"]
@@ -34,10 +48,9 @@ def quantized_from_parts(entry: dict, parts: dict[str, np.ndarray]) -> Quantized
     n, k = (int(d) for d in entry["shape"])
     nb = -(-k // block)
     blob = getattr(cls, "type_size", 0) or block * bits // 8  # ggml block formats: the whole block
-    if "data" not in parts and "B" not in parts:
-        raise ValueError(f"{fmt} tensor without its codes part")
-    if not getattr(cls, "type_size", 0) and "scales" not in parts:
-        raise ValueError(f"{fmt} tensor without its scales part")  # only the GGUF block formats carry them inside
+    missing = missing_part(fmt, parts)
+    if missing:
+        raise ValueError(f"{fmt} tensor without its {missing!r} part")
     data = codes_part(parts).reshape(n, nb, blob)
     scales = parts["scales"].reshape(n, nb) if "scales" in parts else None
     zp = parts.get("zero_points")

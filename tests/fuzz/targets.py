@@ -141,6 +141,10 @@ def _base_artifact() -> Path:
         from edgerun.export.exporter import export
 
         export(_write("art.gguf", tiny_gguf_bytes()), _ART, weights="int4", onnx=False)
+        # the seeds (and any crash input kept from them) name no path of this machine
+        m = json.loads((_ART / "manifest.json").read_text())
+        m["provenance"]["source"] = "art.gguf"
+        _resign(_ART, m)
     return _ART
 
 
