@@ -13,7 +13,10 @@ import time
 
 import numpy as np
 
-LIBRIVOX = "/usr/share/pocketsphinx/test/data/librivox"
+POCKETSPHINX_DATA = "/usr/share/pocketsphinx/test/data"  # Debian pocketsphinx-testdata
+LIBRIVOX = os.path.join(POCKETSPHINX_DATA, "librivox")  # 5 sentences read from a LibriVox book, 71 words
+CARDS = os.path.join(POCKETSPHINX_DATA, "cards")  # 5 short spoken card names (1.1-3.5 s, loud), 21 words
+SPEECH_SETS = {"librivox": LIBRIVOX, "cards": CARDS}
 
 
 _NUMBERS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
@@ -50,15 +53,19 @@ def wer(refs: list[str], hyps: list[str]) -> float:
     return 100.0 * errors / max(1, words)
 
 
-def load_clips(limit: int | None = None) -> list[tuple[str, str]]:
-    """[(wav path, reference text)] from the pocketsphinx-testdata LibriVox folder."""
+def load_clips(limit: int | None = None, folder: str = LIBRIVOX) -> list[tuple[str, str]]:
+    """[(wav path, reference text)] from a pocketsphinx-testdata folder of recordings (LIBRIVOX, CARDS) and
+    its transcription file (lines `<s> text </s> (file id)`)."""
     refs = {}
-    with open(os.path.join(LIBRIVOX, "transcription"), encoding="utf-8") as fh:
+    names = ("transcription", os.path.basename(folder) + ".transcription")  # librivox/ and cards/ name it so
+    path = next((p for p in (os.path.join(folder, n) for n in names) if os.path.isfile(p)),
+                os.path.join(folder, names[0]))
+    with open(path, encoding="utf-8") as fh:
         for line in fh:
             m = re.match(r"<s>(.*)</s>\s*\((.+)\)", line.strip())
             if m:
                 refs[m.group(2)] = m.group(1).strip()
-    files = sorted(glob.glob(os.path.join(LIBRIVOX, "*.wav")))
+    files = sorted(glob.glob(os.path.join(folder, "*.wav")))
     out = [(f, refs[os.path.basename(f)[:-4]]) for f in files if os.path.basename(f)[:-4] in refs]
     return out[:limit] if limit else out
 

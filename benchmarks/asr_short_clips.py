@@ -28,7 +28,7 @@ def main() -> None:
 
     def cut(x):
         d = full.decode(x, full_window=False)
-        return "" if d.no_speech_prob > 0.6 and d.avg_logprob < -1.0 else full.text(d.tokens)
+        return "" if d.silent else full.text(d.tokens)
 
     systems = {
         "edgerun 30-s window": lambda x: full.transcribe(x, 16000, use_vad=False).text,

@@ -1,6 +1,7 @@
 """ASR quality and speed: edgerun Whisper (INT8 artifact, C kernels) vs faster-whisper (same model, int8), same run.
 
-Data: the LibriVox clips of Debian `pocketsphinx-testdata` with their `transcription` file.
+Data: the LibriVox clips of Debian `pocketsphinx-testdata` with their `transcription` file (71 words: one word is
+1.41 pt); `--data cards` its 5 short recordings of card names (21 words, one word 4.8 pt), `--data all` both.
 edgerun encodes each utterance on its own frames with the cached silence context standing in for the rest of
 the 30-s window (`audio_ctx`, the default); "30-s window" rows encode all 1500 frames, as faster-whisper does.
 Reports WER (normalized: lower case, no punctuation, hyphens split, Mr. -> mister), real-time factor
@@ -11,7 +12,7 @@ Reports WER (normalized: lower case, no punctuation, hyphens split, Mr. -> miste
   * faster-whisper on the streaming segments: the peer run on exactly the audio each streaming final decoded
     (WER only): what the VAD cut does to Whisper, apart from edgerun's decoder.
 
-    python benchmarks/asr_wer.py [--runs 2] [--json out.json]
+    python benchmarks/asr_wer.py [--runs 2] [--data librivox|cards|all] [--json out.json]
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ import os
 import statistics
 import time
 
-from edgerun.bench.speech import load_clips, normalize, run_edgerun_stream, stream_segment_audio, wer
+from edgerun.bench.speech import SPEECH_SETS, load_clips, normalize, run_edgerun_stream, stream_segment_audio, wer
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=2, help="timed repetitions (median reported)")
-    ap.add_argument("--limit", type=int, default=None, help="use only the first N clips")
+    ap.add_argument("--limit", type=int, default=None, help="use only the first N clips of each set")
+    ap.add_argument("--data", choices=[*SPEECH_SETS, "all"], default="librivox", help="which recordings")
     ap.add_argument("--threads", type=int, default=2, help="faster-whisper cpu_threads")
     ap.add_argument("--json", default=None, help="write the figures as JSON here")
     args = ap.parse_args()
@@ -38,7 +40,8 @@ def main() -> None:
     from edgerun.runtime.audio.wavio import read_audio
     from faster_whisper import WhisperModel
 
-    clips = load_clips(args.limit)
+    sets = list(SPEECH_SETS) if args.data == "all" else [args.data]
+    clips = [c for name in sets for c in load_clips(args.limit, SPEECH_SETS[name])]
     audio = [read_audio(f) for f, _ in clips]
     refs = [r for _, r in clips]
     total_audio = sum(len(x) / sr for x, sr in audio)
@@ -102,7 +105,8 @@ def main() -> None:
                for (x, sr), rr in zip(audio, stream_res["edgerun streaming (final audio_ctx)"], strict=True)]
         rows.append(dict(system=f"faster-whisper beam {beam}, streaming segments", wer=wer(refs, hyp), rtf=None,
                          latency_end_to_final_s=None, texts=hyp))  # WER only: not timed
-    print(f"{len(clips)} LibriVox clips, {total_audio:.1f} s audio; load: edgerun {load_edge:.2f} s "
+    print(f"{len(clips)} clips ({'+'.join(sets)}), {sum(len(normalize(r)) for r in refs)} words, "
+          f"{total_audio:.1f} s audio; load: edgerun {load_edge:.2f} s "
           f"(incl. weight prep and silence context), faster-whisper {load_fw:.2f} s; OPENBLAS_NUM_THREADS="
           f"{os.environ.get('OPENBLAS_NUM_THREADS', 'default')}, fw threads {args.threads}")
     print(f"{'system':42s} {'WER %':>6s} {'RTF':>6s} {'end->final s':>12s}")

@@ -59,9 +59,15 @@ class Decoded:
     """One Whisper decode: new tokens (after the forced prefix) and their scores."""
 
     tokens: list[int]
-    avg_logprob: float
+    avg_logprob: float  # Whisper's: the log-probs of the tokens and of the end token, / (len(tokens) + 1)
     no_speech_prob: float
     seconds: float
+
+    @property
+    def silent(self) -> bool:
+        """Whisper's no-speech rule (openai-whisper, faster-whisper): no-speech probability > 0.6 while the text
+        is unlikely (average log-prob < -1)."""
+        return self.no_speech_prob > 0.6 and self.avg_logprob < -1.0
 
 
 @dataclass
@@ -213,9 +219,9 @@ class ASR:
             lp = _log_softmax(last)
             lp[self.suppress_begin if (i == 0 and not prefix) else self.suppress] = -np.inf
             tok = int(np.argmax(lp))
+            logprob += float(lp[tok])  # the end token's too, as Whisper's average counts it
             if tok == self.eot:
                 break
-            logprob += float(lp[tok])
             out.append(tok)
             period = _repeating(out)
             if period:
@@ -233,7 +239,7 @@ class ASR:
                 state.length = len(head) + matched
                 in_draft = False
             last = m.decode([tok], state)[-1]
-        return Decoded(out, logprob / max(1, len(out)), no_speech, time.perf_counter() - t0)
+        return Decoded(out, logprob / (len(out) + 1), no_speech, time.perf_counter() - t0)
 
     def text(self, tokens: list[int]) -> str:
         """Token ids -> text (special tokens dropped)."""
@@ -264,7 +270,7 @@ class ASR:
         results = []
         for i, w in enumerate(windows):
             d = self.decode(w.samples, full_window=True)
-            silent = d.no_speech_prob > 0.6 and d.avg_logprob < -1.0
+            silent = d.silent
             text = "" if silent else self.text(d.tokens)
             results.append(ASRResult(text, True, text, "", w.start, w.end, i, silent or not text, d.seconds))
         text = " ".join(r.text for r in results if r.text)
@@ -407,7 +413,7 @@ class ASRStream:
         prefix = self.committed if asr.final_uses_prefix else []
         draft = (self.committed + self.prev_tail)[len(prefix) :]  # the partials' text, checked token by token
         d = asr.decode(seg.samples, prefix=prefix, full_window=asr.final_full_window, draft=draft)
-        silent = not prefix and d.no_speech_prob > 0.6 and d.avg_logprob < -1.0
+        silent = not prefix and d.silent
         return d, ("" if silent else asr.text(prefix + d.tokens)), prefix
 
     def _result(self, seg: SpeechSegment, d: Decoded, text: str, prefix, compute: float, delay: float) -> ASRResult:
