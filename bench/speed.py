@@ -213,7 +213,7 @@ def bench_edgerun_context(model, context: int, kv_bits: int | None = 16, n_decod
     kv_bits 16/8/4/2: the sink + window cache, window covering the whole run (nothing evicted, as llama.cpp's
     cache) unless `kv_window` is given (then `sinks` + that window: the prompt slides through it); `ram`: a budget
     (``load(ram=...)``: the plan picks the window, how weights are held, the prefill chunk). None bits and no ram:
-    the backend's full float32 cache. `model` may be a loaded LLM (its own settings then). Decode feeds the text's
+    the backend's full cache (float16). `model` may be a loaded LLM (its own settings then). Decode feeds the text's
     next tokens (speed does not depend on them). Returns {"engine", "kv", "setting", "context", "prefill_tps",
     "decode_tps", "cache_bytes", "ids"}.
     """
@@ -239,7 +239,8 @@ def bench_edgerun_context(model, context: int, kv_bits: int | None = 16, n_decod
             ts.append(time.perf_counter() - t0)
     nbytes = getattr(cache, "nbytes", None)
     setting = context_setting(llm, total)
-    kv = KV_NAMES.get(llm.plan.kv_bits, "f32") if llm.budgeted else "f32"
+    full = "f16" if getattr(cache, "dtype", None) == np.float16 else "f32"  # the backend's full cache
+    kv = KV_NAMES.get(llm.plan.kv_bits, "f32") if llm.budgeted else full
     if isinstance(model, (str, os.PathLike)):
         llm.close()
     return {"engine": "edgerun", "kv": kv, "setting": setting, "context": context, "prefill_tps": context / t_pp,

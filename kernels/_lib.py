@@ -62,6 +62,7 @@ class ErDecodeCfg(ctypes.Structure):
         ("attn_scale", c_float),
         ("softcap", c_float),
         ("gelu", c_int32),
+        ("kv_f16", c_int32),
         *[(n, c_void_p) for n in ("x", "h", "q", "k", "v", "att", "o", "g", "u")],
     ]
 

@@ -270,7 +270,7 @@ def test_fused_decode_layer_runs_gguf_weights():
                                                     ("v", nkv * hd), ("att", nh * hd), ("o", dim), ("g", ffn),
                                                     ("u", ffn))}
     ptr = {n: a.ctypes.data for n, a in buf.items()}
-    cfg = ErDecodeCfg(dim, nh, nkv, hd, ffn, eps, scale, 0.0, 0, *(ptr[n] for n in ("x", "h", "q", "k", "v", "att",
+    cfg = ErDecodeCfg(dim, nh, nkv, hd, ffn, eps, scale, 0.0, 0, 0, *(ptr[n] for n in ("x", "h", "q", "k", "v", "att",
                                                                                        "o", "g", "u")))
     L = ErLayer()
     for j, name in enumerate(("wq", "wk", "wv", "wo", "wg", "wu", "wd")):

@@ -2,7 +2,8 @@
 
 Both run the same kernels in the same float order, so logits must be identical, not just close: on llama
 (SwiGLU), qwen2 (q/k/v biases) and gemma3 (q/k norms, post norms, GeGLU, sliding windows), with f32, int4 and
-ternary weights, on the full cache, the sink + window ring (float and KIVI layouts), 1 and 2 threads.
+ternary weights, on the full cache (float16 and float32), the sink + window ring (float and KIVI layouts), 1 and
+2 threads.
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ def tiny(tmp_path_factory, smollm2_gguf):
     return out
 
 
-def _steps(llm, model, fused: bool, n: int = 40) -> np.ndarray:
-    """Logits of a prompt and n greedy decode steps with the fused or the per-op decode. (n + 1, vocab)"""
+def _steps(llm, model, fused: bool, n: int = 40, dtype=None) -> np.ndarray:
+    """Logits of a prompt and n greedy decode steps with the fused or the per-op decode (full cache of `dtype`,
+    default: the backend's). (n + 1, vocab)"""
     model.fused_decode = fused
-    c = llm.new_cache()
+    c = llm.new_cache() if dtype is None else model.new_cache(dtype)
     rng = np.random.default_rng(0)
     out = [llm.prefill(rng.integers(10, llm.args.vocab_size, 11).tolist(), c)]
     for _ in range(n):
@@ -41,12 +43,25 @@ def _steps(llm, model, fused: bool, n: int = 40) -> np.ndarray:
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("weights", ["f32", "int4", "ternary"])
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
-def test_fused_decode_equals_per_op(tiny, arch, weights, threads):
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_fused_decode_equals_per_op(tiny, arch, weights, threads, dtype):
     import edgerun
 
     llm = edgerun.load(tiny[arch, weights], backend="native", threads=threads)
-    fused, ops = _steps(llm, llm.model, True), _steps(llm, llm.model, False)
+    fused, ops = _steps(llm, llm.model, True, dtype=dtype), _steps(llm, llm.model, False, dtype=dtype)
     np.testing.assert_array_equal(fused, ops)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_full_cache_float16_by_default_close_to_float32(tiny, arch):
+    """The default full cache is float16 (as llama.cpp's): half the bytes of float32, logits within its rounding."""
+    import edgerun
+
+    llm = edgerun.load(tiny[arch, "f32"], backend="native")
+    c16, c32 = llm.new_cache(), llm.model.new_cache(np.float32)
+    assert c16.dtype == np.float16 and c16.k[0].dtype == np.float16 and c16.nbytes * 2 == c32.nbytes
+    a, b = _steps(llm, llm.model, True), _steps(llm, llm.model, True, dtype=np.float32)
+    assert 0 < np.abs(a - b).max() <= 1e-3 * np.abs(b).max(), np.abs(a - b).max() / np.abs(b).max()
 
 
 @pytest.mark.parametrize("kv_bits", [32, 4])

@@ -129,25 +129,39 @@ int er_decode_attn_out(const er_decode_cfg *c, const er_layer *L) {
     return 0;
 }
 
-int er_decode_layer(const er_decode_cfg *c, const er_layer *L, float *k_cache, float *v_cache, int64_t capacity,
+/* k, v (n_kv, hd) of this token -> cache[h, pos], float32 or float16 */
+static void store_kv(const er_decode_cfg *c, void *k_cache, void *v_cache, int64_t capacity, int64_t pos) {
+    const int64_t hd = c->head_dim, nkv = c->n_kv_heads;
+    for (int64_t h = 0; h < nkv; h++) {
+        const int64_t at = (h * capacity + pos) * hd;
+        if (c->kv_f16) {
+            uint16_t *kd = (uint16_t *)k_cache + at, *vd = (uint16_t *)v_cache + at;
+            for (int64_t i = 0; i < hd; i++) kd[i] = er_f32_to_f16(c->k[h * hd + i]);
+            for (int64_t i = 0; i < hd; i++) vd[i] = er_f32_to_f16(c->v[h * hd + i]);
+        } else {
+            memcpy((float *)k_cache + at, c->k + h * hd, sizeof(float) * (size_t)hd);
+            memcpy((float *)v_cache + at, c->v + h * hd, sizeof(float) * (size_t)hd);
+        }
+    }
+}
+
+int er_decode_layer(const er_decode_cfg *c, const er_layer *L, void *k_cache, void *v_cache, int64_t capacity,
                     int64_t pos) {
     if (!k_cache || !v_cache || pos < 0 || capacity <= pos) return -1;
     int r = er_decode_attn_in(c, L, pos);
     if (r) return r;
-    const int64_t hd = c->head_dim, nkv = c->n_kv_heads;
-    for (int64_t h = 0; h < nkv; h++) { /* k, v (n_kv, hd) -> cache[h, pos] */
-        memcpy(k_cache + (h * capacity + pos) * hd, c->k + h * hd, sizeof(float) * (size_t)hd);
-        memcpy(v_cache + (h * capacity + pos) * hd, c->v + h * hd, sizeof(float) * (size_t)hd);
-    }
+    const int64_t hd = c->head_dim, es = c->kv_f16 ? 2 : 4;
+    store_kv(c, k_cache, v_cache, capacity, pos);
     const int64_t start = L->window > 0 && pos + 1 > L->window ? pos + 1 - L->window : 0;
-    r = er_attention(c->q, k_cache + start * hd, v_cache + start * hd, c->att, c->n_heads, nkv, hd, pos + 1 - start,
-                     capacity, 0, c->attn_scale, c->softcap);
+    r = er_attention(c->q, (const char *)k_cache + start * hd * es, (const char *)v_cache + start * hd * es, c->att,
+                     c->n_heads, c->n_kv_heads, hd, pos + 1 - start, capacity, c->kv_f16 ? 1 : 0, c->attn_scale,
+                     c->softcap);
     if (r) return r;
     return er_decode_attn_out(c, L);
 }
 
-int er_decode_layers(const er_decode_cfg *c, const er_layer *const *layers, float *const *k_caches,
-                     float *const *v_caches, int64_t n, int64_t capacity, int64_t pos) {
+int er_decode_layers(const er_decode_cfg *c, const er_layer *const *layers, void *const *k_caches,
+                     void *const *v_caches, int64_t n, int64_t capacity, int64_t pos) {
     if (!layers || !k_caches || !v_caches || n < 0) return -1;
     for (int64_t i = 0; i < n; i++) {
         int r = er_decode_layer(c, layers[i], k_caches[i], v_caches[i], capacity, pos);

@@ -114,6 +114,7 @@ typedef struct er_decode_cfg {
     int64_t dim, n_heads, n_kv_heads, head_dim, ffn_dim;
     float eps, attn_scale, softcap;
     int32_t gelu;                 /* 0: SwiGLU (silu(g) * u), 1: GeGLU (gelu_tanh(g) * u) */
+    int32_t kv_f16;               /* er_decode_layer's full cache: 0 float32, 1 float16 */
     float *x;                     /* (dim) residual stream, read and updated */
     float *h, *q, *k, *v, *att, *o, *g, *u; /* scratch: (dim), (nh*hd), (nkv*hd) x2, (nh*hd), (dim), (ffn) x2 */
 } er_decode_cfg;
@@ -121,13 +122,14 @@ typedef struct er_decode_cfg {
 int er_decode_attn_in(const er_decode_cfg *c, const er_layer *L, int64_t pos);
 /* att -> o -> [norm] -> x += o -> norm -> gate/up -> act -> down -> [norm] -> x += o */
 int er_decode_attn_out(const er_decode_cfg *c, const er_layer *L);
-/* the whole layer over a full float32 cache k, v (n_kv_heads, capacity, head_dim): attn_in, k/v stored at pos,
- * attention over [max(0, pos + 1 - window), pos], attn_out. Returns 0, or < 0 on bad arguments. */
-int er_decode_layer(const er_decode_cfg *c, const er_layer *L, float *k_cache, float *v_cache, int64_t capacity,
+/* the whole layer over a full cache k, v (n_kv_heads, capacity, head_dim), float32 or float16 (c->kv_f16):
+ * attn_in, k/v stored at pos (rounded to nearest-even f16), attention over [max(0, pos + 1 - window), pos],
+ * attn_out. Returns 0, or < 0 on bad arguments. */
+int er_decode_layer(const er_decode_cfg *c, const er_layer *L, void *k_cache, void *v_cache, int64_t capacity,
                     int64_t pos);
 /* er_decode_layer over layers 0..n-1 in turn (k_caches[i], v_caches[i] the caches of layer i): one call per token */
-int er_decode_layers(const er_decode_cfg *c, const er_layer *const *layers, float *const *k_caches,
-                     float *const *v_caches, int64_t n, int64_t capacity, int64_t pos);
+int er_decode_layers(const er_decode_cfg *c, const er_layer *const *layers, void *const *k_caches,
+                     void *const *v_caches, int64_t n, int64_t capacity, int64_t pos);
 /* row `row` of a float or ER_W_Q weight as float32 (an embedding lookup): scale * (code - zero point), then times
  * mul unless mul == 1 (the same float operations as the numpy dequantization). Returns 0, -1 on bad arguments,
  * -2 for a weight type it does not read (GGUF block formats). */

@@ -22,7 +22,7 @@ cache splits it around its own store/attention (``er_decode_attn_in`` / ``er_dec
 The numpy reference (``runtime/models``) defines the math; this file follows its hooks
 (``rope_theta``, ``rope_scale``, ``window``, ``attn_scale``) so llama, qwen2 and gemma3 run here.
 
-Two caches: :class:`NativeKVCache` (full context, the default) and the RAM-budgeted
+Two caches: :class:`NativeKVCache` (full context, float16 unless asked for float32; the default) and the RAM-budgeted
 :class:`edgerun.runtime.llm.kv_cache.SinkWindowKVCache` (sinks + window ring; float layouts attend in
 one kernel call over [sinks | ring]; KIVI int8/4/2 layouts decode a whole layer in one C call,
 ``er_decode_layer_kivi``, attention read straight from the quantized groups, kernels/src/kv_attention.c).
@@ -46,22 +46,33 @@ def _ptr(a: np.ndarray) -> int:
 
 
 class NativeKVCache:
-    """Full KV cache for one sequence: per layer k, v (n_kv_heads, capacity, head_dim) float32.
+    """Full KV cache for one sequence: per layer k, v (n_kv_heads, capacity, head_dim), float16 (the default, as
+    llama.cpp's) or float32.
 
     Keys are stored after RoPE. Capacity doubles when full (pointers are re-read after growth).
     """
 
-    def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, capacity: int = 256, limit: int = 1 << 20):
+    def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, capacity: int = 256, limit: int = 1 << 20,
+                 dtype=np.float16):
         self.n_layers, self.n_kv_heads, self.head_dim = n_layers, n_kv_heads, head_dim
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float16, np.float32):
+            raise ValueError(f"a full KV cache holds float16 or float32, not {self.dtype}")
+        self.f16 = self.dtype == np.float16
         self.limit = limit
         self.length = 0
         self._alloc(min(capacity, limit))
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the cache's arrays now (they grow by doubling up to `limit` positions)."""
+        return sum(a.nbytes for a in self.k) * 2
+
     def _alloc(self, cap: int) -> None:
         old = getattr(self, "k", None)
         shape = (self.n_kv_heads, cap, self.head_dim)
-        k = [np.zeros(shape, np.float32) for _ in range(self.n_layers)]
-        v = [np.zeros(shape, np.float32) for _ in range(self.n_layers)]
+        k = [np.zeros(shape, self.dtype) for _ in range(self.n_layers)]
+        v = [np.zeros(shape, self.dtype) for _ in range(self.n_layers)]
         if old is not None:
             for i in range(self.n_layers):
                 k[i][:, : self.length] = self.k[i][:, : self.length]
@@ -97,7 +108,8 @@ class NativeModel:
     None keeps every weight mapped. `read_cache` is the streamer's page-cache policy.
     """
 
-    def __init__(self, artifact: Artifact, ref, threads: int | None = None, plan=None, read_cache: str = "drop"):
+    def __init__(self, artifact: Artifact, ref, threads: int | None = None, plan=None, read_cache: str = "drop",
+                 kv_dtype=np.float16):
         from edgerun import kernels
         from edgerun.kernels._lib import lib
 
@@ -107,6 +119,7 @@ class NativeModel:
             kernels.set_num_threads(threads)
         self.artifact = artifact
         self.ref = ref
+        self.kv_dtype = np.dtype(kv_dtype)  # of the full cache (new_cache)
         self.args = a = ref.args
         self.arch = artifact.arch
         self.gemma = self.arch == "gemma3"
@@ -122,9 +135,11 @@ class NativeModel:
     def window(self, layer: int):
         return self.ref.window(layer)
 
-    def new_cache(self) -> NativeKVCache:
+    def new_cache(self, dtype=None) -> NativeKVCache:
+        """A full-context cache (float16 unless `dtype` or the model's `kv_dtype` says float32)."""
         a = self.args
-        return NativeKVCache(a.n_layers, a.n_kv_heads, a.head_dim, limit=a.context_length)
+        return NativeKVCache(a.n_layers, a.n_kv_heads, a.head_dim, limit=a.context_length,
+                             dtype=self.kv_dtype if dtype is None else dtype)
 
     def embed(self, tokens: np.ndarray) -> np.ndarray:
         x = self.src.embed_rows("token_embd.weight", tokens)  # (T, dim)
@@ -194,7 +209,7 @@ class NativeModel:
         self.fused_decode = True
         scratch = (p[n] for n in ("x", "h", "q", "k", "v", "att", "o", "g", "u"))
         self._cfg = ErDecodeCfg(a.dim, a.n_heads, a.n_kv_heads, a.head_dim, a.ffn_dim, a.norm_eps, self.scale, 0.0,
-                                1 if self.gemma else 0, *scratch)
+                                1 if self.gemma else 0, 0, *scratch)  # kv_f16: set per step from the cache
         self._cfg_ref = ctypes.byref(self._cfg)
         self._clayers: dict[tuple[int, int], tuple] = {}  # (layer, id(weights dict)) -> (dict, ErLayer, byref)
         # the embedding row of a decode step read by er_weight_row (no numpy on the step's path): the resident
@@ -268,6 +283,7 @@ class NativeModel:
             b["x"][:] = self.embed(np.array([token]))[0]
         cfg = self._cfg_ref
         st = None if ring or self.src.streamer is not None else self._layer_stack(cache)
+        self._cfg.kv_f16 = 0 if ring else int(cache.f16)
         if st is not None:  # every layer in one C call
             r = lib.er_decode_layers(cfg, st[0], st[1], st[2], a.n_layers, cache.capacity, pos)
             if r:
@@ -368,9 +384,9 @@ class NativeModel:
         cache.v[i][:, pos] = b["v"].reshape(nkv, hd)
         w = L["window"]
         start = 0 if w is None else max(0, pos + 1 - w)
-        off = start * hd * 4
+        off = start * hd * cache.dtype.itemsize
         self.lib.er_attention(p["q"], cache.k_ptr[i] + off, cache.v_ptr[i] + off, p["att"], a.n_heads, nkv, hd,
-                              pos + 1 - start, cache.capacity, 0, self.scale, 0.0)  # fmt: skip
+                              pos + 1 - start, cache.capacity, int(cache.f16), self.scale, 0.0)  # fmt: skip
 
     def _attend_ring(self, i: int, L: dict, cache: SinkWindowKVCache, pos: int) -> None:
         """Store k/v at pos in the sink + window ring; one kernel call over [sinks | ring]."""
