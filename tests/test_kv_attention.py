@@ -184,7 +184,7 @@ def test_bench_context_runs_every_kv_width(tmp_path, smollm2_gguf):
         assert r["kv"] == {16: "f16", 8: "int8", 4: "int4", 2: "int2"}[bits]
         assert r["prefill_tps"] > 0 and r["decode_tps"] > 0
         assert r["cache_bytes"] == m.new_cache().nbytes
-        assert m.new_cache().native == (bits < 16)
+        assert m.new_cache().native  # every width up to f16 attends in C (kv_attention.c) on the native backend
         m.close()
 
 
