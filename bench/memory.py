@@ -310,7 +310,8 @@ def soak(path=None, n_tokens: int = 20000, ram=None, kv_window: int = 512, kv_bi
          seed: int = 0, threads: int | None = None) -> dict:  # fmt: skip
     """Generate `n_tokens` (sampled, EOS ignored) under `ram` with a `kv_window` cache; per `every` tokens
     report RSS (current and peak, MB), decode tok/s, and tok/s per CPU second of this process (`cpu_tps`: what
-    a busy machine does not move). The conversation never ends: the window slides."""
+    a busy machine moves less; `cpu_tps_best`: the best of the segment's 8 blocks, which the moments other work
+    shares the caches and memory bus do not reach). The conversation never ends: the window slides."""
     from edgerun.runtime.llm.model import load
     from edgerun.runtime.memory import peak_rss_bytes, rss_bytes
 
@@ -318,17 +319,22 @@ def soak(path=None, n_tokens: int = 20000, ram=None, kv_window: int = 512, kv_bi
     rng = np.random.default_rng(seed)
     cache = m.new_cache()
     lg = m.prefill(m.tokenizer.encode("Once upon a time"), cache)
+    block = max(1, every // 8)
     seg, t0, c0 = [], time.perf_counter(), time.process_time()
+    cb, best = c0, 0.0
     for i in range(1, n_tokens + 1):
         z = (lg - lg.max()) / 0.9
         p = np.exp(z)
         tok = int(rng.choice(len(p), p=p / p.sum()))
         lg = m.decode_step(tok, cache)
+        if i % block == 0:
+            c = time.process_time()
+            best, cb = max(best, block / max(c - cb, 1e-9)), c
         if i % every == 0:
             t1, c1 = time.perf_counter(), time.process_time()
             seg.append({"tokens": i, "tps": every / (t1 - t0), "cpu_tps": every / max(c1 - c0, 1e-9),
-                        "rss_mb": rss_bytes() / 1e6, "window": m.plan.kv_window,
+                        "cpu_tps_best": best, "rss_mb": rss_bytes() / 1e6, "window": m.plan.kv_window,
                         "peak_mb": peak_rss_bytes() / 1e6})  # fmt: skip
-            t0, c0 = t1, c1
+            t0, c0, best = t1, c1, 0.0
     m.close()
     return {"plan": m.plan.describe(), "segments": seg, "baseline_mb": m.baseline_rss / 1e6}

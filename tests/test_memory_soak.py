@@ -29,9 +29,10 @@ def check(r):
     rss = [s["rss_mb"] for s in seg[1:]]  # after the first segment the window is full
     assert max(rss) - min(rss) < 4.0, seg  # flat within a few MB
     assert seg[-1]["peak_mb"] - seg[1]["peak_mb"] < 4.0, seg  # no transient growth either
-    # the last tokens cost no more work than the first: tok/s per CPU second of the process (wall-clock tok/s moves
-    # with whatever else the machine runs; benchmarks report it)
-    assert seg[-1]["cpu_tps"] > 0.8 * seg[0]["cpu_tps"], seg
+    # the last tokens cost no more work than the first: tok/s per CPU second of the process, the best block of each
+    # segment (wall-clock tok/s, and a whole segment's CPU time, move with whatever else the machine runs: a
+    # segment's mean fell to 0.8x of the first on a loaded machine while the blocks' best held)
+    assert seg[-1]["cpu_tps_best"] > 0.8 * seg[0]["cpu_tps_best"], seg
 
 
 @pytest.mark.model
