@@ -57,9 +57,9 @@ def load_clips(limit: int | None = None, folder: str = LIBRIVOX) -> list[tuple[s
     """[(wav path, reference text)] from a pocketsphinx-testdata folder of recordings (LIBRIVOX, CARDS) and
     its transcription file (lines `<s> text </s> (file id)`)."""
     refs = {}
-    names = ("transcription", os.path.basename(folder) + ".transcription")  # librivox/ and cards/ name it so
-    path = next((p for p in (os.path.join(folder, n) for n in names) if os.path.isfile(p)),
-                os.path.join(folder, names[0]))
+    path = os.path.join(folder, "transcription")  # librivox/; cards/ names it cards.transcription
+    if not os.path.isfile(path):
+        path = os.path.join(folder, os.path.basename(folder) + ".transcription")
     with open(path, encoding="utf-8") as fh:
         for line in fh:
             m = re.match(r"<s>(.*)</s>\s*\((.+)\)", line.strip())

@@ -58,10 +58,14 @@ class NativeKVCache:
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float16, np.float32):
             raise ValueError(f"a full KV cache holds float16 or float32, not {self.dtype}")
-        self.f16 = self.dtype == np.float16
         self.limit = limit
         self.length = 0
         self._alloc(min(capacity, limit))
+
+    @property
+    def f16(self) -> bool:
+        """Whether k, v are float16 (the C calls' kv_f16 flag)."""
+        return self.dtype == np.float16
 
     @property
     def nbytes(self) -> int:
@@ -108,8 +112,7 @@ class NativeModel:
     None keeps every weight mapped. `read_cache` is the streamer's page-cache policy.
     """
 
-    def __init__(self, artifact: Artifact, ref, threads: int | None = None, plan=None, read_cache: str = "drop",
-                 kv_dtype=np.float16):
+    def __init__(self, artifact: Artifact, ref, threads: int | None = None, plan=None, read_cache: str = "drop"):
         from edgerun import kernels
         from edgerun.kernels._lib import lib
 
@@ -119,7 +122,6 @@ class NativeModel:
             kernels.set_num_threads(threads)
         self.artifact = artifact
         self.ref = ref
-        self.kv_dtype = np.dtype(kv_dtype)  # of the full cache (new_cache)
         self.args = a = ref.args
         self.arch = artifact.arch
         self.gemma = self.arch == "gemma3"
@@ -135,11 +137,10 @@ class NativeModel:
     def window(self, layer: int):
         return self.ref.window(layer)
 
-    def new_cache(self, dtype=None) -> NativeKVCache:
-        """A full-context cache (float16 unless `dtype` or the model's `kv_dtype` says float32)."""
+    def new_cache(self, dtype=np.float16) -> NativeKVCache:
+        """A full-context cache, float16 (as llama.cpp's) or float32."""
         a = self.args
-        return NativeKVCache(a.n_layers, a.n_kv_heads, a.head_dim, limit=a.context_length,
-                             dtype=self.kv_dtype if dtype is None else dtype)
+        return NativeKVCache(a.n_layers, a.n_kv_heads, a.head_dim, limit=a.context_length, dtype=dtype)
 
     def embed(self, tokens: np.ndarray) -> np.ndarray:
         x = self.src.embed_rows("token_embd.weight", tokens)  # (T, dim)
