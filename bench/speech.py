@@ -73,16 +73,16 @@ def load_clips(limit: int | None = None, folder: str = LIBRIVOX) -> list[tuple[s
 STREAM_LEAD_S, STREAM_TAIL_S = 0.5, 1.0  # silence around a clip in a streaming run
 
 
-def _stream_padded(x: np.ndarray, sr: int) -> np.ndarray:
-    """The signal a streaming run is fed: silence, the clip, silence."""
-    return np.concatenate([np.zeros(int(STREAM_LEAD_S * sr), np.float32), np.asarray(x, np.float32),
+def stream_padded(x: np.ndarray, sr: int, lead_s: float = STREAM_LEAD_S) -> np.ndarray:
+    """The signal a streaming run is fed: `lead_s` of silence, the clip, `STREAM_TAIL_S` of silence."""
+    return np.concatenate([np.zeros(int(lead_s * sr), np.float32), np.asarray(x, np.float32),
                            np.zeros(int(STREAM_TAIL_S * sr), np.float32)])
 
 
-def run_edgerun_stream(asr, x: np.ndarray, sr: int, chunk_s: float = 0.1) -> dict:
-    """Stream one clip (0.5 s silence + clip + 1 s silence); final text, compute, endpoint latency, and the
+def run_edgerun_stream(asr, x: np.ndarray, sr: int, chunk_s: float = 0.1, lead_s: float = STREAM_LEAD_S) -> dict:
+    """Stream one clip (`lead_s` silence + clip + 1 s silence); final text, compute, endpoint latency, and the
     finals' segments as (start, end) seconds of that padded signal."""
-    a = _stream_padded(x, sr)
+    a = stream_padded(x, sr, lead_s)
     s = asr.create_stream()
     step = int(chunk_s * sr)
     finals, partials = [], 0
@@ -99,7 +99,7 @@ def run_edgerun_stream(asr, x: np.ndarray, sr: int, chunk_s: float = 0.1) -> dic
         finals.append(r)
         fed_at_final = fed_at_final or len(a) / sr
     compute = time.perf_counter() - t0
-    speech_end = (int(STREAM_LEAD_S * sr) + len(x)) / sr
+    speech_end = (int(lead_s * sr) + len(x)) / sr
     final_compute = finals[-1].compute_seconds if finals else 0.0
     return dict(
         text=" ".join(r.text for r in finals),
@@ -116,7 +116,7 @@ def stream_segment_audio(x: np.ndarray, sr: int, segments: list[tuple[float, flo
     a peer can be run on exactly the audio the streaming finals saw."""
     from edgerun.runtime.audio.resample import resample
 
-    a = _stream_padded(x, sr)
+    a = stream_padded(x, sr)
     if sr != 16000:
         a = resample(a, sr, 16000)
     return [a[int(round(s * 16000)) : int(round(e * 16000))] for s, e in segments]

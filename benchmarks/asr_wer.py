@@ -10,7 +10,10 @@ Reports WER (normalized: lower case, no punctuation, hyphens split, Mr. -> miste
   * streaming (edgerun ASRStream, clip + 1 s silence fed in 100 ms chunks): VAD endpoint wait (audio time
     past the clip end) + the final decode's compute time;
   * faster-whisper on the streaming segments: the peer run on exactly the audio each streaming final decoded
-    (WER only): what the VAD cut does to Whisper, apart from edgerun's decoder.
+    (WER only): what the VAD cut does to Whisper, apart from edgerun's decoder;
+  * streaming vs offline on the same signal: each clip with 0.25 / 0.5 / 0.75 / 1.0 s of silence before it
+    (where the 32-ms VAD windows fall moves with it; one near-tie word can flip with that alone), edgerun
+    streaming and edgerun offline both fed that signal; WER per lead and the mean.
 
     python benchmarks/asr_wer.py [--runs 2] [--data librivox|cards|all] [--json out.json]
 """
@@ -23,7 +26,15 @@ import os
 import statistics
 import time
 
-from edgerun.bench.speech import SPEECH_SETS, load_clips, normalize, run_edgerun_stream, stream_segment_audio, wer
+from edgerun.bench.speech import (
+    SPEECH_SETS,
+    load_clips,
+    normalize,
+    run_edgerun_stream,
+    stream_padded,
+    stream_segment_audio,
+    wer,
+)
 
 
 def main() -> None:
@@ -121,9 +132,21 @@ def main() -> None:
         for i, t in enumerate(r["texts"]):
             if normalize(t) != normalize(refs[i]):
                 print(f"  {r['system'][:28]:28s} clip {i}: {t.strip()}")
+    leads = []
+    for lead in (0.25, 0.5, 0.75, 1.0):
+        hs = [run_edgerun_stream(asr, x, sr, lead_s=lead)["text"] for x, sr in audio]
+        ho = [asr.transcribe(stream_padded(x, sr, lead), sr).text for x, sr in audio]
+        leads.append(dict(lead_s=lead, streaming_wer=wer(refs, hs), offline_wer=wer(refs, ho)))
+    print("streaming vs offline on the same signal (silence before the clip: " +
+          ", ".join(f"{r['lead_s']:g} s" for r in leads) + "): streaming WER " +
+          " / ".join(f"{r['streaming_wer']:.2f}" for r in leads) +
+          f" (mean {statistics.mean(r['streaming_wer'] for r in leads):.2f}), offline " +
+          " / ".join(f"{r['offline_wer']:.2f}" for r in leads) +
+          f" (mean {statistics.mean(r['offline_wer'] for r in leads):.2f})")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump(dict(clips=len(clips), audio_seconds=total_audio, rows=rows), fh, indent=1)
+            json.dump(dict(clips=len(clips), audio_seconds=total_audio, rows=rows, same_signal=leads), fh,
+                      indent=1)
 
 
 if __name__ == "__main__":

@@ -50,6 +50,22 @@ def test_end_pad_cuts_after_the_first_silent_window():
         np.testing.assert_array_equal(b.samples, a.samples[: len(b.samples)])
 
 
+def test_min_speech_counts_the_voiced_part_not_the_pads():
+    """A fragment of speech shorter than `min_speech_ms` is dropped however long the pads are (a 300-ms lead pad
+    alone is longer than the 200-ms minimum); a longer one is kept, starting the pad before its onset."""
+    x = _clips()[1]  # "He was not an ill-disposed young man."
+    silence = np.zeros(16000, np.float32)
+
+    def cut(ms):
+        a = np.concatenate([silence, x[24000 : 24000 + ms * 16], silence])
+        return detect_speech(a, 16000, speech_pad_ms=300, end_pad_ms=32)
+
+    for ms in (64, 96, 128, 160):
+        assert cut(ms) == [], ms
+    kept = cut(256)
+    assert len(kept) == 1 and 0.6 <= kept[0].start <= 1.0 - 0.3 + 0.064
+
+
 def test_stream_any_rate_stereo_chunks():
     audio, spans = _with_gaps(_clips())
     x = resample(audio, 16000, 44100)

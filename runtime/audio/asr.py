@@ -106,6 +106,12 @@ class Transcript:
         return self.compute_seconds / self.duration if self.duration else 0.0
 
 
+# audio before the speech onset the VAD heard that a final decodes: `transcribe` gets its VAD's pad + its window
+# pad (300 ms), a stream asks its VAD for the same
+VAD_PAD_MS, WINDOW_PAD_S = 100, 0.2
+LEAD_CONTEXT_MS = VAD_PAD_MS + int(WINDOW_PAD_S * 1000)
+
+
 class ASR:
     """Whisper speech recognizer (greedy decoding, English by default)."""
 
@@ -263,7 +269,7 @@ class ASR:
         if len(x) == 0 or not np.any(x):
             return Transcript("", [], dur, time.perf_counter() - t0)
         if use_vad:
-            windows = _merge_segments(detect_speech(x, SAMPLE_RATE), x)
+            windows = _merge_segments(detect_speech(x, SAMPLE_RATE, speech_pad_ms=VAD_PAD_MS), x)
         else:
             windows = [SpeechSegment(s / SAMPLE_RATE, min(len(x), s + N_SAMPLES) / SAMPLE_RATE, x[s : s + N_SAMPLES])
                        for s in range(0, len(x), N_SAMPLES)]
@@ -286,11 +292,13 @@ class ASRStream:
 
     def __init__(self, asr: ASR, partial_step: float = 1.0, min_partial_audio: float = 1.0,
                  vad: VAD | None = None, early_silence: float | None = 0.2, tentative_silence: float | None = 0.0,
-                 end_pad_ms: int = 32, **vad_kw):
+                 end_pad_ms: int = 32, speech_pad_ms: int = LEAD_CONTEXT_MS, **vad_kw):
         self.asr = asr
+        # a segment starts `speech_pad_ms` before the speech the VAD heard, as `transcribe` cuts it: the same lead
+        # context as offline (it costs no latency; only the end pad does)
         # segments end `end_pad_ms` after the first window the VAD scores silent (Silero is 0-110 ms late, so the
         # word's tail is in): the tentative decode can start at the first silent window (32 ms of silence)
-        self.vad = vad or VAD(model=asr.vad_model(), end_pad_ms=end_pad_ms, **vad_kw)
+        self.vad = vad or VAD(model=asr.vad_model(), speech_pad_ms=speech_pad_ms, end_pad_ms=end_pad_ms, **vad_kw)
         self.partial_step = partial_step
         self.min_partial_audio = min_partial_audio
         self.early_silence = early_silence
@@ -467,7 +475,7 @@ def _repeated_ngram(tokens: list[int], n: int = 6) -> int:
 
 
 def _merge_segments(segs: list[SpeechSegment], x: np.ndarray, max_s: float = 28.0,
-                    pad_s: float = 0.2) -> list[SpeechSegment]:
+                    pad_s: float = WINDOW_PAD_S) -> list[SpeechSegment]:
     """Merge VAD segments into windows of at most `max_s` seconds, with `pad_s` of context around."""
     out: list[SpeechSegment] = []
     cur: list[float] | None = None

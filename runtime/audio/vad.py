@@ -8,10 +8,12 @@
 Silero v5/v6 model: input (1, 64 + 512) float at 16 kHz (64 samples of context from the previous window),
 state (2, 1, 128), sr; output speech probability. Segmentation follows silero's `VADIterator` and
 sherpa-onnx: speech starts when p >= threshold, ends after `min_silence_ms` with p < threshold - 0.15;
-segments shorter than `min_speech_ms` are dropped; `speech_pad_ms` is added before the speech and
-`end_pad_ms` (default: the same) after it, counted from the first window scored silent. Silero notices the
-silence 0-110 ms after the last voiced sample (median 50 ms on the assistant's spoken questions), so a short
-end pad still holds the word's tail; a streaming recognizer uses 32 ms to decode one window sooner.
+segments whose voiced part (from the first window scored speech to the first scored silent) is shorter than
+`min_speech_ms` are dropped (as silero's `get_speech_timestamps` measures it: pads not counted);
+`speech_pad_ms` is added before the speech and `end_pad_ms` (default: the same) after it, counted from the first
+window scored silent. Silero notices the silence 0-110 ms after the last voiced sample (median 50 ms on the
+assistant's spoken questions), so a short end pad still holds the word's tail; a streaming recognizer uses 32 ms to
+decode one window sooner (and a 300-ms lead pad, the lead context `transcribe` gives a final).
 """
 
 from __future__ import annotations
@@ -120,6 +122,7 @@ class VAD:
         self._pos = 0  # samples scored so far
         self.in_speech = False
         self._start = 0
+        self._onset = 0  # first sample of the window that started the segment (its start before the pad)
         self._silence_since: int | None = None
         self.last_prob = 0.0
 
@@ -192,7 +195,8 @@ class VAD:
         if not self.in_speech:
             if p >= self.threshold:
                 self.in_speech = True
-                self._start = max(0, self._pos - WINDOW - self.pad)
+                self._onset = self._pos - WINDOW
+                self._start = max(0, self._onset - self.pad)
                 self._silence_since = None
             return None
         if p >= self.threshold:
@@ -208,9 +212,10 @@ class VAD:
     def _close(self, end: int) -> SpeechSegment | None:
         end = min(end, self._audio_base + len(self._audio))
         start = self._start
+        voiced_end = self._silence_since if self._silence_since is not None else end
         self.in_speech = False
         self._silence_since = None
-        if end - start < self.min_speech:
+        if voiced_end - self._onset < self.min_speech:
             return None
         a = self._audio[max(0, start - self._audio_base) : end - self._audio_base].copy()
         return SpeechSegment(start / SAMPLE_RATE, end / SAMPLE_RATE, a)
