@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -90,6 +91,19 @@ class _Progress:
     def __exit__(self, *exc):
         if self.task is not None:
             self.progress.stop()
+
+
+_MODEL_SUFFIXES = (".gguf", ".edge", ".safetensors", ".onnx")
+
+
+def _names_a_model(arg: str) -> bool:
+    """True when a lone `run` argument is a model reference rather than a prompt: one word that ends like a model
+    file or names an artifact / Hugging Face folder."""
+    if any(c.isspace() for c in arg):
+        return False
+    path = os.path.expanduser(arg)
+    return arg.lower().endswith(_MODEL_SUFFIXES) or any(
+        os.path.isfile(os.path.join(path, f)) for f in ("manifest.json", "config.json"))
 
 
 def _load(model: str | None, threads: int | None, ram=None, kv_window=None, kv_sinks=None, kv_bits=None,
@@ -182,6 +196,10 @@ def run(
     if prompt is None:  # `edgerun run "prompt"`: the single argument is the prompt
         if model is None:
             _fail("give a prompt: edgerun run [MODEL] PROMPT")
+        if _names_a_model(model):  # `edgerun run X.gguf`: a model and no prompt, not a prompt to continue
+            if not os.path.exists(os.path.expanduser(model)):
+                _fail(f"{model}: not found; give an artifact folder (NAME.edge), a .gguf file or a HF folder")
+            _fail(f"give a prompt after the model: edgerun run {model} PROMPT")
         model, prompt = None, model
     m = _load(model, threads, ram, kv_window, kv_sinks, kv_bits, backend)
     last = None

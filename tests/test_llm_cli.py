@@ -129,6 +129,16 @@ def test_missing_model_path(tmp_path):
     assert_one_line_error(edgerun("run", tmp_path / "nope.gguf", "Hello"), "nope.gguf", "not found")
 
 
+def test_lone_model_argument_is_not_taken_for_a_prompt(tiny, tmp_path):
+    """`edgerun run X.gguf` (no prompt) says so in one line, and a missing X.gguf is "not found": neither is
+    continued as a prompt by the default model."""
+    art, gguf_path = tiny
+    assert_one_line_error(edgerun("run", tmp_path / "nope.gguf"), "nope.gguf", "not found")
+    assert_one_line_error(edgerun("run", gguf_path), "give a prompt after the model")
+    assert_one_line_error(edgerun("run", art), "give a prompt after the model")
+    assert_one_line_error(edgerun("run"), "give a prompt")
+
+
 def test_truncated_gguf(tiny, tmp_path):
     _, gguf_path = tiny
     bad = tmp_path / "trunc.gguf"
