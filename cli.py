@@ -252,6 +252,8 @@ def chat(
             sys.stdout.flush()
             reply += r.text
         sys.stdout.write("\n")
+        if r.finish_reason == "loop":
+            typer.secho("[reply stopped: it kept repeating itself]", fg=typer.colors.YELLOW, err=True)
         messages.append({"role": "assistant", "content": reply.strip()})
 
 

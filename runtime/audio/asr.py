@@ -34,6 +34,7 @@ from edgerun.runtime.audio.features import N_SAMPLES, SAMPLE_RATE, log_mel
 from edgerun.runtime.audio.resample import resample
 from edgerun.runtime.audio.vad import VAD, SileroModel, SpeechSegment, detect_speech
 from edgerun.runtime.audio.wavio import check_rate, to_mono
+from edgerun.runtime.llm.repetition import repeating_period
 from edgerun.runtime.models.whisper import SILENCE_FLOOR, SilenceContext, Whisper, load_whisper
 
 
@@ -229,7 +230,7 @@ class ASR:
             if tok == self.eot:
                 break
             out.append(tok)
-            period = _repeating(out)
+            period = repeating_period(out, times=4, max_period=8)  # a Whisper loop
             if period:
                 del out[len(out) - period * 3 :]  # keep one copy of the looped pattern
                 break
@@ -450,16 +451,6 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     x = x.astype(np.float32, copy=True)
     m = x.max()
     return x - (m + np.log(np.exp(x - m).sum()))
-
-
-def _repeating(tokens: list[int], times: int = 4, max_period: int = 8) -> int:
-    """The period when the tail is one 1..max_period-token pattern repeated `times` times (a Whisper loop),
-    else 0."""
-    for p in range(1, max_period + 1):
-        n = p * times
-        if len(tokens) >= n and all(tokens[-n:][i] == tokens[-p:][i % p] for i in range(n)):
-            return p
-    return 0
 
 
 def _repeated_ngram(tokens: list[int], n: int = 6) -> int:

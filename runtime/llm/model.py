@@ -20,6 +20,7 @@ import numpy as np
 from edgerun.errors import EdgerunError
 from edgerun.export.artifact import Artifact
 from edgerun.runtime.llm.kv_cache import SinkWindowKVCache
+from edgerun.runtime.llm.repetition import repeating_period
 from edgerun.runtime.llm.sampling import Sampler, SamplingParams
 from edgerun.runtime.llm.tokenizer import StreamDecoder, Tokenizer
 from edgerun.runtime.memory import (
@@ -45,7 +46,7 @@ class GenerationResult:
     prompt_seconds: float  # time to process the prompt (prefill), first token included
     decode_seconds: float  # time spent in decode steps so far
     peak_rss_mb: float
-    finish_reason: str | None = None  # "stop" | "length" on the last result, else None
+    finish_reason: str | None = None  # "stop" | "length" | "loop" on the last result, else None
 
     @property
     def prompt_tps(self) -> float:
@@ -75,6 +76,8 @@ class _ArtifactWeights:
         return name in self.artifact.tensors
 
 
+# a chat reply caught in a loop: one pattern of up to 32 tokens repeated 3 times, over at least 24 tokens
+LOOP_RULE = dict(times=3, max_period=32, min_tokens=24)
 GLOBAL_STREAM_MIN = 16 << 20  # globals larger than this may be streamed (embedding / tied head)
 
 
@@ -238,6 +241,7 @@ class LLM:
         ignore_eos: bool = False,
         reuse_prefix: bool = False,
         repeat_penalty: float = 1.0,
+        stop_on_loop: bool = False,
     ) -> Iterator[GenerationResult]:
         """Generate from a raw prompt (no template), yielding one `GenerationResult` per token.
 
@@ -246,7 +250,10 @@ class LLM:
         reuse_prefix: keep this call's KV cache and, on the next call with `reuse_prefix`, prefill only what
         follows the tokens the two sequences share (a chat's system prompt and history are not run again;
         llama.cpp's prompt cache). Full-context caches only; `prompt_tokens` counts the tokens actually run.
-        repeat_penalty: > 1 discourages the last 64 tokens (prompt included), llama.cpp's rule; 1.0 is off."""
+        repeat_penalty: > 1 discourages the last 64 tokens (prompt included), llama.cpp's rule; 1.0 is off.
+        stop_on_loop: end generation (finish_reason "loop") once the reply's last tokens are one pattern of up to
+        32 tokens repeated 3 times over at least 24 tokens: a small model's degenerate loop, which greedy
+        decoding never leaves (chat replies default to it; raw continuation does not)."""
         ids = self._ids(prompt)
         sampler = Sampler(SamplingParams(temperature, top_k, top_p, seed, repeat_penalty))
         sampler.prime(ids)
@@ -262,6 +269,7 @@ class LLM:
             t_prompt = time.perf_counter() - t0
             t_decode = 0.0
             text = ""
+            generated: list[int] = []
             for n in range(1, max_tokens + 1):
                 finish = None
                 if token in self.tokenizer.stop_token_ids and not ignore_eos:
@@ -269,8 +277,11 @@ class LLM:
                 else:
                     piece = decoder.push(token)
                     text += piece
+                    generated.append(token)
                     if stop and any(s in text for s in stop):
                         finish = "stop"
+                    elif stop_on_loop and repeating_period(generated, **LOOP_RULE):
+                        finish = "loop"
                     elif n == max_tokens:
                         finish = "length"
                 yield GenerationResult(piece, token, len(ids) - start, n, t_prompt, t_decode, peak_rss_mb(), finish)
@@ -305,9 +316,12 @@ class LLM:
         """Generate from a raw prompt and return the generated text."""
         return "".join(r.text for r in self.stream(prompt, max_tokens=max_tokens, **kw))
 
-    def stream_chat(self, messages: list[dict], max_tokens: int = 256, **kw) -> Iterator[GenerationResult]:
-        """Stream a reply to `messages` rendered with the model's chat template."""
-        return self.stream(self.tokenizer.encode_chat(messages), max_tokens=max_tokens, **kw)
+    def stream_chat(self, messages: list[dict], max_tokens: int = 256, stop_on_loop: bool = True,
+                    **kw) -> Iterator[GenerationResult]:
+        """Stream a reply to `messages` rendered with the model's chat template (a reply caught in a loop ends
+        there: `stream`'s stop_on_loop)."""
+        return self.stream(self.tokenizer.encode_chat(messages), max_tokens=max_tokens, stop_on_loop=stop_on_loop,
+                           **kw)
 
     def chat(self, messages: list[dict], max_tokens: int = 256, **kw) -> str:
         """The reply to `messages` ([{"role": "user", "content": ...}, ...]) as text."""
