@@ -954,28 +954,34 @@ ER_AVX2 static inline __m256 load8(const void *base, int f16, int64_t i) {
     return _mm256_loadu_ps((const float *)base + i);
 }
 
+/* 4 rows at any addresses (one accumulator each, 8 lanes): y[r][0] = dot(row r, x) */
+ER_AVX2 static void fdot4_avx2(const void *const rr[4], int f16, int64_t k, const float *x, float *const y[4]) {
+    const void *r0 = rr[0], *r1 = rr[1], *r2 = rr[2], *r3 = rr[3];
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int64_t i = 0;
+    for (; i + 8 <= k; i += 8) {
+        __m256 xv = _mm256_loadu_ps(x + i);
+        a0 = _mm256_fmadd_ps(load8(r0, f16, i), xv, a0);
+        a1 = _mm256_fmadd_ps(load8(r1, f16, i), xv, a1);
+        a2 = _mm256_fmadd_ps(load8(r2, f16, i), xv, a2);
+        a3 = _mm256_fmadd_ps(load8(r3, f16, i), xv, a3);
+    }
+    float s[4] = {hsum256(a0), hsum256(a1), hsum256(a2), hsum256(a3)};
+    for (; i < k; i++)
+        for (int r = 0; r < 4; r++)
+            s[r] += (f16 ? er_f16_to_f32(((const uint16_t *)rr[r])[i]) : ((const float *)rr[r])[i]) * x[i];
+    for (int r = 0; r < 4; r++) y[r][0] = s[r];
+}
+
 ER_AVX2 static void fdot_avx2(const er_weight *w, int64_t n0, int R, const float *x, float *y) {
     const int f16 = w->type == ER_W_F16;
     const int64_t k = w->k, es = f16 ? 2 : 4;
     const char *base = (const char *)w->data;
     if (R == 4) {
-        const void *r0 = base + (n0 + 0) * k * es, *r1 = base + (n0 + 1) * k * es;
-        const void *r2 = base + (n0 + 2) * k * es, *r3 = base + (n0 + 3) * k * es;
-        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-        int64_t i = 0;
-        for (; i + 8 <= k; i += 8) {
-            __m256 xv = _mm256_loadu_ps(x + i);
-            a0 = _mm256_fmadd_ps(load8(r0, f16, i), xv, a0);
-            a1 = _mm256_fmadd_ps(load8(r1, f16, i), xv, a1);
-            a2 = _mm256_fmadd_ps(load8(r2, f16, i), xv, a2);
-            a3 = _mm256_fmadd_ps(load8(r3, f16, i), xv, a3);
-        }
-        float s[4] = {hsum256(a0), hsum256(a1), hsum256(a2), hsum256(a3)};
-        const void *rr[4] = {r0, r1, r2, r3};
-        for (; i < k; i++)
-            for (int r = 0; r < 4; r++)
-                s[r] += (f16 ? er_f16_to_f32(((const uint16_t *)rr[r])[i]) : ((const float *)rr[r])[i]) * x[i];
-        for (int r = 0; r < 4; r++) y[r] = s[r];
+        const void *const rr[4] = {base + (n0 + 0) * k * es, base + (n0 + 1) * k * es, base + (n0 + 2) * k * es,
+                                   base + (n0 + 3) * k * es};
+        float *const yy[4] = {y, y + 1, y + 2, y + 3};
+        fdot4_avx2(rr, f16, k, x, yy);
         return;
     }
     const void *r0 = base + n0 * k * es;
@@ -1010,6 +1016,23 @@ ER_AVX2 static void gemv_b8_avx2(const er_weight *w, const actq *a, int64_t star
         for (int s = 0; s < GV_STREAMS; s++) GV_ROW(start + s * len + i);
     for (int64_t n = start + GV_STREAMS * len; n < end; n++) GV_ROW(n);
 #undef GV_ROW
+}
+#endif
+
+#if ER_X86
+/* float GEMV of rows [start, end): 4 row ranges read in turn, one row of each per step (as gemv_b8_avx2: more
+ * DRAM streams in flight than 4 adjacent rows give); each row's sum is fdot_avx2's 4-row one */
+ER_AVX2 static void fgemv_avx2(const er_weight *w, int64_t start, int64_t end, const float *x, float *y) {
+    const int f16 = w->type == ER_W_F16;
+    const int64_t k = w->k, es = f16 ? 2 : 4, len = (end - start) / 4;
+    const char *base = (const char *)w->data;
+    for (int64_t i = 0; i < len; i++) {
+        const int64_t n0 = start + i, n1 = n0 + len, n2 = n1 + len, n3 = n2 + len;
+        const void *const rr[4] = {base + n0 * k * es, base + n1 * k * es, base + n2 * k * es, base + n3 * k * es};
+        float *const yy[4] = {y + n0, y + n1, y + n2, y + n3};
+        fdot4_avx2(rr, f16, k, x, yy);
+    }
+    for (int64_t n = start + 4 * len; n < end; n++) fdot_avx2(w, n, 1, x, y + n);
 }
 #endif
 
@@ -1157,6 +1180,10 @@ static void mm_task(void *vctx, int64_t start, int64_t end, int tid) {
         return; /* 8-bit GEMM: register tiles */
     if (w->type == ER_W_Q && c->isa == ER_ISA_AVX2 && c->m == 1 && end - start >= 4 * GV_STREAMS) {
         gemv_b8_avx2(w, &c->a, start, end, c->y);
+        return;
+    }
+    if (w->type != ER_W_Q && c->isa == ER_ISA_AVX2 && c->m == 1 && end - start >= 16) {
+        fgemv_avx2(w, start, end, c->x, c->y);
         return;
     }
 #endif
