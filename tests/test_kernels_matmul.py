@@ -121,20 +121,25 @@ def test_float_gemv_gemm(isa, dtype, shape, threads):
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 @pytest.mark.parametrize("n", [16, 71, 300])
-def test_float_gemv_streams_sum_rows_as_the_gemm(isa, dtype, n):
-    """The float GEMV reads 4 row ranges in turn (more DRAM streams); each row is summed in the GEMM's order:
-    one token's output equals the first row of a 2-token GEMM bit for bit (1 thread: the same row groups)."""
+def test_float_gemv_and_gemm_tiles_sum_alike(isa, dtype, n):
+    """The float GEMV reads 4 row ranges in turn (more DRAM streams) and the GEMM runs tiles of 4 rows x 3 tokens;
+    each (row, token) is summed in one order: every token of a 7-token GEMM (tiles of 3, 3 and 1 tokens) and of a
+    2-token one equals that token's GEMV bit for bit (1 thread: the same row groups)."""
     rng = np.random.default_rng(n)
     w = rng.standard_normal((n, 520)).astype(dtype)
-    x = rng.standard_normal((2, 520)).astype(np.float32)
+    x = rng.standard_normal((7, 520)).astype(np.float32)
     set_num_threads(1)
     try:
         with use_isa(isa):
             wt = Weight(w)
-            gemv, gemm = matmul(wt, x[0]), matmul(wt, x)
+            gemvs = [matmul(wt, xt) for xt in x]
+            gemm7, gemm2 = matmul(wt, x), matmul(wt, x[5:])
     finally:
         set_num_threads(None)
-    np.testing.assert_array_equal(gemv, gemm[0])
+    for t in range(7):
+        np.testing.assert_array_equal(gemvs[t], gemm7[t])
+    np.testing.assert_array_equal(np.stack(gemvs[5:]), gemm2)
+    gemv = gemvs[0]
     exact = ref.matmul(w.astype(np.float32), x[:1])[0]
     tol = 2e-6 * np.sqrt(520) * (np.abs(x[0]) @ np.abs(w.astype(np.float32)).T) + 1e-6
     assert np.all(np.abs(gemv - exact) <= tol)
