@@ -198,7 +198,9 @@ def run(
             _fail("give a prompt: edgerun run [MODEL] PROMPT")
         if _names_a_model(model):  # `edgerun run X.gguf`: a model and no prompt, not a prompt to continue
             if not os.path.exists(os.path.expanduser(model)):
-                _fail(f"{model}: not found; give an artifact folder (NAME.edge), a .gguf file or a HF folder")
+                from edgerun.runtime.llm.model import model_not_found
+
+                raise model_not_found(model)
             _fail(f"give a prompt after the model: edgerun run {model} PROMPT")
         model, prompt = None, model
     m = _load(model, threads, ram, kv_window, kv_sinks, kv_bits, backend)

@@ -1020,18 +1020,18 @@ ER_AVX2 static void gemv_b8_avx2(const er_weight *w, const actq *a, int64_t star
 #endif
 
 #if ER_X86
-/* float GEMM tile: 4 rows (at rr) x T <= 3 tokens (x rows ldx apart), 12 accumulators; each (row, token) sum in
- * fdot4_avx2's order (one 8-lane accumulator, hsum, then the scalar tail), so a prompt's rows equal the GEMV's
- * bit for bit; a converted weight vector serves T tokens (fdot4 converts it once per token) */
-ER_AVX2 static ER_INLINE void ftile4_avx2(const void *const rr[4], const int f16, int64_t k, const float *x,
-                                          int64_t ldx, const int T, float *y, int64_t ldy) {
+/* float GEMM tile: 4 f32 rows (at rr) x T <= 3 tokens (x rows ldx apart), 12 accumulators; each (row, token) sum
+ * in fdot4_avx2's order (one 8-lane accumulator, hsum, then the scalar tail), so a prompt's rows equal the GEMV's
+ * bit for bit */
+ER_AVX2 static ER_INLINE void ftile4_avx2(const float *const rr[4], int64_t k, const float *x, int64_t ldx,
+                                          const int T, float *y, int64_t ldy) {
     __m256 acc[4][3];
     for (int r = 0; r < 4; r++)
         for (int t = 0; t < 3; t++) acc[r][t] = _mm256_setzero_ps();
     int64_t i = 0;
     for (; i + 8 <= k; i += 8) {
-        const __m256 w0 = load8(rr[0], f16, i), w1 = load8(rr[1], f16, i), w2 = load8(rr[2], f16, i),
-                     w3 = load8(rr[3], f16, i);
+        const __m256 w0 = _mm256_loadu_ps(rr[0] + i), w1 = _mm256_loadu_ps(rr[1] + i),
+                     w2 = _mm256_loadu_ps(rr[2] + i), w3 = _mm256_loadu_ps(rr[3] + i);
         for (int t = 0; t < T; t++) {
             const __m256 xv = _mm256_loadu_ps(x + t * ldx + i);
             acc[0][t] = _mm256_fmadd_ps(w0, xv, acc[0][t]);
@@ -1043,54 +1043,45 @@ ER_AVX2 static ER_INLINE void ftile4_avx2(const void *const rr[4], const int f16
     for (int t = 0; t < T; t++)
         for (int r = 0; r < 4; r++) {
             float s = hsum256(acc[r][t]);
-            for (int64_t j = i; j < k; j++)
-                s += (f16 ? er_f16_to_f32(((const uint16_t *)rr[r])[j]) : ((const float *)rr[r])[j]) * x[t * ldx + j];
+            for (int64_t j = i; j < k; j++) s += rr[r][j] * x[t * ldx + j];
             y[t * ldy + r] = s;
         }
 }
 
 /* float GEMM of rows [start, end) for m tokens (y: m x N): tiles of 4 rows x 3 tokens, the rows' tail (< 4) as
  * fdot_avx2 does it for each token. f16 rows are converted to f32 once per group of 4 (into `cvt`, 4 x k floats)
- * and the tiles read those: the same values, so the same sums, without a conversion per tile (the f16 tile
- * converting its own weights ran no faster than one token at a time: the conversions bound it) */
-ER_AVX2 static void fgemm_avx2(const er_weight *w, int64_t start, int64_t end, const float *x, int64_t m, float *y) {
-    int f16 = w->type == ER_W_F16;
-    const int64_t k = w->k, es = f16 ? 2 : 4, N = w->n;
-    const char *base = (const char *)w->data;
-    float *cvt = f16 && m >= 3 ? (float *)malloc((size_t)(4 * k) * sizeof(float)) : NULL;
+ * and the tiles read those: the same values, so the same sums (a tile converting f16 weights itself ran no faster
+ * than one token at a time: the conversions bound it). Returns -1 (nothing done) when `cvt` cannot be had. */
+ER_AVX2 static int fgemm_avx2(const er_weight *w, int64_t start, int64_t end, const float *x, int64_t m, float *y) {
+    const int f16 = w->type == ER_W_F16;
+    const int64_t k = w->k, N = w->n;
+    float *cvt = f16 ? (float *)malloc((size_t)(4 * k) * sizeof(float)) : NULL;
+    if (f16 && !cvt) return -1;
     int64_t n = start;
     for (; n + 4 <= end; n += 4) {
-        const void *rr[4] = {base + n * k * es, base + (n + 1) * k * es, base + (n + 2) * k * es,
-                             base + (n + 3) * k * es};
-        f16 = w->type == ER_W_F16;
-        if (cvt) {
-            for (int r = 0; r < 4; r++) {
-                const uint16_t *src = (const uint16_t *)rr[r];
-                float *dst = cvt + r * k;
-                int64_t i = 0;
-                for (; i + 8 <= k; i += 8)
-                    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
-                for (; i < k; i++) dst[i] = er_f16_to_f32(src[i]);
-                rr[r] = dst;
+        const float *rr[4];
+        for (int r = 0; r < 4; r++) {
+            if (!f16) {
+                rr[r] = (const float *)w->data + (n + r) * k;
+                continue;
             }
-            f16 = 0;
+            const uint16_t *src = (const uint16_t *)w->data + (n + r) * k;
+            float *dst = cvt + r * k;
+            int64_t i = 0;
+            for (; i + 8 <= k; i += 8)
+                _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
+            for (; i < k; i++) dst[i] = er_f16_to_f32(src[i]);
+            rr[r] = dst;
         }
-        int64_t t = 0;
-        for (; t + 3 <= m; t += 3) {
-            if (f16) ftile4_avx2(rr, 1, k, x + t * k, k, 3, y + t * N + n, N);
-            else ftile4_avx2(rr, 0, k, x + t * k, k, 3, y + t * N + n, N);
-        }
-        if (m - t == 2) {
-            if (f16) ftile4_avx2(rr, 1, k, x + t * k, k, 2, y + t * N + n, N);
-            else ftile4_avx2(rr, 0, k, x + t * k, k, 2, y + t * N + n, N);
-        } else if (m - t == 1) {
-            if (f16) ftile4_avx2(rr, 1, k, x + t * k, k, 1, y + t * N + n, N);
-            else ftile4_avx2(rr, 0, k, x + t * k, k, 1, y + t * N + n, N);
-        }
+        int64_t t = 0; /* the token count a constant in each inlined tile */
+        for (; t + 3 <= m; t += 3) ftile4_avx2(rr, k, x + t * k, k, 3, y + t * N + n, N);
+        if (m - t == 2) ftile4_avx2(rr, k, x + t * k, k, 2, y + t * N + n, N);
+        else if (m - t == 1) ftile4_avx2(rr, k, x + t * k, k, 1, y + t * N + n, N);
     }
     free(cvt);
     for (; n < end; n++)
         for (int64_t t = 0; t < m; t++) fdot_avx2(w, n, 1, x + t * k, y + t * N + n);
+    return 0;
 }
 #endif
 
@@ -1261,10 +1252,8 @@ static void mm_task(void *vctx, int64_t start, int64_t end, int tid) {
         fgemv_avx2(w, start, end, c->x, c->y);
         return;
     }
-    if (w->type != ER_W_Q && c->isa == ER_ISA_AVX2 && c->m > 1) {
-        fgemm_avx2(w, start, end, c->x, c->m, c->y);
-        return;
-    }
+    if (w->type != ER_W_Q && c->isa == ER_ISA_AVX2 && c->m > 1 && fgemm_avx2(w, start, end, c->x, c->m, c->y) == 0)
+        return; /* float GEMM: register tiles */
 #endif
     for (int64_t n = start; n < end;) {
         int R = (end - n >= 4) ? 4 : 1;

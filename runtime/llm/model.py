@@ -362,6 +362,11 @@ class LLM:
             close()
 
 
+def model_not_found(path) -> EdgerunError:
+    """The one-line error for a model path that does not exist."""
+    return EdgerunError(f"{path}: not found; give an artifact folder (NAME.edge), a .gguf file or a HF folder")
+
+
 def resolve_model(path: str | os.PathLike | None, progress=None) -> Path:
     """Turn what the user named into an artifact folder.
 
@@ -374,7 +379,7 @@ def resolve_model(path: str | os.PathLike | None, progress=None) -> Path:
         return default_model_path(progress)
     p = Path(path).expanduser()
     if not p.exists():
-        raise EdgerunError(f"{p}: not found; give an artifact folder (NAME.edge), a .gguf file or a HF folder")
+        raise model_not_found(p)
     if p.is_dir() and (p / "manifest.json").exists():
         return p
     if p.exists() and (p.suffix == ".gguf" or (p.is_dir() and (p / "config.json").exists())):
